@@ -1,0 +1,24 @@
+"""rocm_attn.kernels: custom ops (namespace ``rocm_attn``) and their providers.
+
+Importing this package registers every op with torch.library. It imports nothing else of
+rocm_attn, so an engine author can use the kernels alone:
+
+    import rocm_attn.kernels
+    xq, scale = torch.ops.rocm_attn.per_token_quant_fp8(x)
+"""
+
+from . import per_token_quant  # noqa: F401  (registers the op)
+from .platform import Platform, fp8_dtype, fp8_max, get_platform
+from .registry import Kernels, ProviderUnavailableError, registered_ops, select, use_kernels
+
+__all__ = [
+    "Kernels",
+    "Platform",
+    "ProviderUnavailableError",
+    "fp8_dtype",
+    "fp8_max",
+    "get_platform",
+    "registered_ops",
+    "select",
+    "use_kernels",
+]

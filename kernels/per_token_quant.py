@@ -1,0 +1,70 @@
+"""per_token_quant_fp8: one fp32 scale per row (token), the row scaled into the fp8 range.
+
+    scale[m] = max(rowmax|x[m, :]| / fp8_max, SCALE_FLOOR)
+    xq[m, k] = fp8(clamp(x[m, k] / scale[m], -fp8_max, fp8_max))
+
+The floor keeps all-zero rows finite (scale = floor, xq = 0). A row holding NaN/Inf only
+spoils its own output: the per-token scale isolates it from the other rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .common import check_float, check_rank
+from .platform import fp8_dtype, fp8_max
+from .registry import dispatch, register_provider
+
+
+def scale_floor(fp8_max_value: float) -> float:
+    # The smallest scale we hand out: keeps 0/0 out of zero rows (vLLM uses the same idea).
+    return 1.0 / (fp8_max_value * 512.0)
+
+
+def check_quant_input(op: str, x: torch.Tensor) -> None:
+    check_float("x", op, x)
+    check_rank("x", op, x, tuple(range(2, 9)), "[..., K] with at least 2 dims (tokens x features)")
+
+
+def per_token_quant_fp8_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: fp32 math, the same formula as the kernels."""
+    dtype = fp8_dtype()
+    fmax = fp8_max(dtype)
+    x32 = x.float()
+    scale = (x32.abs().amax(dim=-1, keepdim=True) / fmax).clamp_min(scale_floor(fmax))
+    if x.shape[-1] == 0:
+        scale = torch.full((*x.shape[:-1], 1), scale_floor(fmax), dtype=torch.float32, device=x.device)
+    xq = (x32 / scale).clamp(-fmax, fmax).to(dtype)
+    return xq, scale
+
+
+register_provider("per_token_quant_fp8", "torch")(per_token_quant_fp8_torch)
+
+
+@register_provider("per_token_quant_fp8", "triton")
+def per_token_quant_fp8_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from .triton_kernels.per_token_quant import per_token_quant_fp8_launch
+
+    return per_token_quant_fp8_launch(x, fp8_dtype(), fp8_max())
+
+
+@register_provider("per_token_quant_fp8", "aiter")
+def per_token_quant_fp8_aiter(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    import aiter
+
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    xq, scale = aiter.per_token_quant_hip(x2, quant_dtype=fp8_dtype())
+    return xq.view(x.shape), scale.view(*x.shape[:-1], 1).float()
+
+
+@torch.library.custom_op("rocm_attn::per_token_quant_fp8", mutates_args=())
+def per_token_quant_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] (fp32/fp16/bf16) -> (xq [..., K] fp8, scale [..., 1] fp32)."""
+    check_quant_input("per_token_quant_fp8", x)
+    return dispatch("per_token_quant_fp8", x.device, x)
+
+
+@per_token_quant_fp8.register_fake
+def _(x):
+    check_quant_input("per_token_quant_fp8", x)
+    return torch.empty_like(x, dtype=fp8_dtype()), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)

@@ -1,0 +1,84 @@
+"""One configuration dataclass for the whole library.
+
+Set it three ways, later winning: defaults < ``ROCM_ATTN_*`` environment variables <
+explicit values (``torch.compile(..., options={...})`` or ``patch(model, ...)``).
+It is part of every pass uuid, so a config change never reuses a stale compiled graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+from .kernels.registry import parse_kernels
+
+QUANTIZATIONS = ("ptpc_fp8", "fp8_per_tensor", "none")
+ATTENTION_BACKENDS = ("TRITON_ATTN", "ROCM_AITER_UNIFIED_ATTN", "ROCM_AITER_FA", "ROCM_ATTN")
+DEFAULT_SKIP_MODULES = ("lm_head", "embed", "wte", "wpe", "score", "classifier")
+
+
+@dataclass(frozen=True)
+class Config:
+    quantization: str = "ptpc_fp8"
+    attention_backend: str = "TRITON_ATTN"
+    # module-name patterns (fnmatch, or plain substrings) whose linears stay unquantized
+    skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES
+    kernels: str = "auto"  # auto | torch | triton | aiter
+    dump_dir: str | None = None
+    strict: bool = False  # raise instead of falling back when a pass fails
+    rewrite_attention: bool = True
+    fuse_projections: bool = True  # q/k/v and gate/up sharing an input -> one GEMM
+    extend_workspace_tokens: int = 32768
+
+    def __post_init__(self):
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization={self.quantization!r}; expected one of {QUANTIZATIONS}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend={self.attention_backend!r}; expected one of {ATTENTION_BACKENDS}"
+            )
+        parse_kernels(self.kernels)
+        if isinstance(self.skip_modules, str):
+            object.__setattr__(self, "skip_modules", tuple(s for s in self.skip_modules.split(",") if s))
+        else:
+            object.__setattr__(self, "skip_modules", tuple(self.skip_modules))
+        if self.extend_workspace_tokens < 1:
+            raise ValueError("extend_workspace_tokens must be >= 1")
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Config":
+        """Defaults, then ROCM_ATTN_<FIELD> variables, then ``overrides``."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = os.environ.get(f"ROCM_ATTN_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            names = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ValueError(f"unknown rocm_attn option(s) {sorted(unknown)}; known: {names}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Stable text for cache keys / pass uuids."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _parse(f: dataclasses.Field, raw: str):
+    if f.type in ("bool", bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if f.type in ("int", int):
+        return int(raw)
+    if "tuple" in str(f.type):
+        return tuple(s.strip() for s in raw.split(",") if s.strip())
+    if "None" in str(f.type) and raw == "":
+        return None
+    return raw
+
+
