@@ -7,7 +7,23 @@ rocm_attn, so an engine author can use the kernels alone:
     xq, scale = torch.ops.rocm_attn.per_token_quant_fp8(x)
 """
 
-from . import per_token_quant  # noqa: F401  (registers the op)
+# Each module registers its ops on import. Order: dependencies first.
+from . import (  # noqa: F401
+    per_token_quant,
+    quantize_weight,
+    ptpc_scaled_mm,
+    ptpc_linear,
+    fused_quant,
+    kv_cache,
+    attention_metadata,
+    cache_ops,
+    merge_attn_states,
+    flash_attention,
+    paged_decode,
+    unified_attention,
+    attention,
+    split_attention,
+)
 from .platform import Platform, fp8_dtype, fp8_max, get_platform
 from .registry import Kernels, ProviderUnavailableError, registered_ops, select, use_kernels
 

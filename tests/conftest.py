@@ -15,13 +15,6 @@ if not torch.cuda.is_available():
 HAS_GPU = torch.cuda.is_available()
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64 (0 when both are empty)."""
-    out, ref = out.double(), ref.double()
-    denom = ref.norm()
-    if ref.numel() == 0:
-        return 0.0
-    return float((out - ref).norm() / denom.clamp_min(1e-30))
 
 
 @pytest.fixture(autouse=True)
