@@ -1,1 +1,168 @@
-"""(to be written)"""
+"""ptpc_linear: the whole PTPC-FP8 linear, quantization included; the op the linear rewrite targets.
+
+    ptpc_linear(x[..., K], wq[N, K], w_scale[N, 1], bias[N]?) -> [..., N] in x's dtype
+      = ptpc_scaled_mm(*per_token_quant_fp8(x), wq, w_scale, bias, out_dtype=x.dtype)
+
+Providers:
+- torch: the reference composition (torch quant + torch ptpc_scaled_mm).
+- triton: M <= FUSED_SMALL_M_MAX: one kernel quantizes the few activation rows on the fly
+  inside the small-M GEMM (one launch, not two); above it, the Triton quant kernel then
+  ptpc_scaled_mm through its own provider choice (auto: the table in ptpc_scaled_mm.py;
+  forced "triton": the Triton GEMM).
+- aiter: AITER quant + gemm_a8w8.
+
+fp8_per_tensor_linear(x, wq, w_scale[1], bias?) is classic per-tensor FP8 (one dynamic
+activation scale for the whole x, one weight scale), for side-by-side accuracy comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .common import check_float, check_rank, check_same_device, is_fp8
+from .per_token_quant import per_token_quant_fp8_aiter, per_token_quant_fp8_torch, scale_floor
+from .platform import fp8_dtype, fp8_max
+from .ptpc_scaled_mm import ptpc_scaled_mm_aiter, ptpc_scaled_mm_torch, scaled_mm_fallback
+from .registry import dispatch, register_provider
+
+OP = "ptpc_linear"
+# ptpc_linear's Triton provider fuses the quantization into the small-M GEMM up to this M.
+FUSED_SMALL_M_MAX = 64
+
+
+def check_linear_inputs(op, x, wq, w_scale, bias, per_tensor=False) -> None:
+    check_float("x", op, x)
+    check_rank("x", op, x, tuple(range(1, 9)), "[..., K] (any leading dims)")
+    if not isinstance(wq, torch.Tensor) or not is_fp8(wq.dtype):
+        got = wq.dtype if isinstance(wq, torch.Tensor) else type(wq).__name__
+        raise TypeError(f"rocm_attn.{op}: wq must be an fp8 tensor (quantize_weight_per_"
+                        f"{'tensor' if per_tensor else 'channel'}), got {got}")
+    check_rank("wq", op, wq, 2, "[N, K] (out_features x in_features)")
+    if not per_tensor and wq.dtype != fp8_dtype():
+        raise TypeError(f"rocm_attn.{op}: wq is {wq.dtype} but this platform quantizes activations to "
+                        f"{fp8_dtype()}; quantize the weight with quantize_weight_per_channel here")
+    N, K = wq.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"rocm_attn.{op}: x has {x.shape[-1]} features (shape {tuple(x.shape)}) "
+                         f"but wq is [N, K] = {tuple(wq.shape)}; the last dim of x must be K = {K}")
+    check_float("w_scale", op, w_scale, (torch.float32,))
+    want = (1,) if per_tensor else (N, 1)
+    if tuple(w_scale.shape) != want:
+        raise ValueError(f"rocm_attn.{op}: w_scale must have shape {want}, got {tuple(w_scale.shape)}")
+    if bias is not None:
+        check_float("bias", op, bias)
+        if tuple(bias.shape) != (N,):
+            raise ValueError(f"rocm_attn.{op}: bias must be [N] = ({N},), got {tuple(bias.shape)}")
+    check_same_device(op, x=x, wq=wq, w_scale=w_scale, bias=bias)
+
+
+def _rows(x):
+    """x [..., K] -> [M, K] (a view when possible)."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # not -1: K may be 0
+
+
+# ---- providers ------------------------------------------------------------------------------
+
+
+def ptpc_linear_torch(x, wq, w_scale, bias=None):
+    x2 = _rows(x)
+    xq, x_scale = per_token_quant_fp8_torch(x2)
+    out = ptpc_scaled_mm_torch(xq, x_scale, wq, w_scale, bias, x.dtype)
+    return out.reshape(*x.shape[:-1], wq.shape[0])
+
+
+register_provider(OP, "torch")(ptpc_linear_torch)
+
+
+def _triton_supports(x=None, wq=None, w_scale=None, bias=None):
+    if wq is not None and wq.dtype not in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
+        return f"the Triton kernels take e4m3 fp8 weights, got {wq.dtype}"
+    return None
+
+
+@register_provider(OP, "triton", supports=_triton_supports)
+def ptpc_linear_triton(x, wq, w_scale, bias=None):
+    x2 = _rows(x)
+    if x2.shape[0] <= FUSED_SMALL_M_MAX:
+        from .triton_kernels.ptpc_linear_small_m import ptpc_linear_small_m_launch
+
+        out = ptpc_linear_small_m_launch(x2, wq, w_scale, bias, fp8_max())
+    else:
+        from .triton_kernels.per_token_quant import per_token_quant_fp8_launch
+
+        xq, x_scale = per_token_quant_fp8_launch(x2, wq.dtype, fp8_max(wq.dtype))
+        out = dispatch("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype)
+    return out.reshape(*x.shape[:-1], wq.shape[0])
+
+
+def _aiter_supports(x=None, wq=None, w_scale=None, bias=None):
+    if x is not None and x.dtype not in (torch.bfloat16, torch.float16):
+        return f"aiter.gemm_a8w8 writes bf16/fp16, not {x.dtype}"
+    return None
+
+
+@register_provider(OP, "aiter", supports=_aiter_supports)
+def ptpc_linear_aiter(x, wq, w_scale, bias=None):
+    xq, x_scale = per_token_quant_fp8_aiter(_rows(x))
+    out = ptpc_scaled_mm_aiter(xq, x_scale, wq, w_scale, bias, x.dtype)
+    return out.reshape(*x.shape[:-1], wq.shape[0])
+
+
+# ---- the ops --------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("rocm_attn::ptpc_linear", mutates_args=())
+def ptpc_linear(
+    x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [..., K] (bf16/fp16/fp32), wq [N, K] fp8, w_scale [N, 1] fp32, bias [N]? -> [..., N], x's dtype."""
+    check_linear_inputs(OP, x, wq, w_scale, bias)
+    return dispatch(OP, x.device, x, wq, w_scale, bias)
+
+
+@ptpc_linear.register_fake
+def _(x, wq, w_scale, bias=None):
+    check_linear_inputs(OP, x, wq, w_scale, bias)
+    return x.new_empty((*x.shape[:-1], wq.shape[0]))
+
+
+def fp8_per_tensor_linear_torch(x, wq, w_scale, bias=None):
+    """One dynamic scale for all of x (amax / fp8_max), one for the weight."""
+    fmax = fp8_max(wq.dtype)
+    x2 = _rows(x).float()
+    amax = x2.abs().amax() if x2.numel() else x2.new_zeros(())
+    x_scale = (amax / fmax).clamp_min(scale_floor(fmax)).reshape(1, 1)
+    xq = (x2 / x_scale).clamp(-fmax, fmax).to(wq.dtype)
+    out = None
+    if x.device.type == "cuda" and hasattr(torch, "_scaled_mm") and xq.shape[0] > 0:
+        try:  # tensor-wise scales: any out dtype; K, N multiples of 16
+            out = torch._scaled_mm(xq, wq.contiguous().t(), scale_a=x_scale.reshape(()),
+                                   scale_b=w_scale.reshape(()), out_dtype=torch.float32)
+            out = out + bias.float() if bias is not None else out
+            out = out.to(x.dtype)
+        except (RuntimeError, NotImplementedError):
+            out = None
+    if out is None:
+        w_scale_rows = w_scale.reshape(1, 1).expand(wq.shape[0], 1)
+        out = scaled_mm_fallback(xq, x_scale.expand(xq.shape[0], 1), wq, w_scale_rows, bias, x.dtype)
+    return out.reshape(*x.shape[:-1], wq.shape[0])
+
+
+register_provider("fp8_per_tensor_linear", "torch")(fp8_per_tensor_linear_torch)
+
+
+@torch.library.custom_op("rocm_attn::fp8_per_tensor_linear", mutates_args=())
+def fp8_per_tensor_linear(
+    x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-tensor FP8 linear: x [..., K], wq [N, K] fp8, w_scale [1] fp32, bias [N]? -> [..., N]."""
+    check_linear_inputs("fp8_per_tensor_linear", x, wq, w_scale, bias, per_tensor=True)
+    return dispatch("fp8_per_tensor_linear", x.device, x, wq, w_scale, bias)
+
+
+@fp8_per_tensor_linear.register_fake
+def _(x, wq, w_scale, bias=None):
+    check_linear_inputs("fp8_per_tensor_linear", x, wq, w_scale, bias, per_tensor=True)
+    return x.new_empty((*x.shape[:-1], wq.shape[0]))

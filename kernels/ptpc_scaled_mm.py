@@ -1,1 +1,196 @@
-"""(to be written)"""
+"""ptpc_scaled_mm: FP8 GEMM with per-token activation scales and per-channel weight scales.
+
+    out[m, n] = (sum_k xq[m, k] * wq[n, k]) * x_scale[m] * w_scale[n] + bias[n]
+
+fp32 accumulation, the scales and bias applied in the GEMM epilogue, cast to out_dtype.
+xq [M, K] and wq [N, K] are fp8 (the same format), x_scale [M, 1] and w_scale [N, 1] fp32.
+
+Providers:
+- torch: ``torch._scaled_mm`` rowwise where the build takes the shape (on CUDA: bf16 out,
+  K and N multiples of 16), else an exact fp32 fallback (dequantize + matmul; products of
+  fp8 values are exact in fp32). Never an error for a valid shape.
+- triton: a small-M kernel (decode; reads each fp8 weight byte once) for M <= SMALL_M_MAX,
+  an autotuned tiled GEMM with the fused epilogue above it.
+- aiter: ``aiter.gemm_a8w8`` on ROCm.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .common import FLOAT_DTYPES, check_float, check_rank, check_same_device, is_fp8
+from .registry import dispatch, register_provider, set_auto_order
+
+# ---- auto choice on a CUDA GPU (tuned from benchmarks/bench_linear.py on an H100) ----------
+# (largest M, provider): the first row whose M bound holds wins. "triton" below
+# SMALL_M_MAX runs the small-M (weight-bandwidth) kernel, above it the tiled GEMM;
+# "torch" is torch._scaled_mm (rowwise) where it takes the shape.
+SMALL_M_MAX = 64
+CUDA_AUTO_TABLE: list[tuple[int | None, str]] = [
+    (SMALL_M_MAX, "triton"),
+    (None, "torch"),
+]
+
+
+def cuda_auto_choice(M: int) -> str:
+    for max_m, provider in CUDA_AUTO_TABLE:
+        if max_m is None or M <= max_m:
+            return provider
+    return "torch"
+
+
+OP = "ptpc_scaled_mm"
+OUT_DTYPES = FLOAT_DTYPES
+
+
+def check_scaled_mm_inputs(op, xq, x_scale, wq, w_scale, bias, out_dtype) -> None:
+    for name, t in (("xq", xq), ("wq", wq)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"rocm_attn.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not is_fp8(t.dtype):
+            raise TypeError(
+                f"rocm_attn.{op}: {name} has dtype {t.dtype}; expected an fp8 tensor "
+                "(quantize with per_token_quant_fp8 / quantize_weight_per_channel)"
+            )
+    check_rank("xq", op, xq, 2, "[M, K]")
+    check_rank("wq", op, wq, 2, "[N, K] (out_features x in_features)")
+    if xq.dtype != wq.dtype:
+        raise TypeError(f"rocm_attn.{op}: xq is {xq.dtype} but wq is {wq.dtype}; they must match")
+    M, K = xq.shape
+    N = wq.shape[0]
+    if wq.shape[1] != K:
+        raise ValueError(f"rocm_attn.{op}: xq is [M, K] = {tuple(xq.shape)} but wq is {tuple(wq.shape)}; "
+                         f"wq must be [N, K] with K = {K}")
+    check_float("x_scale", op, x_scale, (torch.float32,))
+    check_float("w_scale", op, w_scale, (torch.float32,))
+    if tuple(x_scale.shape) != (M, 1):
+        raise ValueError(f"rocm_attn.{op}: x_scale must be [M, 1] = ({M}, 1), got {tuple(x_scale.shape)}")
+    if tuple(w_scale.shape) != (N, 1):
+        raise ValueError(f"rocm_attn.{op}: w_scale must be [N, 1] = ({N}, 1), got {tuple(w_scale.shape)}")
+    if bias is not None:
+        check_float("bias", op, bias)
+        if tuple(bias.shape) != (N,):
+            raise ValueError(f"rocm_attn.{op}: bias must be [N] = ({N},), got {tuple(bias.shape)}")
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"rocm_attn.{op}: out_dtype={out_dtype}; expected bfloat16, float16 or float32")
+    check_same_device(op, xq=xq, x_scale=x_scale, wq=wq, w_scale=w_scale, bias=bias)
+
+
+# ---- torch ----------------------------------------------------------------------------------
+
+
+def scaled_mm_fallback(xq, x_scale, wq, w_scale, bias, out_dtype):
+    """Exact fp32 math: fp8 products are exact in fp32 (and in TF32), sums in fp32."""
+    out = (xq.float() @ wq.float().t()) * x_scale * w_scale.t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+def _scaled_mm_takes(xq, wq, out_dtype) -> bool:
+    M, K = xq.shape
+    N = wq.shape[0]
+    if M == 0 or K == 0 or N == 0 or not hasattr(torch, "_scaled_mm"):
+        return False
+    if xq.device.type == "cuda":
+        # rowwise scaling on CUDA/ROCm: bf16 output, K and N multiples of 16
+        return out_dtype == torch.bfloat16 and K % 16 == 0 and N % 16 == 0
+    return True  # CPU torch takes any shape/dtype (tried; errors fall back)
+
+
+def _scaled_mm(xq, x_scale, wq, w_scale, bias, out_dtype):
+    return torch._scaled_mm(
+        xq.contiguous(), wq.contiguous().t(),  # wq [N,K] row-major = wq^T column-major
+        scale_a=x_scale.contiguous(), scale_b=w_scale.contiguous().t(),
+        bias=bias, out_dtype=out_dtype,
+    )
+
+
+def ptpc_scaled_mm_torch(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
+    if _scaled_mm_takes(xq, wq, out_dtype):
+        b = None if bias is None else bias.to(out_dtype)
+        try:
+            return _scaled_mm(xq, x_scale, wq, w_scale, b, out_dtype)
+        except (RuntimeError, NotImplementedError):
+            pass  # this build does not take the shape/dtype (or the bias): try without bias
+        if b is not None:
+            try:
+                out = _scaled_mm(xq, x_scale, wq, w_scale, None, out_dtype)
+                return (out.float() + bias.float()).to(out_dtype)
+            except (RuntimeError, NotImplementedError):
+                pass
+    return scaled_mm_fallback(xq, x_scale, wq, w_scale, bias, out_dtype)
+
+
+register_provider(OP, "torch")(ptpc_scaled_mm_torch)
+
+
+# ---- triton ---------------------------------------------------------------------------------
+
+
+def _triton_supports(xq=None, x_scale=None, wq=None, w_scale=None, bias=None, out_dtype=torch.bfloat16):
+    if xq is not None and xq.dtype not in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
+        return f"the Triton kernels take e4m3 fp8 inputs, got {xq.dtype}"
+    return None
+
+
+@register_provider(OP, "triton", supports=_triton_supports)
+def ptpc_scaled_mm_triton(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
+    if xq.shape[0] <= SMALL_M_MAX:
+        from .triton_kernels.ptpc_gemm_small_m import ptpc_gemm_small_m_launch
+
+        return ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype)
+    from .triton_kernels.ptpc_gemm import ptpc_gemm_launch
+
+    return ptpc_gemm_launch(xq, x_scale, wq, w_scale, bias, out_dtype)
+
+
+# ---- aiter ----------------------------------------------------------------------------------
+
+
+def _aiter_supports(xq=None, x_scale=None, wq=None, w_scale=None, bias=None, out_dtype=torch.bfloat16):
+    if out_dtype not in (torch.bfloat16, torch.float16):
+        return f"aiter.gemm_a8w8 writes bf16/fp16, not {out_dtype}"
+    return None
+
+
+@register_provider(OP, "aiter", supports=_aiter_supports)
+def ptpc_scaled_mm_aiter(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
+    import aiter
+
+    b = None if bias is None else bias.to(out_dtype)
+    return aiter.gemm_a8w8(xq.contiguous(), wq.contiguous(), x_scale, w_scale, b, dtype=out_dtype)
+
+
+def _auto_order(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
+    if xq.device.type != "cuda":
+        return ["torch"]
+    if torch.version.hip:
+        return ["aiter", cuda_auto_choice(xq.shape[0]), "triton", "torch"]
+    return [cuda_auto_choice(xq.shape[0]), "triton", "torch"]
+
+
+set_auto_order(OP, _auto_order)
+
+
+# ---- the op ---------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("rocm_attn::ptpc_scaled_mm", mutates_args=())
+def ptpc_scaled_mm(
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    wq: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """(xq [M,K] fp8, x_scale [M,1] fp32, wq [N,K] fp8, w_scale [N,1] fp32, bias [N]?) -> [M, N]."""
+    check_scaled_mm_inputs(OP, xq, x_scale, wq, w_scale, bias, out_dtype)
+    return dispatch(OP, xq.device, xq, x_scale, wq, w_scale, bias, out_dtype)
+
+
+@ptpc_scaled_mm.register_fake
+def _(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
+    check_scaled_mm_inputs(OP, xq, x_scale, wq, w_scale, bias, out_dtype)
+    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
