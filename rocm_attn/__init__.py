@@ -8,7 +8,17 @@ torch.compile.
 from . import kernels  # noqa: F401  (registers the torch.ops.rocm_attn.* ops)
 from .config import Config
 from .kernels import Kernels, get_platform, use_kernels
+from .kernels.attention import attention, available_attention_backends, register_attention_backend
+from .kernels.attention_metadata import AttentionMetadata, build_metadata, build_metadata_from_allocator, split_counts
+from .kernels.cache_ops import gather_cache, reshape_and_cache
+from .kernels.kv_cache import BlockAllocator, CacheFullError, KVCache
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "Kernels", "get_platform", "use_kernels", "__version__"]
+__all__ = [
+    "Config", "Kernels", "get_platform", "use_kernels", "__version__",
+    # attention (issue 3)
+    "attention", "available_attention_backends", "register_attention_backend", "AttentionMetadata",
+    "build_metadata", "build_metadata_from_allocator", "split_counts", "gather_cache", "reshape_and_cache",
+    "BlockAllocator", "CacheFullError", "KVCache",
+]
