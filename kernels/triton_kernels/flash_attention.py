@@ -1,0 +1,319 @@
+"""Triton flash-attention forward: one kernel, two launchers (varlen and dense batched).
+
+One program = one block of BLOCK_M queries of one query head of one sequence. It walks the
+visible key blocks with an online softmax (fp32 running max / sum / accumulator, exp2 with
+log2(e) folded into the scale). The key range is split in three: blocks that need masking
+at the sliding-window edge, blocks that need none (the hot loop), and blocks at the causal
+diagonal / sequence end; blocks no query of the program can see are never visited. A user
+mask (dense launcher) is loaded per tile through its broadcast strides.
+
+Hopper prefill config: BLOCK_M 128, BLOCK_N 64/128, 8 warps, 2-3 stages (autotuned over a
+few); short query blocks (decode against a cache) use BLOCK_M 16.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..platform import triton_interpret
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _tanh(x):
+    # tanh through exp2 (portable: no libdevice); saturates cleanly to +-1.
+    return 1.0 - 2.0 / (tl.exp2(x * (2.0 * 1.4426950408889634)) + 1.0)
+
+
+@triton.jit
+def _attend_block(
+    acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, start_n,
+    offs_m, offs_n, q_pos, seqlen_q, seqlen_k,
+    stride_ks, stride_vs, stride_mn,
+    qk_scale, softcap_scale, softcap_out, window,
+    offs_d, offs_dv, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
+    PAD_D: tl.constexpr, PAD_DV: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    n = start_n + offs_n
+    # K is read transposed: [HEAD_D, BLOCK_N]
+    kp = k_ptrs + start_n * stride_ks
+    vp = v_ptrs + start_n * stride_vs
+    if MASKED:
+        k_mask = n[None, :] < seqlen_k
+        if PAD_D:
+            k_mask = k_mask & (offs_d[:, None] < HEAD_D)
+        k = tl.load(kp, mask=k_mask, other=0.0)
+    elif PAD_D:
+        k = tl.load(kp, mask=offs_d[:, None] < HEAD_D, other=0.0)
+    else:
+        k = tl.load(kp)
+    qk = tl.dot(q, k, input_precision=DOT_PREC)
+    if SOFTCAP:
+        qk = _tanh(qk * softcap_scale) * softcap_out  # c * tanh(s * scale / c), in log2 units
+    else:
+        qk = qk * qk_scale
+    if MASKED:
+        visible = n[None, :] < seqlen_k
+        if CAUSAL:
+            visible = visible & (n[None, :] <= q_pos[:, None])
+        if WINDOW:
+            visible = visible & (q_pos[:, None] - n[None, :] < window)
+        qk = tl.where(visible, qk, float("-inf"))
+    if HAS_MASK:
+        mp = mask_ptrs + start_n * stride_mn
+        m_ok = (offs_m[:, None] < seqlen_q) & (n[None, :] < seqlen_k)
+        if BOOL_MASK:
+            keep = tl.load(mp, mask=m_ok, other=0)
+            qk = tl.where(keep != 0, qk, float("-inf"))
+        else:
+            bias = tl.load(mp, mask=m_ok, other=0.0).to(tl.float32)
+            # clamp finite "minus infinity" (finfo.min) so that * log2(e) stays finite; -inf stays -inf
+            bias2 = tl.maximum(bias, -2.0e38) * 1.4426950408889634
+            qk = qk + tl.where(bias == float("-inf"), float("-inf"), bias2)
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+    p = tl.exp2(qk - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if MASKED:
+        v_mask = n[:, None] < seqlen_k
+        if PAD_DV:
+            v_mask = v_mask & (offs_dv[None, :] < HEAD_DV)
+        v = tl.load(vp, mask=v_mask, other=0.0)
+    elif PAD_DV:
+        v = tl.load(vp, mask=offs_dv[None, :] < HEAD_DV, other=0.0)
+    else:
+        v = tl.load(vp)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _flash_attn_fwd_kernel(
+    Q, K, V, O, LSE, MASK, CU_Q, CU_K, QPOS,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_os,
+    stride_lse_h,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    seq_q, seq_k,
+    qk_scale, softcap_scale, softcap_out, window,
+    GROUP: tl.constexpr,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_QPOS: tl.constexpr, STORE_LSE: tl.constexpr,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    # heavy (late, for causal) query blocks first: better tail balance
+    start_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    head = tl.program_id(1)
+    b = tl.program_id(2)
+    kv_head = head // GROUP
+    if IS_VARLEN:
+        q_start = tl.load(CU_Q + b)
+        seqlen_q = tl.load(CU_Q + b + 1) - q_start
+        k_start = tl.load(CU_K + b)
+        seqlen_k = tl.load(CU_K + b + 1) - k_start
+    else:
+        q_start = 0
+        seqlen_q = seq_q
+        k_start = 0
+        seqlen_k = seq_k
+    m0 = start_m * BLOCK_M
+    if m0 >= seqlen_q:
+        return
+    if HAS_QPOS:
+        q_pos0 = tl.load(QPOS + b)
+    else:
+        q_pos0 = seqlen_k - seqlen_q
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    PAD_D: tl.constexpr = BLOCK_D != HEAD_D
+    PAD_DV: tl.constexpr = BLOCK_DV != HEAD_DV
+    q_pos = q_pos0 + offs_m
+
+    b64 = b.to(tl.int64)
+    q_base = Q + b64 * stride_qb + head.to(tl.int64) * stride_qh + q_start.to(tl.int64) * stride_qs
+    k_base = K + b64 * stride_kb + kv_head.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_ks
+    v_base = V + b64 * stride_vb + kv_head.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vs
+    q_mask = offs_m[:, None] < seqlen_q
+    if PAD_D:
+        q_mask = q_mask & (offs_d[None, :] < HEAD_D)
+    q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=q_mask, other=0.0)
+    k_ptrs = k_base + offs_n[None, :] * stride_ks + offs_d[:, None]
+    v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_dv[None, :]
+    if HAS_MASK:
+        mask_ptrs = (MASK + b64 * stride_mb + head.to(tl.int64) * stride_mh
+                     + offs_m[:, None].to(tl.int64) * stride_mm + offs_n[None, :] * stride_mn)
+    else:
+        mask_ptrs = MASK
+
+    # visible key range [lo, hi) and its mask-free middle [full_lo, full_hi)
+    pos_first = q_pos0 + m0
+    pos_last = q_pos0 + tl.minimum(m0 + BLOCK_M, seqlen_q) - 1
+    hi = seqlen_k
+    if CAUSAL:
+        hi = tl.maximum(tl.minimum(hi, pos_last + 1), 0)
+    lo = 0
+    full_lo = 0
+    if WINDOW:
+        lo = tl.maximum(pos_first - window + 1, 0) // BLOCK_N * BLOCK_N
+        full_lo = (tl.maximum(pos_last - window + 1, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    full_hi = seqlen_k // BLOCK_N * BLOCK_N
+    if CAUSAL:
+        full_hi = tl.minimum(full_hi, tl.maximum(pos_first + 1, 0) // BLOCK_N * BLOCK_N)
+    lo = tl.minimum(lo, hi)
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.maximum(tl.minimum(full_hi, hi // BLOCK_N * BLOCK_N), full_lo)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    for start_n in range(lo, full_lo, BLOCK_N):
+        acc, l_i, m_i = _attend_block(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, start_n, offs_m, offs_n, q_pos, seqlen_q, seqlen_k,
+            stride_ks, stride_vs, stride_mn, qk_scale, softcap_scale, softcap_out, window,
+            offs_d, offs_dv, HEAD_D, HEAD_DV, PAD_D, PAD_DV,
+            True, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, DOT_PREC)
+    for start_n in range(full_lo, full_hi, BLOCK_N):
+        acc, l_i, m_i = _attend_block(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, start_n, offs_m, offs_n, q_pos, seqlen_q, seqlen_k,
+            stride_ks, stride_vs, stride_mn, qk_scale, softcap_scale, softcap_out, window,
+            offs_d, offs_dv, HEAD_D, HEAD_DV, PAD_D, PAD_DV,
+            False, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, DOT_PREC)
+    for start_n in range(full_hi, hi, BLOCK_N):
+        acc, l_i, m_i = _attend_block(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, start_n, offs_m, offs_n, q_pos, seqlen_q, seqlen_k,
+            stride_ks, stride_vs, stride_mn, qk_scale, softcap_scale, softcap_out, window,
+            offs_d, offs_dv, HEAD_D, HEAD_DV, PAD_D, PAD_DV,
+            True, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, DOT_PREC)
+
+    # rows that saw no key: l = 0 -> out 0, lse -inf
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    o_base = O + b64 * stride_ob + head.to(tl.int64) * stride_oh + q_start.to(tl.int64) * stride_os
+    o_mask = offs_m[:, None] < seqlen_q
+    if PAD_DV:
+        o_mask = o_mask & (offs_dv[None, :] < HEAD_DV)
+    tl.store(o_base + offs_m[:, None] * stride_os + offs_dv[None, :], out.to(O.dtype.element_ty), mask=o_mask)
+    if STORE_LSE:
+        lse = tl.where(seen, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+        tl.store(LSE + head.to(tl.int64) * stride_lse_h + q_start + offs_m, lse, mask=offs_m < seqlen_q)
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried once per key on the GPU for long query blocks
+PREFILL_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3)]
+_autotuned = None
+
+
+def _prefill_kernel():
+    global _autotuned
+    if _autotuned is None:
+        configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+                   for bm, bn, w, s in PREFILL_CONFIGS]
+        _autotuned = triton.autotune(
+            configs, key=["HEAD_D", "HEAD_DV", "IS_VARLEN", "CAUSAL", "WINDOW", "SOFTCAP", "HAS_MASK", "DOT_PREC"],
+        )(_flash_attn_fwd_kernel)
+    return _autotuned
+
+
+def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, max_seqlen_q, batch, scale,
+            causal, sliding_window, softcap, is_varlen):
+    hq, hkv = strides["hq"], strides["hkv"]
+    D, Dv = q.shape[-1], v.shape[-1]
+    if softcap > 0:
+        qk_scale, softcap_scale, softcap_out = 0.0, scale / softcap, softcap * LOG2E
+    else:
+        qk_scale, softcap_scale, softcap_out = scale * LOG2E, 0.0, 0.0
+    bool_mask = mask is not None and mask.dtype == torch.uint8
+    args = [
+        q, k, v, out, lse if lse is not None else out, mask if mask is not None else q,
+        cu_q if cu_q is not None else q, cu_k if cu_k is not None else q, qpos if qpos is not None else q,
+        *strides["q"], *strides["k"], *strides["v"], *strides["o"], strides["lse"], *strides["mask"],
+        seq_q, seq_k,
+    ]
+    flags = dict(
+        GROUP=hq // hkv, HEAD_D=D, HEAD_DV=Dv,
+        BLOCK_D=max(triton.next_power_of_2(D), 16), BLOCK_DV=max(triton.next_power_of_2(Dv), 16),
+        IS_VARLEN=is_varlen, HAS_QPOS=qpos is not None, STORE_LSE=lse is not None,
+        CAUSAL=bool(causal), WINDOW=sliding_window > 0, SOFTCAP=softcap > 0,
+        HAS_MASK=mask is not None, BOOL_MASK=bool_mask,
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+    scalars = (float(qk_scale), float(softcap_scale), float(softcap_out), int(sliding_window))
+
+    def run(kernel, block_m, **launch):
+        kernel[(triton.cdiv(max_seqlen_q, block_m), hq, batch)](*args, *scalars, **flags, **launch)
+
+    if max_seqlen_q == 0 or batch == 0:
+        return
+    if triton_interpret():
+        run(_flash_attn_fwd_kernel, 16, BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+    elif max_seqlen_q <= 16 or max(D, Dv) > 128:
+        bm = 16 if max_seqlen_q <= 16 else 64
+        bn = 64 if max(D, Dv) <= 128 else 32
+        run(_flash_attn_fwd_kernel, bm, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, num_stages=2)
+    elif max_seqlen_q <= 64:
+        run(_flash_attn_fwd_kernel, 64, BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+    else:
+        kernel = _prefill_kernel()
+        kernel[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), hq, batch)](
+            *args, *scalars, **flags)
+
+
+def _last_dim_contiguous(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def flash_attn_varlen_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal,
+                             sliding_window=0, softcap=0.0, q_pos_offsets=None):
+    q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
+    tq, hq, _ = q.shape
+    hkv, dv = k.shape[1], v.shape[-1]
+    out = torch.empty(tq, hq, dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(hq, tq, dtype=torch.float32, device=q.device)
+    strides = dict(
+        hq=hq, hkv=hkv,
+        q=(0, q.stride(1), q.stride(0)), k=(0, k.stride(1), k.stride(0)), v=(0, v.stride(1), v.stride(0)),
+        o=(0, out.stride(1), out.stride(0)), lse=lse.stride(0), mask=(0, 0, 0, 0),
+    )
+    _launch(q, k, v, out, lse, None, cu_seqlens_q, cu_seqlens_k, q_pos_offsets, strides, 0, 0, int(max_seqlen_q),
+            cu_seqlens_q.numel() - 1, scale, causal, sliding_window, softcap, True)
+    return out, lse
+
+
+def flash_attention_dense_launch(q, k, v, attn_mask, scale, causal, sliding_window=0, softcap=0.0):
+    from ..flash_attention import dense_out_buffer, expand_mask
+
+    q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
+    B, hq, sq, _ = q.shape
+    hkv, sk = k.shape[1], k.shape[2]
+    out = dense_out_buffer(q, v)  # [B,Hq,Sq,Dv] view of [B,Sq,Hq,Dv]
+    mask = None
+    mask_strides = (0, 0, 0, 0)
+    if attn_mask is not None:
+        mask = expand_mask(attn_mask, B, hq, sq, sk)
+        if mask.dtype == torch.bool:
+            mask = mask.view(torch.uint8)
+        mask_strides = tuple(mask.stride())
+    strides = dict(
+        hq=hq, hkv=hkv,
+        q=(q.stride(0), q.stride(1), q.stride(2)), k=(k.stride(0), k.stride(1), k.stride(2)),
+        v=(v.stride(0), v.stride(1), v.stride(2)), o=(out.stride(0), out.stride(1), out.stride(2)),
+        lse=0, mask=mask_strides,
+    )
+    _launch(q, k, v, out, None, mask, None, None, None, strides, sq, sk, sq, B, scale, causal, sliding_window,
+            softcap, False)
+    return out
