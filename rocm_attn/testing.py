@@ -12,3 +12,146 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
         return 0.0
     out, ref = out.double(), ref.double()
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+# ---------------------------------------------------------------- attention (issue 3)
+# A random mixed batch over a paged cache and a dense float64 reference, shared by the
+# attention tests of issues 3 and 4 and by the benchmarks. Written independently of the kernels.
+
+import math  # noqa: E402
+import random  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass
+class MixedBatch:
+    q: torch.Tensor  # [T, Hq, D] new tokens' queries, packed
+    k: torch.Tensor  # [T, Hkv, D] new tokens' keys (not yet in the cache)
+    v: torch.Tensor
+    kv_cache: object  # rocm_attn.KVCache with every sequence's context already written
+    query_start_loc: torch.Tensor  # [B+1] int32
+    seq_lens: torch.Tensor  # [B] int32
+    block_table: torch.Tensor  # [B, max_blocks] int32
+    slot_mapping: torch.Tensor  # [T] int64
+    metadata: object  # AttentionMetadata for the above
+    k_full: list  # per sequence [seq_len, Hkv, D]: context + new, for the reference
+    v_full: list
+    context_lens: list
+    query_lens: list
+    scale: float
+
+
+def boundary_specs(block_size: int) -> list[tuple[int, int]]:
+    """(context_len, query_len) pairs at the usual edges: empty context, a context ending exactly on and
+    just past a block boundary, decodes whose token starts or ends a block."""
+    bs = block_size
+    return [(0, 7), (bs, 3), (bs + 1, 5), (2 * bs, 1), (bs - 1, 1), (2 * bs - 1, 2), (0, bs), (0, 1)]
+
+
+def random_specs(kinds: list[str], block_size: int, rng: random.Random, max_context: int = 80,
+                 max_query: int = 24) -> list[tuple[int, int]]:
+    """One (context_len, query_len) per kind ("decode" | "extend" | "prefill"), lengths random but often
+    on block boundaries."""
+    def ctx():
+        choice = rng.random()
+        if choice < 0.25:
+            return block_size * rng.randint(1, max(1, max_context // block_size))
+        if choice < 0.5:
+            return block_size * rng.randint(0, max(0, max_context // block_size - 1)) + 1
+        return rng.randint(1, max_context)
+
+    specs = []
+    for kind in kinds:
+        if kind == "decode":
+            specs.append((ctx() if rng.random() < 0.9 else 0, 1))
+        elif kind == "extend":
+            specs.append((ctx(), rng.randint(2, max_query)))
+        elif kind == "prefill":
+            specs.append((0, rng.randint(2, max_query)))
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+    return specs
+
+
+def _write_dense_into_cache(kv_cache, blocks: list[int], k_seq: torch.Tensor, v_seq: torch.Tensor) -> None:
+    """Put tokens 0..n-1 of one sequence into its blocks, by index arithmetic on the layout (no ops)."""
+    bs, x = kv_cache.block_size, kv_cache.x
+    for pos in range(k_seq.shape[0]):
+        blk, off = blocks[pos // bs], pos % bs
+        kt, vt = k_seq[pos].to(kv_cache.dtype), v_seq[pos].to(kv_cache.dtype)  # [Hkv, D]
+        if kv_cache.layout == "standard":
+            kv_cache.k_cache[blk, off] = kt
+            kv_cache.v_cache[blk, off] = vt
+        else:
+            kv_cache.k_cache[blk, :, :, off, :] = kt.reshape(kt.shape[0], -1, x)
+            kv_cache.v_cache[blk, :, off // x, :, off % x] = vt
+
+
+def make_mixed_batch(specs: list[tuple[int, int]], num_kv_heads: int, group: int, head_dim: int,
+                     block_size: int, dtype=torch.float32, layout: str = "standard", device="cpu",
+                     seed: int = 0, spare_blocks: int = 3, scale: float | None = None) -> MixedBatch:
+    """A batch of sequences (context_len, query_len) in the given order, with random values, random
+    (non-contiguous) block ids, and each context already in the cache."""
+    from rocm_attn.kernels.attention_metadata import build_metadata
+    from rocm_attn.kernels.kv_cache import KVCache
+
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    need = [-(-(c + q) // block_size) for c, q in specs]
+    num_blocks = sum(need) + spare_blocks
+    kv_cache = KVCache(num_blocks, block_size, num_kv_heads, head_dim, dtype, layout, device)
+    ids = list(range(num_blocks))
+    rng.shuffle(ids)
+    tables, k_full, v_full, qs, ks, vs = [], [], [], [], [], []
+    hq = num_kv_heads * group
+    for (c, q), n in zip(specs, need):
+        blocks, ids = ids[:n], ids[n:]
+        tables.append(blocks)
+        kf = torch.randn(c + q, num_kv_heads, head_dim, generator=gen).to(dtype)
+        vf = torch.randn(c + q, num_kv_heads, head_dim, generator=gen).to(dtype)
+        _write_dense_into_cache(kv_cache, blocks, kf[:c].to(device), vf[:c].to(device))
+        k_full.append(kf.to(device))
+        v_full.append(vf.to(device))
+        ks.append(kf[c:])
+        vs.append(vf[c:])
+        qs.append(torch.randn(q, hq, head_dim, generator=gen).to(dtype))
+    md = build_metadata([c for c, _ in specs], [q for _, q in specs], tables, block_size, device)
+    return MixedBatch(
+        q=torch.cat(qs).to(device) if qs else torch.empty(0, hq, head_dim, dtype=dtype, device=device),
+        k=torch.cat(ks).to(device) if ks else torch.empty(0, num_kv_heads, head_dim, dtype=dtype, device=device),
+        v=torch.cat(vs).to(device) if vs else torch.empty(0, num_kv_heads, head_dim, dtype=dtype, device=device),
+        kv_cache=kv_cache, query_start_loc=md.query_start_loc, seq_lens=md.seq_lens, block_table=md.block_table,
+        slot_mapping=md.slot_mapping, metadata=md, k_full=k_full, v_full=v_full,
+        context_lens=[c for c, _ in specs], query_lens=[q for _, q in specs],
+        scale=scale if scale is not None else 1.0 / math.sqrt(head_dim),
+    )
+
+
+def reference_attention(q: torch.Tensor, k_full: list, v_full: list, query_lens: list, scale: float,
+                        sliding_window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+    """Dense float64 causal GQA attention, one sequence at a time -> [T, Hq, D] float64.
+
+    Query r of a sequence with context c sits at position c + r and sees keys j with
+    0 <= (c + r) - j (< sliding_window when given); softcap: c * tanh(s / c) after scaling."""
+    outs, start = [], 0
+    for kf, vf, n in zip(k_full, v_full, query_lens):
+        qb = q[start:start + n].double()
+        start += n
+        if n == 0:
+            continue
+        c = kf.shape[0] - n
+        group = qb.shape[1] // kf.shape[1]
+        kk = kf.double().repeat_interleave(group, dim=1)  # [S, Hq, D]
+        vv = vf.double().repeat_interleave(group, dim=1)
+        s = torch.einsum("qhd,khd->hqk", qb, kk) * scale
+        if softcap:
+            s = softcap * torch.tanh(s / softcap)
+        diff = (c + torch.arange(n, device=q.device))[:, None] - torch.arange(kf.shape[0], device=q.device)[None, :]
+        visible = diff >= 0
+        if sliding_window:
+            visible &= diff < sliding_window
+        s = s.masked_fill(~visible, float("-inf"))
+        outs.append(torch.einsum("hqk,khd->qhd", torch.softmax(s, dim=-1), vv))
+    if not outs:
+        return q.new_zeros(q.shape, dtype=torch.float64)
+    return torch.cat(outs)
