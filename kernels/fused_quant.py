@@ -23,6 +23,14 @@ from .platform import fp8_dtype, fp8_max
 from .registry import dispatch, register_provider
 
 ROW_DOC = "[..., K] with at least 2 dims (tokens x features)"
+# The Triton norm kernel keeps a whole row in registers: rows up to this many elements.
+RMS_NORM_TRITON_MAX_K = 16384
+
+
+def _norm_triton_supports(x=None, *args):
+    if x is not None and x.shape[-1] > RMS_NORM_TRITON_MAX_K:
+        return f"the Triton RMSNorm kernel takes rows of <= {RMS_NORM_TRITON_MAX_K} elements, got {x.shape[-1]}"
+    return None
 
 
 def _check_norm_inputs(op, x, weight, eps, residual=None):
@@ -64,7 +72,7 @@ def rms_norm_quant_fp8_torch(x, weight, eps):
 register_provider("rms_norm_quant_fp8", "torch")(rms_norm_quant_fp8_torch)
 
 
-@register_provider("rms_norm_quant_fp8", "triton")
+@register_provider("rms_norm_quant_fp8", "triton", supports=_norm_triton_supports)
 def rms_norm_quant_fp8_triton(x, weight, eps):
     from .triton_kernels.rms_norm_quant import rms_norm_quant_fp8_launch
 
@@ -96,7 +104,7 @@ def fused_add_rms_norm_quant_fp8_torch(x, residual, weight, eps):
 register_provider("fused_add_rms_norm_quant_fp8", "torch")(fused_add_rms_norm_quant_fp8_torch)
 
 
-@register_provider("fused_add_rms_norm_quant_fp8", "triton")
+@register_provider("fused_add_rms_norm_quant_fp8", "triton", supports=_norm_triton_supports)
 def fused_add_rms_norm_quant_fp8_triton(x, residual, weight, eps):
     from .triton_kernels.rms_norm_quant import rms_norm_quant_fp8_launch
 

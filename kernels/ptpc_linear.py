@@ -86,7 +86,7 @@ def _triton_supports(x=None, wq=None, w_scale=None, bias=None):
 def ptpc_linear_triton(x, wq, w_scale, bias=None):
     x2 = _rows(x)
     if x2.shape[0] <= FUSED_SMALL_M_MAX:
-        from .triton_kernels.ptpc_linear_small_m import ptpc_linear_small_m_launch
+        from .triton_kernels.ptpc_gemm_small_m import ptpc_linear_small_m_launch
 
         out = ptpc_linear_small_m_launch(x2, wq, w_scale, bias, fp8_max())
     else:
