@@ -31,9 +31,10 @@ def per_token_quant_fp8_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     dtype = fp8_dtype()
     fmax = fp8_max(dtype)
     x32 = x.float()
-    scale = (x32.abs().amax(dim=-1, keepdim=True) / fmax).clamp_min(scale_floor(fmax))
-    if x.shape[-1] == 0:
+    if x.shape[-1] == 0:  # amax of an empty row would raise
         scale = torch.full((*x.shape[:-1], 1), scale_floor(fmax), dtype=torch.float32, device=x.device)
+    else:
+        scale = (x32.abs().amax(dim=-1, keepdim=True) / fmax).clamp_min(scale_floor(fmax))
     xq = (x32 / scale).clamp(-fmax, fmax).to(dtype)
     return xq, scale
 
