@@ -3,8 +3,13 @@
     torch.compile(model, backend="rocm_attn", options={"quantization": "ptpc_fp8"})
 
 Found through the ``torch_dynamo_backends`` entry point, so no import is needed. Options
-are the fields of ``rocm_attn.Config``; ``mode`` is passed on to Inductor
-("reduce-overhead" gives CUDA graphs).
+are the fields of ``rocm_attn.Config`` (or ROCM_ATTN_* variables); ``mode`` is passed on to
+Inductor ("reduce-overhead" gives CUDA graphs).
+
+Per captured graph: the torch-level rewrite passes (attention -> flash_attention, linears ->
+FP8 with weights quantized once, here), then Inductor's compile_fx with our post-grad fusion
+pass in config_patches (global Inductor config is never touched). The report of each compile
+is in ``rocm_attn.passes.report.recent`` (``rocm_attn.explain`` collects it for you).
 """
 
 from __future__ import annotations
@@ -19,12 +24,34 @@ log = logging.getLogger("rocm_attn")
 
 
 def rocm_attn_backend(gm: torch.fx.GraphModule, example_inputs, mode: str | None = None, options=None):
-    config = Config.from_env(**(options or {}))
     from torch._inductor.compile_fx import compile_fx
 
-    log.debug("rocm_attn backend: compiling a graph of %d nodes", len(gm.graph.nodes))
-    inductor_patches = {"triton.cudagraphs": True} if mode == "reduce-overhead" else {}
-    compiled = compile_fx(gm, example_inputs, config_patches=inductor_patches)
+    from .passes import report as report_mod
+    from .passes.dump import dump_report
+    from .passes.pass_manager import run_passes
+    from .passes.post_grad_fusion import PostGradFusion
+
+    config = Config.from_env(**(options or {}))
+    report = report_mod.active_report()
+    own_report = report is None
+    if own_report:
+        report = report_mod.Report(config=config.to_dict())
+    graph_report = report_mod.GraphReport(index=len(report.graphs))
+    report.graphs.append(graph_report)
+    log.debug("rocm_attn backend: graph %d, %d nodes", graph_report.index, len(gm.graph.nodes))
+
+    with report_mod.building(graph_report):
+        gm = run_passes(gm, example_inputs, config, graph_report)
+        patches = {"post_grad_custom_post_pass": PostGradFusion(config)}
+        if mode == "reduce-overhead":
+            patches["triton.cudagraphs"] = True
+        if getattr(report, "fresh_compile", False):  # explain(): run the fusion pass, not a cache hit
+            patches["fx_graph_cache"] = False
+        graph_report.notes.append("post-grad pass did not run (FX graph cache hit): fusion counts unknown")
+        compiled = compile_fx(gm, example_inputs, config_patches=patches)
+    if own_report:
+        report_mod.remember(report)
+    dump_report(report, config.dump_dir)
     return _with_kernels(compiled, config)
 
 

@@ -1,0 +1,114 @@
+"""Torch-level pass: linears on parameters -> FP8 (weights quantized here, once, held as constants).
+
+Projections sharing one input are first fused into one wider GEMM when Config.fuse_projections
+(ptpc_fp8 only, see patterns/fused_projections.py); the rest are rewritten one by one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from ..patterns import fused_projections, linear
+from ..patterns.graph_utils import add_constant, erase_if_unused, parameter_of, skipped_by
+from .report import GraphReport, Site
+
+
+def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -> int:
+    graph = gm.graph
+    eligible: list[tuple[linear.LinearMatch, Site]] = []
+    for node in list(graph.nodes):
+        if not linear.is_site(node):
+            continue
+        m = linear.match(node, gm, example_inputs)
+        if m is None:
+            continue
+        site = Site("linear", m.pattern if not isinstance(m, str) else _pattern_name(node), node.name,
+                    m.module if not isinstance(m, str) else "", False)
+        graph_report.sites.append(site)
+        if isinstance(m, str):
+            from ..patterns.graph_utils import module_name
+
+            site.module, site.reason = module_name(node), m
+            continue
+        site.detail = {"shape": [m.out_features, linear.weight_nk(m).shape[1]], "bias": m.bias is not None}
+        pat = skipped_by(m.module, config.skip_modules)
+        if pat is not None:
+            site.reason = f"skipped by config (skip_modules pattern {pat!r})"
+        elif config.quantization == "none":
+            site.reason = "quantization='none'"
+        else:
+            eligible.append((m, site))
+
+    cache: dict = {}  # (id(weight), transposed) -> (wq, w_scale): a tied weight is quantized once
+    memory = {"original_bytes": 0, "bf16_bytes": 0, "fp8_bytes": 0}
+
+    def quantized(m: linear.LinearMatch):
+        key = (id(m.weight), m.transposed)
+        if key not in cache:
+            cache[key] = linear.quantize(linear.weight_nk(m), config.quantization)
+            for k, v in linear.weight_bytes(m.weight, *cache[key]).items():
+                memory[k] += v
+        return cache[key]
+
+    rewritten, fused_groups = 0, 0
+    site_of = {id(m): s for m, s in eligible}
+    done: set[int] = set()
+    if config.fuse_projections and config.quantization == "ptpc_fp8":
+        for members in fused_projections.groups([m for m, _ in eligible]):
+            first = min((m.anchor for m in members), key=_order(graph))
+            w = fused_projections.fused_weight(members)
+            wq, ws = linear.quantize(w, config.quantization)
+            for k, v in linear.weight_bytes(w, wq, ws).items():
+                memory[k] += v
+            with graph.inserting_before(first):
+                bias = _fused_bias(graph, gm, example_inputs, members)
+                wide = linear.emit(graph, gm, members[0].x, wq, ws, bias, config.quantization,
+                                   f"fused_{members[0].module or members[0].anchor.name}")
+                outs = fused_projections.split(graph, wide, members)
+            names = [m.module.rsplit(".", 1)[-1] or m.anchor.name for m in members]
+            for m, out in zip(members, outs):
+                _replace(graph, m, out)
+                s = site_of[id(m)]
+                s.rewritten, s.reason = True, f"{config.quantization}, fused [{'|'.join(names)}]"
+                done.add(id(m))
+                rewritten += 1
+            fused_groups += 1
+    for m, site in eligible:
+        if id(m) in done:
+            continue
+        wq, ws = quantized(m)
+        with graph.inserting_before(m.anchor):
+            out = linear.emit(graph, gm, m.x, wq, ws, m.bias, config.quantization, m.module or m.anchor.name)
+        _replace(graph, m, out)
+        site.rewritten, site.reason = True, config.quantization
+        rewritten += 1
+    if rewritten:
+        for k, v in memory.items():
+            graph_report.memory[k] = graph_report.memory.get(k, 0) + v
+    graph_report.fusions["fused_projections"] = graph_report.fusions.get("fused_projections", 0) + fused_groups
+    return rewritten
+
+
+def _replace(graph: fx.Graph, m: linear.LinearMatch, out: fx.Node) -> None:
+    out.meta.setdefault("nn_module_stack", m.anchor.meta.get("nn_module_stack", {}))
+    m.anchor.replace_all_uses_with(out)
+    erase_if_unused(graph, [m.anchor] + m.dead)
+
+
+def _fused_bias(graph, gm, example_inputs, members):
+    if members[0].bias is None:
+        return None
+    params = [parameter_of(m.bias, gm, example_inputs) for m in members]
+    if all(p is not None for p in params):  # concatenated once, here
+        return graph.get_attr(add_constant(gm, "fused_bias", torch.cat([p.detach() for p in params])))
+    return graph.call_function(torch.cat, ([m.bias for m in members],), {"dim": 0})
+
+
+def _order(graph: fx.Graph):
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    return lambda n: index[n]
+
+
+def _pattern_name(node: fx.Node) -> str:
+    return {"linear": "linear", "addmm": "addmm"}.get(getattr(node.target, "__name__", ""), "mm")

@@ -1,0 +1,4 @@
+"""(post-grad, written below)"""
+NAME = "norm_quant"
+def apply(graph):
+    return {}
