@@ -1,0 +1,214 @@
+"""flash_attention (dense) and flash_attn_varlen: every provider vs SDPA in fp32 and an independent loop
+reference (float64, written here)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rocm_attn.kernels import use_kernels
+from rocm_attn.testing import rel_err
+
+PROVIDERS = ["torch", "triton"]
+
+
+def loop_reference(q, k, v, scale, causal, window=0, softcap=0.0, mask=None, q_pos0=None):
+    """One query at a time, float64. q [Hq,Lq,D], k/v [Hkv,Lk,D*]; query i at q_pos0 + i (default Lk - Lq + i).
+    Returns (out [Hq,Lq,Dv], lse [Hq,Lq]); rows with nothing visible -> 0 and -inf."""
+    hq, lq, _ = q.shape
+    hkv, lk, dv = v.shape
+    out = torch.zeros(hq, lq, dv, dtype=torch.float64)
+    lse = torch.full((hq, lq), -math.inf, dtype=torch.float64)
+    pos0 = lk - lq if q_pos0 is None else q_pos0
+    for h in range(hq):
+        kh = h // (hq // hkv)
+        for i in range(lq):
+            s = (k[kh].double() @ q[h, i].double()) * scale
+            if softcap:
+                s = softcap * torch.tanh(s / softcap)
+            j = torch.arange(lk)
+            ok = torch.ones(lk, dtype=torch.bool)
+            if causal:
+                ok &= j <= pos0 + i
+            if window:
+                ok &= (pos0 + i - j) < window
+            if mask is not None:
+                mrow = mask[h if mask.shape[0] > 1 else 0, i]
+                if mrow.dtype == torch.bool:
+                    ok &= mrow
+                else:
+                    s = s + mrow.double()
+            s = s.masked_fill(~ok, -math.inf)
+            if ok.any():
+                lse[h, i] = torch.logsumexp(s, 0)
+                out[h, i] = torch.softmax(s, 0) @ v[kh].double()
+    return out, lse
+
+
+def run(provider, fn, *args):
+    with use_kernels(provider):
+        return fn(*args)
+
+
+# ----------------------------------------------------------------------------- dense
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("group", [1, 4])
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_matches_sdpa_fp32(provider, group, causal):
+    B, hkv, S, D = 2, 2, 19, 32
+    q = torch.randn(B, hkv * group, S, D)
+    k, v = torch.randn(B, hkv, S, D), torch.randn(B, hkv, S, D)
+    out = run(provider, torch.ops.rocm_attn.flash_attention, q, k, v, None, 0.2, causal)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=0.2, enable_gqa=True)
+    assert out.shape == ref.shape and rel_err(out, ref) < 1e-5
+    # [B,Hq,Sq,D] view of a contiguous [B,Sq,Hq,D] buffer
+    assert out.transpose(1, 2).is_contiguous()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("mask_kind", ["bool_padding", "bool_arbitrary", "float_padding", "float_arbitrary", "2d"])
+def test_dense_masks_match_sdpa(provider, mask_kind):
+    B, hq, hkv, sq, sk, D = 2, 4, 2, 6, 21, 16
+    q = torch.randn(B, hq, sq, D)
+    k, v = torch.randn(B, hkv, sk, D), torch.randn(B, hkv, sk, D)
+    if mask_kind == "bool_padding":  # left padding, [B,1,1,Sk]
+        mask = torch.ones(B, 1, 1, sk, dtype=torch.bool)
+        mask[1, ..., :5] = False
+    elif mask_kind == "bool_arbitrary":  # per head, [B,Hq,Sq,Sk]
+        mask = torch.rand(B, hq, sq, sk) > 0.4
+        mask[..., 3] = True
+    elif mask_kind == "float_padding":  # HF style: 0 / finfo.min, [B,1,Sq,Sk]
+        mask = torch.zeros(B, 1, sq, sk)
+        mask[0, ..., -4:] = torch.finfo(torch.float32).min
+    elif mask_kind == "float_arbitrary":
+        mask = torch.randn(B, 1, sq, sk)
+    else:  # [Sq,Sk] bool, causal-like with an offset
+        mask = torch.ones(sq, sk, dtype=torch.bool).tril(sk - sq)
+    out = run(provider, torch.ops.rocm_attn.flash_attention, q, k, v, mask, 0.3, False)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3, enable_gqa=True)
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_dense_fully_masked_row_is_zero(provider):
+    q, k, v = torch.randn(1, 2, 4, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16)
+    mask = torch.ones(1, 1, 4, 8, dtype=torch.bool)
+    mask[0, 0, 2] = False  # SDPA would give NaN for this row
+    out = run(provider, torch.ops.rocm_attn.flash_attention, q, k, v, mask, 0.25, False)
+    assert torch.isfinite(out).all() and (out[0, :, 2] == 0).all()
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25)
+    keep = torch.ones(4, dtype=torch.bool)
+    keep[2] = False
+    assert rel_err(out[:, :, keep], ref[:, :, keep]) < 1e-5
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("sq,sk", [(7, 7), (5, 23), (1, 30)])
+@pytest.mark.parametrize("window,softcap", [(0, 0.0), (6, 0.0), (0, 4.0), (9, 2.5)])
+def test_dense_window_softcap_vs_loop(provider, sq, sk, window, softcap):
+    q = torch.randn(1, 4, sq, 32, dtype=torch.float16)
+    k, v = torch.randn(1, 1, sk, 32, dtype=torch.float16), torch.randn(1, 1, sk, 32, dtype=torch.float16)
+    out = run(provider, torch.ops.rocm_attn.flash_attention, q, k, v, None, 0.35, True, window, softcap)
+    ref, _ = loop_reference(q[0], k[0], v[0], 0.35, True, window, softcap)
+    assert out.dtype == torch.float16 and rel_err(out[0], ref) < 2e-3
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_dense_strided_inputs_and_dv(provider):
+    # HF passes transposed views: [B,S,H,D] storage seen as [B,H,S,D]; Dv != D (MLA-like)
+    q = torch.randn(2, 9, 4, 32).transpose(1, 2)
+    k = torch.randn(2, 9, 2, 32).transpose(1, 2)
+    v = torch.randn(2, 9, 2, 16).transpose(1, 2)
+    out = run(provider, torch.ops.rocm_attn.flash_attention, q, k, v, None, 0.2, True)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2, enable_gqa=True)
+    assert out.shape == (2, 4, 9, 16) and rel_err(out, ref) < 1e-5
+
+
+# ----------------------------------------------------------------------------- varlen
+
+
+def varlen_case(lq, lk, hq, hkv, d, dv, dtype):
+    cq = torch.tensor([0] + torch.tensor(lq).cumsum(0).tolist(), dtype=torch.int32)
+    ck = torch.tensor([0] + torch.tensor(lk).cumsum(0).tolist(), dtype=torch.int32)
+    q = torch.randn(sum(lq), hq, d).to(dtype)
+    k, v = torch.randn(sum(lk), hkv, d).to(dtype), torch.randn(sum(lk), hkv, dv).to(dtype)
+    return q, k, v, cq, ck
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window,softcap", [(0, 0.0), (5, 0.0), (0, 3.0)])
+@pytest.mark.parametrize("group", [1, 8])
+def test_varlen_vs_loop(provider, causal, window, softcap, group):
+    lq, lk = [6, 0, 17, 3, 1], [6, 9, 17, 30, 12]  # includes Lq > visible keys and an empty sequence
+    q, k, v, cq, ck = varlen_case(lq, lk, group, 1, 32, 32, torch.float32)
+    out, lse = run(provider, torch.ops.rocm_attn.flash_attn_varlen, q, k, v, cq, ck, max(lq), max(lk), 0.3, causal,
+                   window, softcap)
+    assert out.shape == q.shape and lse.shape == (group, sum(lq)) and lse.dtype == torch.float32
+    for b in range(len(lq)):
+        q0, q1, k0, k1 = cq[b], cq[b + 1], ck[b], ck[b + 1]
+        if q1 == q0:
+            continue
+        ro, rl = loop_reference(q[q0:q1].transpose(0, 1), k[k0:k1].transpose(0, 1), v[k0:k1].transpose(0, 1),
+                                0.3, causal, window, softcap)
+        assert rel_err(out[q0:q1].transpose(0, 1), ro) < 1e-5
+        finite = torch.isfinite(rl)
+        assert torch.equal(torch.isfinite(lse[:, q0:q1]), finite)
+        torch.testing.assert_close(lse[:, q0:q1][finite].double(), rl[finite], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_varlen_q_pos_offsets_and_fp16_dv(provider):
+    lq, lk = [4, 7], [20, 11]
+    q, k, v, cq, ck = varlen_case(lq, lk, 4, 2, 64, 32, torch.float16)
+    offs = torch.tensor([25, 3], dtype=torch.int32)  # queries past the chunk, queries inside it
+    out, lse = run(provider, torch.ops.rocm_attn.flash_attn_varlen, q, k, v, cq, ck, 7, 20, 0.125, True, 8, 0.0,
+                   offs)
+    for b in range(2):
+        q0, q1, k0, k1 = cq[b], cq[b + 1], ck[b], ck[b + 1]
+        ro, _ = loop_reference(q[q0:q1].transpose(0, 1), k[k0:k1].transpose(0, 1), v[k0:k1].transpose(0, 1),
+                               0.125, True, 8, 0.0, q_pos0=int(offs[b]))
+        assert rel_err(out[q0:q1].transpose(0, 1), ro) < 2e-3
+
+
+def test_varlen_matches_sdpa_per_sequence():
+    lq = [13, 31]
+    q, k, v, cq, _ = varlen_case(lq, lq, 8, 2, 64, 64, torch.float32)
+    out, _ = torch.ops.rocm_attn.flash_attn_varlen(q, k, v, cq, cq, 31, 31, 0.125, True)
+    for b in range(2):
+        s = slice(int(cq[b]), int(cq[b + 1]))
+        ref = F.scaled_dot_product_attention(q[s].transpose(0, 1), k[s].transpose(0, 1), v[s].transpose(0, 1),
+                                             is_causal=True, scale=0.125, enable_gqa=True)
+        assert rel_err(out[s].transpose(0, 1), ref) < 1e-5
+
+
+# ----------------------------------------------------------------------------- errors, opcheck
+
+
+def test_bad_inputs():
+    q, k, v = torch.randn(1, 3, 4, 16), torch.randn(1, 2, 4, 16), torch.randn(1, 2, 4, 16)
+    with pytest.raises(ValueError, match="multiple of KV heads"):
+        torch.ops.rocm_attn.flash_attention(q, k, v, None, 0.1, False)
+    q = torch.randn(1, 4, 4, 16)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        torch.ops.rocm_attn.flash_attention(q, k, v, torch.ones(3, 4, dtype=torch.bool), 0.1, False)
+    with pytest.raises(TypeError, match="attn_mask"):
+        torch.ops.rocm_attn.flash_attention(q, k, v, torch.ones(4, 4, dtype=torch.int64), 0.1, False)
+    with pytest.raises(TypeError, match="share a dtype"):
+        torch.ops.rocm_attn.flash_attention(q.half(), k, v, None, 0.1, False)
+    with pytest.raises(ValueError, match="sliding_window"):
+        torch.ops.rocm_attn.flash_attention(q, k, v, None, 0.1, True, -1)
+    cu = torch.tensor([0, 4], dtype=torch.int64)
+    with pytest.raises(ValueError, match="int32"):
+        torch.ops.rocm_attn.flash_attn_varlen(q[0], k[0], v[0], cu, cu, 4, 4, 0.1, True)
+
+
+def test_opcheck():
+    q, k, v = torch.randn(2, 4, 5, 16), torch.randn(2, 2, 7, 16), torch.randn(2, 2, 7, 16)
+    mask = torch.rand(2, 1, 5, 7) > 0.2
+    torch.library.opcheck(torch.ops.rocm_attn.flash_attention.default, (q, k, v, mask, 0.2, True, 0, 0.0))
+    q, k, v, cq, ck = varlen_case([3, 5], [4, 9], 4, 2, 16, 16, torch.float32)
+    torch.library.opcheck(torch.ops.rocm_attn.flash_attn_varlen.default, (q, k, v, cq, ck, 5, 9, 0.2, True))
