@@ -23,6 +23,8 @@ from . import (  # noqa: F401
     unified_attention,
     attention,
     split_attention,
+    mla,
+    mla_attention,
 )
 from .platform import Platform, fp8_dtype, fp8_max, get_platform
 from .registry import Kernels, ProviderUnavailableError, registered_ops, select, use_kernels
