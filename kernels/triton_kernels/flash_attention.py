@@ -214,7 +214,7 @@ def _flash_attn_fwd_kernel(
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried once per key on the GPU for long query blocks
-PREFILL_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3)]
+PREFILL_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)]
 _autotuned = None
 
 
@@ -261,16 +261,29 @@ def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, ma
         return
     if triton_interpret():
         run(_flash_attn_fwd_kernel, 16, BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
-    elif max_seqlen_q <= 16 or max(D, Dv) > 128:
-        bm = 16 if max_seqlen_q <= 16 else 64
-        bn = 64 if max(D, Dv) <= 128 else 32
-        run(_flash_attn_fwd_kernel, bm, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, num_stages=2)
-    elif max_seqlen_q <= 64:
-        run(_flash_attn_fwd_kernel, 64, BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
-    else:
-        kernel = _prefill_kernel()
-        kernel[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), hq, batch)](
+        return
+    config = _fixed_config(max_seqlen_q, D, Dv, q.dtype)
+    plain = not (flags["WINDOW"] or flags["SOFTCAP"] or flags["HAS_MASK"])
+    if config is None and plain:
+        # the hot path (plain causal / non-causal prefill): autotuned once per key
+        _prefill_kernel()[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), hq, batch)](
             *args, *scalars, **flags)
+        return
+    bm, bn, warps, stages = config or PREFILL_CONFIGS[0]
+    run(_flash_attn_fwd_kernel, bm, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+
+
+def _fixed_config(max_seqlen_q, D, Dv, dtype):
+    """(BLOCK_M, BLOCK_N, warps, stages) for the cases the autotuned list does not cover, else None.
+    fp32 and head dims > 128 take smaller tiles to fit shared memory."""
+    big = max(D, Dv) > 128 or dtype == torch.float32
+    if max_seqlen_q <= 16:  # decode-like (HF decode, Sq = 1): short query blocks
+        return (16, 32 if big else 64, 4, 2)
+    if big:
+        return (64, 32, 4, 2)
+    if max_seqlen_q <= 64:
+        return (64, 64, 4, 3)
+    return None
 
 
 def _last_dim_contiguous(t):

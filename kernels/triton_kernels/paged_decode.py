@@ -191,7 +191,7 @@ def paged_decode_launch(q, k_cache, v_cache, seq_lens, block_table, scale, layou
         BLOCK_N=16 if interp else BLOCK_N, NUM_SPLITS=num_splits,
         WINDOW=sliding_window > 0, SOFTCAP=softcap > 0,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=1 if interp else 3,
+        num_warps=4, num_stages=1 if interp else (2 if q.dtype == torch.float32 else 3),
     )
     if num_splits > 1:
         _paged_decode_reduce_kernel[(B, hq)](
