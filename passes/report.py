@@ -51,6 +51,7 @@ class Report:
     graphs: list[GraphReport] = field(default_factory=list)
     graph_breaks: int = 0
     break_reasons: list[str] = field(default_factory=list)
+    fresh_compile: bool = False  # explain(): bypass the FX graph cache so the fusion pass runs
 
     def _count(self, kind: str, rewritten: bool | None = None) -> int:
         return sum(1 for g in self.graphs for s in g.sites

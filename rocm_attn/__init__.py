@@ -3,10 +3,13 @@ torch.compile.
 
     torch.compile(model, backend="rocm_attn")   # the Inductor backend
     rocm_attn.Config                             # every option, in one dataclass
+    rocm_attn.explain(model, *inputs)            # what was rewritten, what was not and why
 """
 
 from . import kernels  # noqa: F401  (registers the torch.ops.rocm_attn.* ops)
 from .config import Config
+from .explain import explain, export
+from .passes.report import Report
 from .kernels import Kernels, get_platform, use_kernels
 from .kernels.attention import attention, available_attention_backends, register_attention_backend
 from .kernels.attention_metadata import AttentionMetadata, build_metadata, build_metadata_from_allocator, split_counts
@@ -17,6 +20,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Config", "Kernels", "get_platform", "use_kernels", "__version__",
+    # graph rewrites (issue 5)
+    "Report", "explain", "export",
     # attention (issue 3)
     "attention", "available_attention_backends", "register_attention_backend", "AttentionMetadata",
     "build_metadata", "build_metadata_from_allocator", "split_counts", "gather_cache", "reshape_and_cache",
