@@ -29,8 +29,9 @@ def _per_token_quant_fp8_kernel(
         mask = offs < K
         x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
         amax = tl.max(tl.abs(x), axis=0)
-        scale = tl.maximum(amax / FP8_MAX, SCALE_FLOOR)
-        q = tl.clamp(x / scale, -FP8_MAX, FP8_MAX)
+        # IEEE division (div_rn), as torch does: Triton's `/` is approximate (div.full.f32)
+        scale = tl.maximum(tl.math.div_rn(amax, tl.zeros_like(amax) + FP8_MAX), SCALE_FLOOR)
+        q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
         tl.store(q_row + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     else:
         acc = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -39,11 +40,11 @@ def _per_token_quant_fp8_kernel(
             x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
             acc = tl.maximum(acc, tl.abs(x))
         amax = tl.max(acc, axis=0)
-        scale = tl.maximum(amax / FP8_MAX, SCALE_FLOOR)
+        scale = tl.maximum(tl.math.div_rn(amax, tl.zeros_like(amax) + FP8_MAX), SCALE_FLOOR)
         for k0 in range(0, K, BLOCK_K):
             mask = k0 + offs < K
             x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
-            q = tl.clamp(x / scale, -FP8_MAX, FP8_MAX)
+            q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
             tl.store(q_row + k0 + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + row, scale)
 

@@ -57,7 +57,8 @@ def _ptpc_gemm_small_m_kernel(
             k_ok = offs_k < K - k0
             x = tl.load(x_rows + k0, mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-        x_scale = tl.maximum(amax / FP8_MAX, SCALE_FLOOR)
+        # IEEE division (div_rn), as torch does: Triton's `/` is approximate (div.full.f32)
+        x_scale = tl.maximum(tl.math.div_rn(amax, tl.zeros_like(amax) + FP8_MAX), SCALE_FLOOR)
     else:
         x_scale = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
 
@@ -71,7 +72,8 @@ def _ptpc_gemm_small_m_kernel(
             x = tl.load(x_rows + k0, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_cols + k0, mask=k_ok[:, None], other=0.0)
         if QUANTIZE_X:
-            xf = tl.clamp(x.to(tl.float32) / x_scale[:, None], -FP8_MAX, FP8_MAX)
+            xf = tl.math.div_rn(x.to(tl.float32), tl.broadcast_to(x_scale[:, None], (BLOCK_M, BLOCK_K)))
+            xf = tl.clamp(xf, -FP8_MAX, FP8_MAX)
             x = xf.to(w_ptr.dtype.element_ty)
         acc = tl.dot(x, w, acc)
 

@@ -32,15 +32,17 @@ def _rms_norm_quant_kernel(
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)  # rounded like torch
         tl.store(res_out_ptr + row * K + offs, x, mask=mask)
     h = x.to(tl.float32)
-    variance = tl.sum(h * h, axis=0) / K
+    ssq = tl.sum(h * h, axis=0)
+    variance = tl.math.div_rn(ssq, tl.zeros_like(ssq) + K)
     h = h * tl.rsqrt(variance + eps)
     h = h.to(x_ptr.dtype.element_ty).to(tl.float32)  # HF: hidden_states.to(input_dtype)
     y = h * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if ROUND_Y_TO_X:  # weight * h has x's dtype unless the weight promotes it to fp32
         y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
     amax = tl.max(tl.abs(y), axis=0)
-    scale = tl.maximum(amax / FP8_MAX, SCALE_FLOOR)
-    q = tl.clamp(y / scale, -FP8_MAX, FP8_MAX)
+    # IEEE division (div_rn), as torch does: Triton's `/` is approximate (div.full.f32)
+    scale = tl.maximum(tl.math.div_rn(amax, tl.zeros_like(amax) + FP8_MAX), SCALE_FLOOR)
+    q = tl.clamp(tl.math.div_rn(y, tl.zeros_like(y) + scale), -FP8_MAX, FP8_MAX)
     tl.store(xq_ptr + row * K + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + row, scale)
 

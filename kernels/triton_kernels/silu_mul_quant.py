@@ -20,7 +20,7 @@ MAX_SINGLE_BLOCK = 16384
 def _silu_mul(g_ptrs, u_ptrs, mask, DTYPE: tl.constexpr):
     g = tl.load(g_ptrs, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
-    s = (g / (1.0 + tl.exp(-g))).to(DTYPE).to(tl.float32)  # F.silu, rounded to the input dtype
+    s = tl.math.div_rn(g, 1.0 + tl.exp(-g)).to(DTYPE).to(tl.float32)  # F.silu (IEEE division), rounded
     return (s * u).to(DTYPE).to(tl.float32)  # the product, rounded likewise
 
 
@@ -38,19 +38,21 @@ def _silu_mul_quant_kernel(
     if SINGLE_BLOCK:
         mask = offs < N
         y = _silu_mul(g_row + offs, u_row + offs, mask, dtype)
-        scale = tl.maximum(tl.max(tl.abs(y), axis=0) / FP8_MAX, SCALE_FLOOR)
-        q = tl.clamp(y / scale, -FP8_MAX, FP8_MAX)
+        amax = tl.max(tl.abs(y), axis=0)
+        scale = tl.maximum(tl.math.div_rn(amax, tl.zeros_like(amax) + FP8_MAX), SCALE_FLOOR)
+        q = tl.clamp(tl.math.div_rn(y, tl.zeros_like(y) + scale), -FP8_MAX, FP8_MAX)
         tl.store(q_row + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     else:
         acc = tl.zeros([BLOCK_N], dtype=tl.float32)
         for n0 in range(0, N, BLOCK_N):
             mask = n0 + offs < N
             acc = tl.maximum(acc, tl.abs(_silu_mul(g_row + n0 + offs, u_row + n0 + offs, mask, dtype)))
-        scale = tl.maximum(tl.max(acc, axis=0) / FP8_MAX, SCALE_FLOOR)
+        amax = tl.max(acc, axis=0)
+        scale = tl.maximum(tl.math.div_rn(amax, tl.zeros_like(amax) + FP8_MAX), SCALE_FLOOR)
         for n0 in range(0, N, BLOCK_N):
             mask = n0 + offs < N
             y = _silu_mul(g_row + n0 + offs, u_row + n0 + offs, mask, dtype)
-            q = tl.clamp(y / scale, -FP8_MAX, FP8_MAX)
+            q = tl.clamp(tl.math.div_rn(y, tl.zeros_like(y) + scale), -FP8_MAX, FP8_MAX)
             tl.store(q_row + n0 + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + row, scale)
 
