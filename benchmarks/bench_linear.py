@@ -1,0 +1,138 @@
+"""PTPC-FP8 linear vs bf16 F.linear on Llama-3-8B linear shapes (GPU only).
+
+    python benchmarks/bench_linear.py --out results/bench_linear.json            # full, < 4 min on an H100
+    python benchmarks/bench_linear.py --quick --out results/bench_linear.json    # subset, < 60 s
+
+Columns (median times, CUDA-graph replay so Python dispatch does not swamp small M):
+  bf16        F.linear(x_bf16, w_bf16)
+  scaled_mm   torch._scaled_mm rowwise alone (x already quantized)
+  triton_mm   our Triton GEMM alone (the small-M kernel for M <= 64, the tiled GEMM above)
+  ptpc_linear torch.ops.rocm_attn.ptpc_linear, auto providers: quant + GEMM, bf16 in and out
+  norm_mm     rms_norm_quant_fp8 (the fused norm + quant) then ptpc_scaled_mm
+  quant       per_token_quant_fp8 alone, as GB/s and % of a measured device-to-device copy
+Ratios are bf16 time / our time (> 1: faster than bf16). Writes JSON (--out) and prints a
+markdown table; the lead tunes CUDA_AUTO_TABLE in kernels/ptpc_scaled_mm.py from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+LLAMA_KN = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]
+MS = [1, 16, 128, 1024, 4096, 8192]
+QUICK_KN = [(4096, 4096), (14336, 4096)]
+QUICK_MS = [1, 16, 1024, 4096]
+
+
+def bench(fn) -> float:
+    """Median ms of one call, replayed from a CUDA graph (warm-up and autotuning first)."""
+    import triton.testing
+
+    fn()
+    torch.cuda.synchronize()
+    return float(triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median"))
+
+
+def copy_bandwidth_gbs() -> float:
+    src = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    return 2 * src.numel() / ms / 1e6  # read + write
+
+
+def run_shape(K, N, M, copy_gbs):
+    import rocm_attn  # noqa: F401  (registers the ops)
+    from rocm_attn.kernels import use_kernels
+    from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
+
+    ops = torch.ops.rocm_attn
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02
+    norm_w = torch.rand(K, device="cuda", dtype=torch.bfloat16) + 0.5
+    wq, w_scale = quantize_weight_per_channel(w)
+    xq, x_scale = ops.per_token_quant_fp8(x)
+    wq_t, w_scale_t = wq.t(), w_scale.t()
+
+    def triton_mm():
+        with use_kernels("triton"):
+            return ops.ptpc_scaled_mm(xq, x_scale, wq, w_scale)
+
+    def norm_mm():
+        q, s = ops.rms_norm_quant_fp8(x, norm_w, 1e-5)
+        return ops.ptpc_scaled_mm(q, s, wq, w_scale)
+
+    t = {
+        "bf16": bench(lambda: F.linear(x, w)),
+        "scaled_mm": bench(lambda: torch._scaled_mm(xq, wq_t, scale_a=x_scale, scale_b=w_scale_t,
+                                                    out_dtype=torch.bfloat16)),
+        "triton_mm": bench(triton_mm),
+        "ptpc_linear": bench(lambda: ops.ptpc_linear(x, wq, w_scale)),
+        "norm_mm": bench(norm_mm),
+        "quant": bench(lambda: ops.per_token_quant_fp8(x)),
+    }
+    flop = 2.0 * M * N * K
+    quant_bytes = M * K * (2 + 1) + 4 * M
+    row = {"K": K, "N": N, "M": M, "ms": t,
+           "tflops": {k: flop / v / 1e9 for k, v in t.items() if k != "quant"},
+           "vs_bf16": {k: t["bf16"] / v for k, v in t.items() if k not in ("bf16", "quant")},
+           "quant_gbs": quant_bytes / t["quant"] / 1e6,
+           "quant_pct_copy": 100.0 * quant_bytes / t["quant"] / 1e6 / copy_gbs,
+           "weight_read_gbs_ptpc": N * K / t["ptpc_linear"] / 1e6}
+    return row
+
+
+def markdown(rows, copy_gbs, device):
+    lines = [f"device: {device}; d2d copy {copy_gbs:.0f} GB/s; times in us (median, CUDA graph); "
+             "x = bf16 time / ours", "",
+             "| K | N | M | bf16 | scaled_mm | triton_mm | ptpc_linear | norm_mm | ptpc_linear x | scaled_mm x "
+             "| triton_mm x | quant GB/s (% copy) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        us = {k: v * 1e3 for k, v in r["ms"].items()}
+        lines.append(
+            f"| {r['K']} | {r['N']} | {r['M']} | {us['bf16']:.1f} | {us['scaled_mm']:.1f} | {us['triton_mm']:.1f} "
+            f"| {us['ptpc_linear']:.1f} | {us['norm_mm']:.1f} | {r['vs_bf16']['ptpc_linear']:.2f} "
+            f"| {r['vs_bf16']['scaled_mm']:.2f} | {r['vs_bf16']['triton_mm']:.2f} "
+            f"| {r['quant_gbs']:.0f} ({r['quant_pct_copy']:.0f}%) |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_linear.json", help="JSON results path")
+    ap.add_argument("--quick", action="store_true", help="a subset that runs in < 60 s")
+    ap.add_argument("--ms", type=str, default=None, help="comma-separated M values (override)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_linear needs a CUDA/ROCm GPU")
+    kns = QUICK_KN if args.quick else LLAMA_KN
+    ms = [int(m) for m in args.ms.split(",")] if args.ms else (QUICK_MS if args.quick else MS)
+    torch.manual_seed(0)
+    start = time.time()
+    copy_gbs = copy_bandwidth_gbs()
+    rows = []
+    for K, N in kns:
+        for M in ms:
+            rows.append(run_shape(K, N, M, copy_gbs))
+            r = rows[-1]
+            print(f"K={K} N={N} M={M}: ptpc_linear {r['vs_bf16']['ptpc_linear']:.2f}x bf16 "
+                  f"({r['ms']['ptpc_linear'] * 1e3:.1f} us)", flush=True)
+            torch.cuda.empty_cache()
+    device = torch.cuda.get_device_name(0)
+    table = markdown(rows, copy_gbs, device)
+    print(table)
+    result = {"device": device, "torch": torch.__version__, "copy_gbs": copy_gbs, "rows": rows,
+              "seconds": time.time() - start,
+              "command": "python benchmarks/bench_linear.py" + (" --quick" if args.quick else "")}
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\nwrote {args.out} in {result['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
