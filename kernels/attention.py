@@ -172,6 +172,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCac
               backend: str = "TRITON_ATTN", sliding_window: int | None = None, softcap: float | None = None,
               metadata: AttentionMetadata | None = None) -> torch.Tensor:
     """Write k/v into ``kv_cache``, then paged causal attention of q over it -> [T, Hq, D]."""
+    if not isinstance(kv_cache, KVCache):
+        raise TypeError(f"rocm_attn.attention: kv_cache must be a rocm_attn.KVCache, got {type(kv_cache).__name__}")
     entry = get_attention_backend(backend, kv_cache.layout)
     qsl, lens, table = check_attention_inputs(q, k, v, kv_cache, query_start_loc, seq_lens, block_table,
                                               slot_mapping, scale, sliding_window, softcap)
