@@ -75,16 +75,22 @@ def random_specs(kinds: list[str], block_size: int, rng: random.Random, max_cont
 
 def _write_dense_into_cache(kv_cache, blocks: list[int], k_seq: torch.Tensor, v_seq: torch.Tensor) -> None:
     """Put tokens 0..n-1 of one sequence into its blocks, by index arithmetic on the layout (no ops)."""
+    n = k_seq.shape[0]
+    if n == 0:
+        return
     bs, x = kv_cache.block_size, kv_cache.x
-    for pos in range(k_seq.shape[0]):
-        blk, off = blocks[pos // bs], pos % bs
-        kt, vt = k_seq[pos].to(kv_cache.dtype), v_seq[pos].to(kv_cache.dtype)  # [Hkv, D]
-        if kv_cache.layout == "standard":
-            kv_cache.k_cache[blk, off] = kt
-            kv_cache.v_cache[blk, off] = vt
-        else:
-            kv_cache.k_cache[blk, :, :, off, :] = kt.reshape(kt.shape[0], -1, x)
-            kv_cache.v_cache[blk, :, off // x, :, off % x] = vt
+    pos = torch.arange(n, device=k_seq.device)
+    blk = torch.tensor(blocks, dtype=torch.int64, device=k_seq.device)[pos // bs]
+    off = pos % bs
+    kt, vt = k_seq.to(kv_cache.dtype), v_seq.to(kv_cache.dtype)  # [n, Hkv, D]
+    if kv_cache.layout == "standard":
+        kv_cache.k_cache[blk, off] = kt
+        kv_cache.v_cache[blk, off] = vt
+    else:
+        # k [blocks, Hkv, D//x, bs, x] at (blk, h, d // x, off, d % x); v [blocks, Hkv, bs//x, D, x] at
+        # (blk, h, off // x, d, off % x)
+        kv_cache.k_cache[blk, :, :, off, :] = kt.reshape(n, kt.shape[1], -1, x)
+        kv_cache.v_cache[blk, :, off // x, :, off % x] = vt
 
 
 def make_mixed_batch(specs: list[tuple[int, int]], num_kv_heads: int, group: int, head_dim: int,

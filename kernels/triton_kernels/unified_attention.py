@@ -230,10 +230,12 @@ def pick_config(num_seqs: int, num_kv_heads: int, qpkv: int, head_dim_p: int, ma
 
 
 def unified_attention_launch(q, k_cache, v_cache, query_start_loc, seq_lens, block_table, scale, layout,
-                             sliding_window, softcap, max_query_len, max_seq_len, split_kv: bool | None = None):
+                             sliding_window, softcap, max_query_len, max_seq_len, split_kv: bool | None = None,
+                             config: dict | None = None):
     """Launch the kernel (and the reduce in split-KV mode); returns out [T, Hq, D] in q's dtype.
 
-    ``split_kv``: None = decide from the batch; True/False force it (tests)."""
+    ``split_kv``: None = decide from the batch; True/False force it (tests). ``config``: override
+    entries of pick_config's choice (BLOCK_M, TILE, num_warps, num_stages, NUM_SEGMENTS; benchmarks)."""
     num_tokens, num_heads, head_dim = q.shape
     _, page, num_kv_heads, _ = cache_dims(k_cache, v_cache, layout)
     qpkv = num_heads // num_kv_heads
@@ -243,6 +245,9 @@ def unified_attention_launch(q, k_cache, v_cache, query_start_loc, seq_lens, blo
     out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
     head_dim_p = max(16, triton.next_power_of_2(head_dim))
     cfg = pick_config(num_seqs, num_kv_heads, qpkv, head_dim_p, max_query_len, max_seq_len, q.device, split_kv)
+    if config:
+        cfg.update(config)
+        cfg["BLOCK_Q"] = cfg["BLOCK_M"] // qpkv
     num_q_blocks = num_tokens // cfg["BLOCK_Q"] + num_seqs
     segments = cfg["NUM_SEGMENTS"]
     if segments > 1:
