@@ -5,12 +5,19 @@ set before any @triton.jit function is created, so it is set here, before import
 """
 
 import os
+import sys
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# `python -m pytest` puts the repo root on sys.path; then transformers' hub-kernels integration
+# imports our kernels/ as the top-level `kernels` package, registering every rocm_attn op a second
+# time against a second provider registry (use_kernels() is then ignored). Drop the root.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
 
 HAS_GPU = torch.cuda.is_available()
 
