@@ -182,6 +182,20 @@ def mla_decode_torch(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank
 
 # ---------------------------------------------------------------- triton
 
+@register_provider("mla_reshape_and_cache", "triton")
+def mla_reshape_and_cache_triton(kv_c, k_pe, latent_cache, slot_mapping) -> None:
+    from .triton_kernels.mla_reshape_and_cache import mla_reshape_and_cache_launch
+
+    mla_reshape_and_cache_launch(kv_c, k_pe, latent_cache, slot_mapping)
+
+
+@register_provider("mla_gather_cache", "triton")
+def mla_gather_cache_triton(latent_cache, block_table, cu_seq_lens, seq_starts, out) -> None:
+    from .triton_kernels.mla_gather_cache import mla_gather_cache_launch
+
+    mla_gather_cache_launch(latent_cache, block_table, cu_seq_lens, seq_starts, out)
+
+
 @register_provider("mla_decode", "triton")
 def mla_decode_triton(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank):
     from .triton_kernels.mla_decode import mla_decode_launch

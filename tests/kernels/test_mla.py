@@ -93,7 +93,8 @@ def test_mla_decode_fp16_triton():
     assert rel_err(out, ref) < 2e-3
 
 
-def test_reshape_and_gather_round_trip():
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_reshape_and_gather_round_trip(provider):
     L, R, bs = 16, 8, 4
     cache = MLACache(10, bs, L, R, torch.float32)
     alloc = cache.allocator
@@ -102,17 +103,21 @@ def test_reshape_and_gather_round_trip():
     kv_c, k_pe = torch.randn(12, L), torch.randn(12, R)
     slots = torch.cat([slots_a, slots_b])
     slots[3] = -1  # skipped
-    torch.ops.rocm_attn.mla_reshape_and_cache(kv_c, k_pe, cache.latent_cache, slots)
+    with use_kernels(provider):
+        torch.ops.rocm_attn.mla_reshape_and_cache(kv_c, k_pe, cache.latent_cache, slots)
     table = alloc.block_table(["a", "b"])
     # gather positions 2..6 of "a" and 1..4 of "b"
-    out = torch.full((9, L + R), 7.0)
-    torch.ops.rocm_attn.mla_gather_cache(cache.latent_cache, table, torch.tensor([0, 5, 9], dtype=torch.int32),
-                                         torch.tensor([2, 1], dtype=torch.int32), out)
+    out = torch.full((11, L + R), 7.0)
+    with use_kernels(provider):  # a third, empty sequence; rows past cu[-1] untouched
+        torch.ops.rocm_attn.mla_gather_cache(cache.latent_cache, torch.cat([table, table[:1]]),
+                                             torch.tensor([0, 5, 9, 9], dtype=torch.int32),
+                                             torch.tensor([2, 1, 0], dtype=torch.int32), out)
     rows = torch.cat([kv_c, k_pe], -1)
     assert torch.equal(out[0], rows[2])
     assert torch.equal(out[2:5], rows[4:7])
     assert torch.equal(out[5:9], rows[8:12])
     assert (out[1] == 0).all()  # slot of token 3 was skipped: the cache still holds zeros there
+    assert (out[9:] == 7.0).all()
 
 
 def test_opcheck():
