@@ -11,7 +11,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   timeout 300 python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tee "$out/tests_gpu.txt" | tail -25
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  for b in bench_linear bench_attention; do
+  for b in bench_linear bench_attention bench_mla; do
     [ -f benchmarks/$b.py ] && timeout 280 python3 benchmarks/$b.py --out "$out/$b.json" "$@" 2>&1 | tee "$out/$b.txt" | tail -40
   done
 fi

@@ -161,3 +161,75 @@ def reference_attention(q: torch.Tensor, k_full: list, v_full: list, query_lens:
     if not outs:
         return q.new_zeros(q.shape, dtype=torch.float64)
     return torch.cat(outs)
+
+
+# ---------------------------------------------------------------- MLA (issue 8)
+# A random mixed batch over a paged latent cache and a dense float64 non-absorbed reference.
+
+
+@dataclass
+class MLABatch:
+    q: torch.Tensor  # [T, H, nope + R] new tokens' queries (rope applied)
+    kv_c: torch.Tensor  # [T, L] new tokens' latents
+    k_pe: torch.Tensor  # [T, R]
+    mla_cache: object  # rocm_attn MLACache with every context written
+    weights: object  # MLAWeights
+    metadata: object  # AttentionMetadata
+    latents: list  # per sequence [seq_len, L + R]: context + new
+    query_lens: list
+    scale: float
+
+
+def make_mla_batch(specs, num_heads, kv_lora_rank=512, rope_dim=64, nope_dim=128, v_dim=128, block_size=16,
+                   dtype=torch.bfloat16, device="cpu", seed=0) -> MLABatch:
+    """Sequences (context_len, query_len) in the given order; random latents and kv_b weight; random
+    (non-contiguous) block ids; each context already in the cache."""
+    from rocm_attn.kernels.attention_metadata import build_metadata
+    from rocm_attn.kernels.mla import MLACache
+    from rocm_attn.kernels.mla_attention import MLAWeights
+
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    need = [-(-(c + q) // block_size) for c, q in specs]
+    num_blocks = sum(need) + 2
+    cache = MLACache(num_blocks, block_size, kv_lora_rank, rope_dim, dtype, device)
+    ids = list(range(num_blocks))
+    rng.shuffle(ids)
+    tables, latents = [], []
+    for (c, q), n in zip(specs, need):
+        blocks, ids = ids[:n], ids[n:]
+        tables.append(blocks)
+        lat = torch.randn(c + q, kv_lora_rank + rope_dim, generator=gen).to(dtype).to(device)
+        if c:
+            idx = torch.arange(c)
+            blk = torch.tensor(blocks, dtype=torch.long)[idx // block_size]
+            cache.latent_cache[blk.to(device), (idx % block_size).to(device)] = lat[:c]
+        latents.append(lat)
+    md = build_metadata([c for c, _ in specs], [q for _, q in specs], tables, block_size, device)
+    new = torch.cat([lat[c:] for lat, (c, _) in zip(latents, specs)])
+    T = new.shape[0]
+    q = torch.randn(T, num_heads, nope_dim + rope_dim, generator=gen).to(dtype).to(device)
+    w = (torch.randn(num_heads * (nope_dim + v_dim), kv_lora_rank, generator=gen) / math.sqrt(kv_lora_rank))
+    weights = MLAWeights.from_kv_b_proj(w.to(dtype).to(device), num_heads, nope_dim, v_dim)
+    return MLABatch(q, new[:, :kv_lora_rank].contiguous(), new[:, kv_lora_rank:].contiguous(), cache, weights, md,
+                    latents, [q for _, q in specs], 1.0 / math.sqrt(nope_dim + rope_dim))
+
+
+def reference_mla(batch: MLABatch) -> torch.Tensor:
+    """Dense float64, non-absorbed: per sequence K = [kv_c @ W_UK^T, k_pe], V = kv_c @ W_UV^T, causal -> [T, H, v]."""
+    w = batch.weights
+    P, L = w.qk_nope_head_dim, w.kv_lora_rank
+    wkv = w.kv_b_weight.double().view(w.num_heads, P + w.v_head_dim, L)
+    outs, start = [], 0
+    for lat, n in zip(batch.latents, batch.query_lens):
+        qb = batch.q[start:start + n].double()
+        start += n
+        lat = lat.double()
+        kv = torch.einsum("sl,hdl->shd", lat[:, :L], wkv)  # [S, H, P+V]
+        k = torch.cat([kv[..., :P], lat[:, None, L:].expand(-1, w.num_heads, -1)], dim=-1)
+        s = torch.einsum("qhd,khd->hqk", qb, k) * batch.scale
+        c = lat.shape[0] - n
+        diff = (c + torch.arange(n, device=qb.device))[:, None] - torch.arange(lat.shape[0], device=qb.device)[None]
+        s = s.masked_fill(diff < 0, float("-inf"))
+        outs.append(torch.einsum("hqk,khd->qhd", torch.softmax(s, -1), kv[..., P:]))
+    return torch.cat(outs)

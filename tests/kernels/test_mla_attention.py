@@ -183,3 +183,22 @@ def test_is_mla_module_and_errors():
         mla_attention(args[0].half(), *args[1:], scale=0.1)
     with pytest.raises(ValueError, match="rows"):
         MLAWeights.from_kv_b_proj(torch.randn(10, 32), 4, 32, 24)
+
+
+@pytest.mark.parametrize("provider", ["torch", "triton"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_mixed_batches_vs_dense_reference(provider, seed):
+    """Random decode/extend/prefill mixtures in random order, contexts on and just past block boundaries."""
+    from rocm_attn.testing import boundary_specs, make_mla_batch, random_specs, reference_mla
+
+    rng = random.Random(seed)
+    kinds = [rng.choice(["decode", "extend", "prefill"]) for _ in range(5)]
+    specs = random_specs(kinds, 8, rng, max_context=40, max_query=9) + (boundary_specs(8)[:4] if seed else [])
+    rng.shuffle(specs)
+    b = make_mla_batch(specs, num_heads=3, kv_lora_rank=32, rope_dim=16, nope_dim=24, v_dim=16, block_size=8,
+                       dtype=torch.float32, seed=seed)
+    md = b.metadata
+    with use_kernels(provider):
+        out = mla_attention(b.q, b.kv_c, b.k_pe, b.mla_cache, b.weights, md.query_start_loc, md.seq_lens,
+                            md.block_table, md.slot_mapping, scale=b.scale, workspace=20)
+    assert rel_err(out, reference_mla(b)) < 1e-5

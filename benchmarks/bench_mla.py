@@ -1,0 +1,237 @@
+"""MLA (DeepSeek-V3 shapes) on the GPU: absorbed decode bandwidth vs the copy ceiling, prefill TFLOP/s vs SDPA.
+
+    python benchmarks/bench_mla.py --out results/bench_mla.json            # < 2 min on an H100
+    python benchmarks/bench_mla.py --tune --out results/bench_mla_tune.json # sweep the decode kernel's tiles
+
+128 heads, kv_lora_rank 512 + rope 64 (latent rows of 576 bf16 = 1152 bytes), nope 128, v 128, page 64.
+
+decode  B x ctx = 64/128 x 4k/8k/32k (128 x 32k skipped: 4.8 GB cache is fine, but it is left out to stay
+        under 2 min): one mla_decode call (q already absorbed). GB/s = latent-cache bytes read / time,
+        vs a device-to-device copy (read + write bytes / time). Target: >= 75% of copy.
+        Also the whole decode step (absorb q, mla_decode, W_UV) through mla_attention for B x ctx = 64 x 8k.
+prefill one causal sequence S = 4k / 8k on the up-projected problem (q, k [S,128,192], v [S,128,128]):
+        our flash_attn_varlen vs F.scaled_dot_product_attention (whatever backend torch picks for
+        D 192 / Dv 128, named in the table), causal FLOPs = 2 * S^2/2 * H * (192 + 128). Also the full
+        non-absorbed MLA prefill (up-projection + attention) through mla_attention. Target: >= 0.8x SDPA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+H, L, R, P, V, PAGE = 128, 512, 64, 128, 128, 64
+DTYPE = torch.bfloat16
+
+
+def bench(fn) -> float:
+    """Median ms: CUDA-graph replay when the call can be captured, else do_bench."""
+    import triton.testing
+
+    fn()
+    torch.cuda.synchronize()
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=30, return_mode="median"))
+    except Exception:
+        torch.cuda.synchronize()
+        return float(triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median"))
+
+
+def copy_bandwidth_gbs() -> float:
+    src = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / bench(lambda: dst.copy_(src)) / 1e6
+
+
+def decode_setup(batch, ctx, seed=0):
+    """A latent cache with `batch` sequences of `ctx` tokens on scattered pages; absorbed q."""
+    from rocm_attn.kernels.mla import MLACache
+
+    pages = -(-ctx // PAGE)
+    cache = MLACache(batch * pages, PAGE, L, R, DTYPE, "cuda")
+    cache.latent_cache.normal_()
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randperm(batch * pages, generator=g).view(batch, pages).to(torch.int32).cuda()
+    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
+    q = torch.randn(batch, H, L + R, dtype=DTYPE, device="cuda")
+    return cache, table, seq_lens, q
+
+
+def decode_rows(copy_gbs, cases, kernels):
+    from rocm_attn.kernels import use_kernels
+
+    rows = []
+    for batch, ctx in cases:
+        cache, table, lens, q = decode_setup(batch, ctx)
+        nbytes = batch * ctx * (L + R) * 2
+        for prov in kernels:
+            def fn(prov=prov):
+                with use_kernels(prov):
+                    torch.ops.rocm_attn.mla_decode(q, cache.latent_cache, lens, table, 0.1352, L)
+            try:
+                ms = bench(fn)
+            except Exception as e:  # e.g. aiter not usable here
+                rows.append(dict(case="decode", batch=batch, ctx=ctx, impl=prov, note=f"{type(e).__name__}: {e}"[:120]))
+                continue
+            gbs = nbytes / ms / 1e6
+            rows.append(dict(case="decode", batch=batch, ctx=ctx, impl=f"mla_decode[{prov}]", ms=ms, gbs=gbs,
+                             frac_copy=gbs / copy_gbs))
+        del cache, q
+        torch.cuda.empty_cache()
+    return rows
+
+
+def decode_step_row(copy_gbs, batch=64, ctx=8192):
+    """The whole absorbed decode step: q_nope @ W_UK, mla_decode, o_lat @ W_UV (no cache write timing change)."""
+    from rocm_attn.kernels.attention_metadata import build_metadata
+    from rocm_attn.kernels.mla_attention import MLAWeights, mla_attention
+
+    cache, table, lens, _ = decode_setup(batch, ctx)
+    md = build_metadata([ctx - 1] * batch, [1] * batch, table.tolist(), PAGE, "cuda")
+    w = MLAWeights.from_kv_b_proj(torch.randn(H * (P + V), L, dtype=DTYPE, device="cuda") / 23, H, P, V)
+    q = torch.randn(batch, H, P + R, dtype=DTYPE, device="cuda")
+    kv_c = torch.randn(batch, L, dtype=DTYPE, device="cuda")
+    k_pe = torch.randn(batch, R, dtype=DTYPE, device="cuda")
+
+    def fn():
+        mla_attention(q, kv_c, k_pe, cache, w, md.query_start_loc, md.seq_lens, md.block_table, md.slot_mapping,
+                      scale=0.1352, metadata=md)
+
+    ms = bench(fn)
+    gbs = batch * ctx * (L + R) * 2 / ms / 1e6
+    return dict(case="decode step", batch=batch, ctx=ctx, impl="mla_attention TRITON_MLA", ms=ms, gbs=gbs,
+                frac_copy=gbs / copy_gbs)
+
+
+def sdpa_backend_name(q, k, v) -> str:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        try:
+            with sdpa_kernel([b]):
+                F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return b.name.lower()
+        except Exception:
+            continue
+    return "math"
+
+
+def prefill_rows(seqs):
+    from rocm_attn.kernels import use_kernels
+    from rocm_attn.kernels.attention_metadata import build_metadata
+    from rocm_attn.kernels.mla import MLACache
+    from rocm_attn.kernels.mla_attention import MLAWeights, mla_attention
+
+    rows = []
+    for S in seqs:
+        flops = 2 * S * S / 2 * H * (P + R + V)
+        q = torch.randn(S, H, P + R, dtype=DTYPE, device="cuda")
+        k = torch.randn(S, H, P + R, dtype=DTYPE, device="cuda")
+        v = torch.randn(S, H, V, dtype=DTYPE, device="cuda")
+        qt, kt, vt = (t.transpose(0, 1)[None] for t in (q, k, v))  # [1, H, S, D] views, like HF after transpose
+        name = sdpa_backend_name(qt, kt, vt)
+        sdpa_ms = bench(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=0.0722))
+        rows.append(dict(case="prefill", S=S, impl=f"SDPA ({name})", ms=sdpa_ms, tflops=flops / sdpa_ms / 1e9))
+        cu = torch.tensor([0, S], dtype=torch.int32, device="cuda")
+
+        def ours():
+            with use_kernels("triton"):
+                torch.ops.rocm_attn.flash_attn_varlen(q, k, v, cu, cu, S, S, 0.0722, True)
+
+        ms = bench(ours)
+        rows.append(dict(case="prefill", S=S, impl="flash_attn_varlen[triton]", ms=ms, tflops=flops / ms / 1e9,
+                         vs_sdpa=sdpa_ms / ms))
+        # the whole non-absorbed MLA prefill: up-projection + attention (+ cache write)
+        cache = MLACache(-(-S // PAGE), PAGE, L, R, DTYPE, "cuda")
+        md = build_metadata([0], [S], [list(range(cache.num_blocks))], PAGE, "cuda")
+        w = MLAWeights.from_kv_b_proj(torch.randn(H * (P + V), L, dtype=DTYPE, device="cuda") / 23, H, P, V)
+        kv_c = torch.randn(S, L, dtype=DTYPE, device="cuda")
+        k_pe = torch.randn(S, R, dtype=DTYPE, device="cuda")
+        ms = bench(lambda: mla_attention(q, kv_c, k_pe, cache, w, md.query_start_loc, md.seq_lens, md.block_table,
+                                         md.slot_mapping, scale=0.0722, metadata=md))
+        rows.append(dict(case="prefill", S=S, impl="mla_attention prefill (up-proj + flash)", ms=ms,
+                         tflops=flops / ms / 1e9, vs_sdpa=sdpa_ms / ms))
+        del q, k, v, qt, kt, vt, cache
+        torch.cuda.empty_cache()
+    return rows
+
+
+def tune(copy_gbs):
+    """Sweep the Triton decode kernel's (BLOCK_H, BLOCK_N, warps, stages) at 64 x 8k and 128 x 4k."""
+    from rocm_attn.kernels.triton_kernels.mla_decode import mla_decode_launch
+
+    rows = []
+    for batch, ctx in ((64, 8192), (128, 4096)):
+        cache, table, lens, q = decode_setup(batch, ctx)
+        nbytes = batch * ctx * (L + R) * 2
+        for bh in (16, 32, 64):
+            for bn in (16, 32, 64):
+                for w in (4, 8):
+                    for st in (1, 2, 3):
+                        if bh * bn > 2048:
+                            continue
+                        try:
+                            ms = bench(lambda: mla_decode_launch(q, cache.latent_cache, lens, table, 0.1352, L,
+                                                                 block_h=bh, block_n=bn, num_warps=w, num_stages=st))
+                        except Exception as e:
+                            print(f"  skip h{bh} n{bn} w{w} s{st}: {type(e).__name__}", file=sys.stderr)
+                            continue
+                        gbs = nbytes / ms / 1e6
+                        rows.append(dict(case="tune", batch=batch, ctx=ctx, impl=f"h{bh} n{bn} w{w} s{st}", ms=ms,
+                                         gbs=gbs, frac_copy=gbs / copy_gbs))
+                        print(f"  {batch}x{ctx} h{bh} n{bn} w{w} s{st}: {gbs:.0f} GB/s", file=sys.stderr)
+    return sorted(rows, key=lambda r: -r["gbs"])
+
+
+def markdown(rows, copy_gbs, device, command):
+    out = [f"MLA on {device}; copy ceiling {copy_gbs:.0f} GB/s; command: `{command}`", "",
+           "| case | shape | impl | ms | GB/s | % copy | TFLOP/s | vs SDPA |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        shape = f"S={r['S']}" if "S" in r else f"{r['batch']}x{r['ctx']}"
+        if "note" in r:
+            out.append(f"| {r['case']} | {shape} | {r['impl']} | - | - | - | - | {r['note']} |")
+            continue
+        f = lambda k, fmt: format(r[k], fmt) if k in r else ""  # noqa: E731
+        out.append(f"| {r['case']} | {shape} | {r['impl']} | {r['ms']:.3f} | {f('gbs', '.0f')} | "
+                   f"{format(100 * r['frac_copy'], '.0f') if 'frac_copy' in r else ''} | {f('tflops', '.0f')} | "
+                   f"{f('vs_sdpa', '.2f')} |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_mla.json", help="JSON results path")
+    ap.add_argument("--tune", action="store_true", help="sweep the Triton decode kernel's tiles instead")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_mla.py needs a GPU")
+    import rocm_attn
+    from rocm_attn.kernels import get_platform
+
+    t0 = time.time()
+    device = torch.cuda.get_device_name(0)
+    copy_gbs = copy_bandwidth_gbs()
+    command = "python benchmarks/bench_mla.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.tune:
+        rows = tune(copy_gbs)
+    else:
+        kernels = ["triton"] + (["aiter"] if get_platform().aiter_available else [])
+        rows = decode_rows(copy_gbs, [(64, 4096), (64, 8192), (64, 32768), (128, 4096), (128, 8192)], kernels)
+        rows.append(decode_step_row(copy_gbs))
+        rows += prefill_rows([4096, 8192])
+    table = markdown(rows, copy_gbs, device, command)
+    print(table)
+    print(f"({time.time() - t0:.0f} s)")
+    with open(args.out, "w") as fh:
+        json.dump(dict(device=device, copy_gbs=copy_gbs, command=command, torch=torch.__version__,
+                       rocm_attn=rocm_attn.__version__, rows=rows, table=table), fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
