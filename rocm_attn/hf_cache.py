@@ -1,0 +1,313 @@
+"""Hugging Face integration: the ``rocm_attn`` attention function and a paged HF ``Cache``.
+
+    AttentionInterface.register("rocm_attn", rocm_attn_attention)    # done by register_hf_attention()
+    model.set_attn_implementation("rocm_attn")                        # done by rocm_attn.patch()
+    cache = RocmAttnCache(model, max_batch_size=4, max_cache_len=2048)
+    model.generate(..., past_key_values=cache)                        # or let patch() make one per generate
+
+Two paths, chosen per call by the attention function:
+
+- dense (no RocmAttnCache: no cache, DynamicCache, StaticCache): ``torch.ops.rocm_attn.flash_attention``
+  on HF's K/V with HF's own 4-D mask (exactly SDPA's semantics).
+- paged (a RocmAttnCache): HF's ``update()`` only hands the new K/V through; the attention call packs
+  the real (non-padding) tokens of the batch, writes them into the paged ``KVCache`` and runs
+  ``rocm_attn.attention()``, so prefill, extend (a second turn on the same cache) and decode take
+  the library's path split (backend = ``Config.attention_backend``).
+
+How the attention function finds the cache: ``patch()`` installs a forward pre-hook that copies
+``past_key_values`` into the kwarg ``rocm_attn_cache``, which HF models pass down to the attention
+function. The paged work runs inside one opaque custom op (``rocm_attn::hf_paged_attention``) whose
+host-side bookkeeping (block allocation, metadata) happens once per forward step, at the first layer.
+So a compiled decode graph (``generate()``'s compile) calls it like any op; CUDA graphs must stay off
+for that graph (the op is tagged cudagraph_unsafe where torch has the tag, and patch() compiles
+without "reduce-overhead").
+
+Padding: every row of the batch is one sequence; padding tokens (mask 0) are neither cached nor
+attended, their outputs are 0 (HF ignores them). Positions inside the paged cache skip padding, which
+is exact for left padding (the only padding HF supports for generation) with or without sliding window.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import weakref
+from typing import Optional
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .kernels.attention import get_attention_backend
+from .kernels.attention import attention as paged_attention
+from .kernels.attention_metadata import build_metadata_from_allocator
+from .kernels.kv_cache import BlockAllocator, KVCache
+
+log = logging.getLogger("rocm_attn")
+
+ATTN_NAME = "rocm_attn"
+CACHE_KWARG = "rocm_attn_cache"
+DEFAULT_BLOCK_SIZE = 16
+
+# cache id -> live RocmAttnCache (the custom op gets the id, an int, so graphs never hold the object)
+_LIVE_CACHES: "weakref.WeakValueDictionary[int, RocmAttnCache]" = weakref.WeakValueDictionary()
+_NEXT_ID = itertools.count(1)
+
+
+def layout_for_backend(backend: str) -> str:
+    """The KV layout a backend needs: standard when it takes it, else shuffled (ROCM_AITER_FA)."""
+    layouts = get_attention_backend(backend).layouts
+    return "standard" if "standard" in layouts else layouts[0]
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+class RocmAttnLayer(CacheLayerMixin):
+    """One layer of a RocmAttnCache: HF-facing bookkeeping only (the K/V live in a paged KVCache).
+
+    ``update`` returns the new K/V unchanged (the attention call writes them into the paged cache);
+    ``cumulative_length`` is a tensor like StaticLayer's, so a compiled decode step does not recompile.
+    """
+
+    is_compileable = True
+    is_sliding = False
+    is_croppable = False
+
+    def __init__(self, max_cache_len: int):
+        super().__init__()
+        self.max_cache_len = max_cache_len
+        self.cumulative_length = torch.tensor(0, dtype=torch.int64)
+        self.is_initialized = False
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.cumulative_length = self.cumulative_length.to(self.device)
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.cumulative_length.add_(key_states.shape[-2])
+        return key_states, value_states
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        # a fixed width, like StaticLayer: compiled decode steps keep one shape
+        return self.max_cache_len, 0
+
+    def get_seq_length(self):
+        return self.cumulative_length if self.is_initialized else 0
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+    def reset(self) -> None:
+        self.cumulative_length.zero_()
+
+    def reorder_cache(self, beam_idx) -> None:
+        raise NotImplementedError(_UNSUPPORTED.format(what="beam search (reorder_cache)"))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError(_UNSUPPORTED.format(what="cropping the cache (assisted / speculative decoding)"))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError(_UNSUPPORTED.format(what="expanding the batch (num_return_sequences / beams)"))
+
+    def batch_select_indices(self, indices) -> None:
+        raise NotImplementedError(_UNSUPPORTED.format(what="selecting batch rows (contrastive search)"))
+
+
+_UNSUPPORTED = ("rocm_attn.RocmAttnCache does not support {what}; use greedy or sampling generation, or pass "
+                "past_key_values=transformers.DynamicCache() (the patched model still uses rocm_attn attention "
+                "on the dense path)")
+
+
+class RocmAttnCache(Cache):
+    """A Hugging Face ``Cache`` whose K/V live in rocm_attn's paged ``KVCache`` (one per layer, one shared
+    block allocator). Batch row b is sequence b; a later ``generate()`` on the same cache with a longer
+    prompt continues each sequence (the extend path).
+
+    model: the (patched) HF model, for its config; or pass ``config=``.
+    max_batch_size, max_cache_len: the pool holds max_batch_size * ceil(max_cache_len / block_size)
+    blocks, allocated on the first forward (dtype and device from the model's K/V).
+    backend: the rocm_attn attention backend (default: the one patch() chose, else TRITON_ATTN); it
+    fixes the KV layout (standard, or shuffled for ROCM_AITER_FA).
+    """
+
+    def __init__(self, model=None, *, config=None, max_batch_size: int = 1, max_cache_len: int = 4096,
+                 backend: str | None = None, block_size: int = DEFAULT_BLOCK_SIZE):
+        if config is None:
+            if model is None:
+                raise ValueError("RocmAttnCache: pass the model (or config=) to size the cache")
+            config = model.config
+        config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        if backend is None:
+            backend = getattr(model, "_rocm_attn_config", None)
+            backend = backend.attention_backend if backend is not None else "TRITON_ATTN"
+        for name, val in (("max_batch_size", max_batch_size), ("max_cache_len", max_cache_len),
+                          ("block_size", block_size)):
+            if not isinstance(val, int) or val < 1:
+                raise ValueError(f"RocmAttnCache: {name} must be a positive int, got {val!r}")
+        layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+        unsupported = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
+        if unsupported:
+            raise NotImplementedError(f"RocmAttnCache: layer types {unsupported} of {type(config).__name__} are "
+                                      "not supported (full and sliding attention only)")
+        super().__init__(layers=[RocmAttnLayer(max_cache_len) for _ in range(config.num_hidden_layers)])
+        self.backend = backend
+        self.layout = layout_for_backend(backend)
+        self.block_size = block_size
+        self.max_batch_size = max_batch_size
+        self.max_cache_len = max_cache_len
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.kv: list[KVCache] = []
+        self.allocator: BlockAllocator | None = None
+        self._positions = 0  # HF positions seen (padding included), host side
+        self._batch = None
+        self._step_layers: set[int] = set()
+        self._step = None  # (metadata, token_index) of the current forward step
+        self.last_split = None  # SplitCounts of the last step (for reports and tests)
+        self.cache_id = next(_NEXT_ID)
+        _LIVE_CACHES[self.cache_id] = self
+
+    # HF asks these
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+    def get_seq_length(self, layer_idx: int = 0):
+        return self.layers[layer_idx].get_seq_length() if layer_idx < len(self.layers) else 0
+
+    def reset(self):
+        super().reset()
+        if self.allocator is not None:
+            for s in self.allocator.seq_ids():
+                self.allocator.free(s)
+        self._positions, self._batch, self._step_layers, self._step = 0, None, set(), None
+
+    # the paged work, called from inside the hf_paged_attention op (eager Python)
+    def _ensure_pool(self, batch: int, dtype: torch.dtype, device: torch.device) -> None:
+        if self.kv:
+            if batch != self._batch:
+                raise ValueError(f"RocmAttnCache: this cache holds a batch of {self._batch} sequences; got a batch "
+                                 f"of {batch} (call cache.reset() or make a new cache)")
+            if dtype != self.kv[0].dtype:
+                raise TypeError(f"RocmAttnCache: the cache is {self.kv[0].dtype}, the model now gives {dtype}")
+            return
+        if batch > self.max_batch_size:
+            self.max_batch_size = batch  # generate() sizes it; a hand-made cache grows to the first batch
+        blocks = self.max_batch_size * -(-self.max_cache_len // self.block_size)
+        self.allocator = BlockAllocator(blocks, self.block_size, device)
+        self.kv = [KVCache(blocks, self.block_size, self.num_kv_heads, self.head_dim, dtype, self.layout, device,
+                           allocator=self.allocator) for _ in self.layers]
+        self._batch = batch
+
+    def _begin_step(self, q: torch.Tensor, attn_mask: Optional[torch.Tensor]) -> None:
+        """Which new tokens are real, their slots, and the packed metadata: once per forward step."""
+        B, _, S, _ = q.shape
+        self._ensure_pool(B, q.dtype, q.device)
+        past = self._positions
+        if attn_mask is None:
+            real = torch.ones(B, S, dtype=torch.bool)
+        else:
+            # HF's mask row i (absolute position past + i) sees itself unless the token is padding
+            m = attn_mask.expand(B, attn_mask.shape[1], S, attn_mask.shape[-1])[:, 0]
+            if m.shape[-1] < past + S:
+                raise ValueError(f"RocmAttnCache: the attention mask covers {m.shape[-1]} positions, need {past + S}")
+            idx = torch.arange(S, device=m.device)
+            diag = m[:, idx, past + idx]
+            real = (diag if diag.dtype == torch.bool else diag == 0).cpu()
+        query_lens = real.sum(1).tolist()
+        md = build_metadata_from_allocator(self.allocator, list(range(B)), query_lens, device=q.device)
+        token_index = real.reshape(-1).nonzero().squeeze(1).to(q.device)
+        self._positions = past + S
+        self._step = (md, token_index)
+        self.last_split = md.split_counts()
+
+    def _attend(self, q, k, v, attn_mask, layer_idx, scale, sliding_window, softcap) -> torch.Tensor:
+        if layer_idx in self._step_layers or self._step is None:
+            self._step_layers = set()
+            self._begin_step(q, attn_mask)
+        self._step_layers.add(layer_idx)
+        md, token_index = self._step
+        B, Hq, S, D = q.shape
+        Hkv = k.shape[1]
+        qt = q.transpose(1, 2).reshape(B * S, Hq, D).index_select(0, token_index)
+        kt = k.transpose(1, 2).reshape(B * S, Hkv, D).index_select(0, token_index)
+        vt = v.transpose(1, 2).reshape(B * S, Hkv, v.shape[-1]).index_select(0, token_index)
+        out_t = paged_attention(qt, kt, vt, self.kv[layer_idx], md.query_start_loc, md.seq_lens, md.block_table,
+                                md.slot_mapping, scale=scale, backend=self.backend,
+                                sliding_window=sliding_window or None, softcap=softcap or None, metadata=md)
+        out = q.new_zeros(B * S, Hq, v.shape[-1])
+        out.index_copy_(0, token_index, out_t.to(q.dtype))
+        return out.view(B, S, Hq, v.shape[-1])
+
+
+_TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
+
+
+@torch.library.custom_op("rocm_attn::hf_paged_attention", mutates_args=(), tags=_TAGS)
+def hf_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor],
+                       cache_id: int, layer_idx: int, scale: float, sliding_window: int,
+                       softcap: float) -> torch.Tensor:
+    """HF-layout paged attention on a live RocmAttnCache: q [B,Hq,S,D], k/v [B,Hkv,S,D] (new tokens only)
+    -> out [B,S,Hq,Dv]. Writes the new K/V into the cache (state held outside the graph)."""
+    cache = _LIVE_CACHES.get(cache_id)
+    if cache is None:
+        raise RuntimeError(f"rocm_attn.hf_paged_attention: RocmAttnCache {cache_id} no longer exists")
+    return cache._attend(q, k, v, attn_mask, layer_idx, scale, sliding_window, softcap)
+
+
+@hf_paged_attention.register_fake
+def _(q, k, v, attn_mask, cache_id, layer_idx, scale, sliding_window, softcap):
+    B, Hq, S, _ = q.shape
+    return q.new_empty((B, S, Hq, v.shape[-1]))
+
+
+# ----------------------------------------------------------------------------- the attention function
+
+
+def rocm_attn_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """HF attention function: query [B,Hq,S,D], key/value [B,Hkv,Skv,D] -> ([B,S,Hq,Dv], None)."""
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    softcap = float(kwargs.get("softcap") or 0.0)
+    cache = kwargs.get(CACHE_KWARG)
+    if dropout and dropout > 0.0 or kwargs.get("output_attentions"):
+        # training-time dropout / attention weights: not what these kernels do; HF's sdpa/eager is exact
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        if cache is not None or softcap:
+            raise NotImplementedError("rocm_attn attention: dropout / output_attentions are not supported with "
+                                      "softcap or the paged RocmAttnCache; call model.eval() for inference")
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    if isinstance(cache, RocmAttnCache):
+        window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+        out = torch.ops.rocm_attn.hf_paged_attention(query, key, value, attention_mask, cache.cache_id,
+                                                     int(module.layer_idx), scale, int(window or 0), softcap)
+        return out, None
+    is_causal = kwargs.get("is_causal")
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    causal = bool(attention_mask is None and is_causal and query.shape[2] > 1)
+    out = torch.ops.rocm_attn.flash_attention(query, key, value, attention_mask, scale, causal, 0, softcap)
+    return out.transpose(1, 2), None
+
+
+def register_hf_attention() -> None:
+    """Register ``"rocm_attn"`` with transformers' AttentionInterface and AttentionMaskInterface (the mask
+    is SDPA's: a 4-D bool mask, or None for plain causal)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_NAME, rocm_attn_attention)
+    AttentionMaskInterface.register(ATTN_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+def pass_cache_to_attention(module, args, kwargs):
+    """Forward pre-hook: hand ``past_key_values`` to the attention functions (kwarg ``rocm_attn_cache``)."""
+    cache = kwargs.get("past_key_values")
+    if isinstance(cache, RocmAttnCache) and CACHE_KWARG not in kwargs:
+        kwargs = dict(kwargs)
+        kwargs[CACHE_KWARG] = cache
+        return args, kwargs
+    return None

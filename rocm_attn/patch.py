@@ -1,0 +1,233 @@
+"""``rocm_attn.patch(model)``: one line for a Hugging Face model.
+
+    model = rocm_attn.patch(model)          # FP8 weights, rocm_attn attention, paged cache, compiled decode
+    print(model.rocm_attn_report)
+
+What it changes, in place:
+1. every ``nn.Linear`` (except lm_head / embeddings / Config.skip_modules) becomes an ``FP8Linear``
+   holding the fp8 weight [N, K] and its fp32 per-channel scale [N, 1] (weight memory halves vs bf16)
+   and calling ``torch.ops.rocm_attn.ptpc_linear`` (or ``fp8_per_tensor_linear``);
+2. attention goes through this library: ``"rocm_attn"`` is registered with HF's AttentionInterface and
+   AttentionMaskInterface and set as the model's attention implementation;
+3. ``generate()`` gets a paged ``RocmAttnCache`` (unless the caller passes a cache or a
+   cache_implementation), and with ``compile=True`` compiles decode with ``backend="rocm_attn"``
+   (HF compiles decode on GPUs only, as it does for its own caches).
+
+Patching twice changes nothing more. A model it cannot handle gets an error naming the module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import Config
+from .hf_cache import ATTN_NAME, RocmAttnCache, pass_cache_to_attention, register_hf_attention
+from .kernels.quantize_weight import quantize_weight_per_channel, quantize_weight_per_tensor
+
+log = logging.getLogger("rocm_attn")
+
+
+class FP8Linear(nn.Module):
+    """A linear layer with an fp8 weight and fp32 scales: per output channel (``ptpc_fp8``, w_scale [N, 1])
+    or one per tensor (``fp8_per_tensor``, w_scale [1]); activations are quantized per token / per tensor
+    at run time inside the op. The output has the input's dtype."""
+
+    def __init__(self, linear: nn.Linear, quantization: str = "ptpc_fp8"):
+        super().__init__()
+        if quantization not in ("ptpc_fp8", "fp8_per_tensor"):
+            raise ValueError(f"FP8Linear: quantization must be 'ptpc_fp8' or 'fp8_per_tensor', got {quantization!r}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.quantization = quantization
+        quant = quantize_weight_per_channel if quantization == "ptpc_fp8" else quantize_weight_per_tensor
+        wq, w_scale = quant(linear.weight.data)
+        self.register_buffer("wq", wq)
+        self.register_buffer("w_scale", w_scale)
+        bias = linear.bias.data.detach().clone() if linear.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantization == "ptpc_fp8":
+            return torch.ops.rocm_attn.ptpc_linear(x, self.wq, self.w_scale, self.bias)
+        return torch.ops.rocm_attn.fp8_per_tensor_linear(x, self.wq, self.w_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, quantization={self.quantization}")
+
+
+@dataclass
+class PatchReport:
+    """What patch() changed."""
+
+    model: str
+    quantization: str
+    attention_backend: str
+    kv_layout: str
+    linears_replaced: int = 0
+    linears_skipped: list[str] = field(default_factory=list)
+    attention_layers: int = 0
+    weight_bytes_before: int = 0
+    weight_bytes_after: int = 0
+    compile_decode: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def __str__(self) -> str:
+        mib = 1 / 2**20
+        lines = [
+            f"rocm_attn.patch({self.model})",
+            f"  quantization        {self.quantization}",
+            f"  linears replaced    {self.linears_replaced}",
+            f"  linears kept        {len(self.linears_skipped)}"
+            + (f" ({', '.join(self.linears_skipped[:4])}{', ...' if len(self.linears_skipped) > 4 else ''})"
+               if self.linears_skipped else ""),
+            f"  linear weights      {self.weight_bytes_before * mib:.1f} MiB -> {self.weight_bytes_after * mib:.1f} MiB",
+            f"  attention layers    {self.attention_layers} -> rocm_attn ({self.attention_backend}, "
+            f"{self.kv_layout} paged KV cache in generate)",
+            f"  compiled decode     {'backend=rocm_attn' if self.compile_decode else 'off'}",
+        ]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _skipped(name: str, patterns) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(leaf, p) or p in name for p in patterns)
+
+
+def _tensor_bytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"rocm_attn.patch: expected a Hugging Face model (nn.Module), got {type(model).__name__}")
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "_attn_implementation"):
+        raise TypeError(f"rocm_attn.patch: {type(model).__name__} has no Hugging Face config; patch() works on "
+                        "transformers PreTrainedModel instances (use torch.compile(backend='rocm_attn') otherwise)")
+    if not getattr(model, "_supports_attention_backend", False):
+        raise NotImplementedError(
+            f"rocm_attn.patch: {type(model).__name__} does not route its attention through transformers' "
+            "AttentionInterface, so its attention cannot be replaced; use torch.compile(model, backend='rocm_attn')")
+    if getattr(config, "is_encoder_decoder", False):
+        raise NotImplementedError(f"rocm_attn.patch: {type(model).__name__} is an encoder-decoder model; "
+                                  "only decoder-only models are supported")
+
+
+def _attention_modules(model) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if type(m).__name__.endswith("Attention") and hasattr(m, "layer_idx")]
+
+
+def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None = None, compile: bool = True,
+          **options):
+    """Patch a HF causal LM in place (see the module docstring) and return it; the report is
+    ``model.rocm_attn_report``. ``options`` are other ``rocm_attn.Config`` fields (skip_modules, kernels, ...)."""
+    _check_model(model)
+    config = Config.from_env(quantization=quantization, attention_backend=attention_backend, **options)
+    previous = getattr(model, "_rocm_attn_config", None)
+    if previous is not None:
+        if previous != config:
+            raise ValueError(f"rocm_attn.patch: {type(model).__name__} is already patched with a different config "
+                             f"({previous.quantization}, {previous.attention_backend}); load the model again to "
+                             "patch it differently")
+        return model  # idempotent
+    from .hf_cache import layout_for_backend
+
+    report = PatchReport(type(model).__name__, config.quantization, config.attention_backend,
+                         layout_for_backend(config.attention_backend))
+
+    # 1. linears
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, nn.Linear):
+            continue
+        w_bytes = _tensor_bytes(mod.weight, mod.bias)
+        report.weight_bytes_before += w_bytes
+        if config.quantization == "none" or _skipped(name, config.skip_modules):
+            report.linears_skipped.append(name)
+            report.weight_bytes_after += w_bytes
+            continue
+        if mod.weight.dim() != 2 or not mod.weight.dtype.is_floating_point or mod.weight.device.type == "meta":
+            raise NotImplementedError(f"rocm_attn.patch: cannot quantize {name} ({type(mod).__name__}, weight "
+                                      f"{mod.weight.dtype} on {mod.weight.device}); add it to skip_modules")
+        new = FP8Linear(mod, config.quantization)
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
+        report.linears_replaced += 1
+        report.weight_bytes_after += _tensor_bytes(new.wq, new.w_scale, new.bias)
+
+    # 2. attention
+    attn = _attention_modules(model)
+    report.attention_layers = len(attn)
+    if not attn:
+        raise NotImplementedError(f"rocm_attn.patch: found no attention module (a '*Attention' module with "
+                                  f"layer_idx) in {type(model).__name__}")
+    register_hf_attention()
+    try:
+        model.set_attn_implementation(ATTN_NAME)
+    except Exception as exc:  # older / unusual models: set the config field directly
+        report.notes.append(f"set_attn_implementation failed ({exc}); set config._attn_implementation")
+    for sub in model.modules():
+        cfg = getattr(sub, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            cfg._attn_implementation = ATTN_NAME
+    if model.config._attn_implementation != ATTN_NAME:
+        raise NotImplementedError(f"rocm_attn.patch: {type(model).__name__} refused attention implementation "
+                                  f"{ATTN_NAME!r}")
+    model.register_forward_pre_hook(pass_cache_to_attention, with_kwargs=True)
+    base = getattr(model, "base_model", None)
+    if base is not None and base is not model:
+        base.register_forward_pre_hook(pass_cache_to_attention, with_kwargs=True)
+
+    # 3. generation: our cache, and compiled decode
+    if hasattr(model, "_prepare_cache_for_generation"):
+        _install_cache_factory(model, config)
+    if compile and getattr(model, "generation_config", None) is not None:
+        from transformers import CompileConfig
+
+        # no "reduce-overhead": the paged attention op does host-side work per step (no CUDA graphs)
+        options_for_backend = {"quantization": config.quantization, "attention_backend": config.attention_backend,
+                               "kernels": config.kernels, "skip_modules": config.skip_modules}
+        model.generation_config.compile_config = CompileConfig(backend="rocm_attn", mode=None,
+                                                               options=options_for_backend)
+        report.compile_decode = True
+    model._rocm_attn_config = config
+    model.rocm_attn_report = report
+    log.info("%s", report)
+    return model
+
+
+def _install_cache_factory(model, config: Config) -> None:
+    """Wrap the instance's _prepare_cache_for_generation: where HF would make a DynamicCache for
+    generate(), make a RocmAttnCache sized for this call instead."""
+    original = model._prepare_cache_for_generation
+    signature = inspect.signature(original)
+
+    def prepare(*args, **kwargs):
+        result = original(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        model_kwargs = bound.arguments.get("model_kwargs")
+        generation_config = bound.arguments.get("generation_config")
+        if model_kwargs is None or generation_config is None:
+            return result
+        from transformers import DynamicCache
+
+        cache = model_kwargs.get("past_key_values")
+        made_by_hf = type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False)
+        if made_by_hf and generation_config.cache_implementation is None:
+            batch = int(bound.arguments.get("batch_size", 1))
+            max_len = int(bound.arguments.get("max_cache_length", 0) or generation_config.max_length or 4096)
+            model_kwargs["past_key_values"] = RocmAttnCache(model, max_batch_size=batch, max_cache_len=max_len,
+                                                            backend=config.attention_backend)
+        return result
+
+    model._prepare_cache_for_generation = prepare
