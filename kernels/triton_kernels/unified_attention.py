@@ -205,7 +205,7 @@ def _num_sms(device_index: int) -> int:
 
 
 def pick_config(num_seqs: int, num_kv_heads: int, qpkv: int, head_dim_p: int, max_query_len: int,
-                max_seq_len: int, device: torch.device, split_kv: bool | None = None) -> dict:
+                max_seq_len: int, device: torch.device, split_kv: bool | None = None, elem_bytes: int = 2) -> dict:
     """Block sizes, warps and the split-KV segment count for one launch (host ints only)."""
     min_m = max(16, triton.next_power_of_2(qpkv))
     if max_query_len <= 1:
@@ -214,7 +214,7 @@ def pick_config(num_seqs: int, num_kv_heads: int, qpkv: int, head_dim_p: int, ma
         block_m, tile, warps, stages = max(64, min_m), 64, 4, 3
     else:
         block_m, tile, warps, stages = max(128, min_m), 64, 8, 3
-    if head_dim_p > 128:  # keep the fp32 accumulator in registers
+    if head_dim_p > 128 or elem_bytes > 2:  # keep the fp32 accumulator (and fp32 tiles) in registers
         block_m, tile = max(min(block_m, 64), min_m), 32
     segments = 1
     if max_query_len <= 1 and split_kv is not False:
@@ -244,7 +244,8 @@ def unified_attention_launch(q, k_cache, v_cache, query_start_loc, seq_lens, blo
         q = q.contiguous()
     out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
     head_dim_p = max(16, triton.next_power_of_2(head_dim))
-    cfg = pick_config(num_seqs, num_kv_heads, qpkv, head_dim_p, max_query_len, max_seq_len, q.device, split_kv)
+    cfg = pick_config(num_seqs, num_kv_heads, qpkv, head_dim_p, max_query_len, max_seq_len, q.device, split_kv,
+                      q.element_size())
     if config:
         cfg.update(config)
         cfg["BLOCK_Q"] = cfg["BLOCK_M"] // qpkv
