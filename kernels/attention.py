@@ -231,7 +231,7 @@ def _describe_aiter() -> str:
     fn, why = _aiter_unified_fn()
     if fn is not None:
         return "AITER unified_attention (standard layout); rocm_attn's kernel for the shuffled layout"
-    return f"rocm_attn's unified kernel ({_describe_ours()}), because AITER is not usable: {why}"
+    return f"rocm_attn's unified kernel (as TRITON_ATTN), because AITER is not usable: {why}"
 
 
 register_attention_backend("TRITON_ATTN", _unified_ours, LAYOUTS, _describe_ours)

@@ -28,12 +28,19 @@ def cmd_env(args) -> int:
         ops[name] = {p: why_not(name, p, device) or "usable" for p in ("torch", "triton", "aiter")
                      if p in entry.impls}
     info["ops"] = ops
+    from .kernels.attention import available_attention_backends
+
+    info["attention_backends"] = available_attention_backends()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     for key, value in info.items():
-        if key != "ops":
+        if key not in ("ops", "attention_backends"):
             print(f"{key:>15}: {value}")
+    print(f"{'attention':>15}: backends for rocm_attn.attention(backend=...)")
+    for name, b in info["attention_backends"].items():
+        layouts = "/".join(b["layouts"]) or "-"
+        print(f"  {name:<24} {layouts:<18} {b['implementation']}")
     print(f"{'ops':>15}: provider status on {device.type}")
     for name, provs in ops.items():
         print(f"  {name}")
