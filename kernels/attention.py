@@ -151,6 +151,8 @@ def check_attention_values(md: AttentionMetadata, num_tokens: int, kv_cache: KVC
     for b, (q, c) in enumerate(zip(md.query_lens, md.context_lens)):
         if c < 0:
             raise ValueError(f"rocm_attn.{op}: sequence {b}: seq_len {q + c} is shorter than its {q} new tokens")
+    if md.seq_lens.numel() == 0:
+        return
     need = torch.div(md.seq_lens.long() + bs - 1, bs, rounding_mode="floor")
     if int(need.max()) > md.block_table.shape[1]:
         raise ValueError(f"rocm_attn.{op}: a sequence needs {int(need.max())} blocks but block_table has "

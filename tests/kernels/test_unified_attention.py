@@ -121,6 +121,12 @@ def test_order_independence():
     assert out1.abs().sum(-1).gt(0).all()  # every token got an output
 
 
+def test_empty_batch():
+    b = make_mixed_batch([], 2, 2, 16, 16, torch.float32, "standard")
+    out = run_attention(b)
+    assert out.shape == (0, 4, 16)
+
+
 def test_opcheck():
     b = make_mixed_batch([(5, 1), (0, 3)], 2, 2, 16, 16, torch.float32, "standard")
     rocm_attn.reshape_and_cache(b.k, b.v, b.kv_cache, b.slot_mapping)
