@@ -145,7 +145,8 @@ def why_not(op: str, provider: str, device: torch.device, *args, **kwargs) -> st
     if entry is None or provider not in entry.impls:
         return f"op {op!r} has no {provider!r} provider"
     reason = provider_can_run(provider, device)
-    if reason is None and provider in entry.supports:
+    # without arguments (e.g. `rocm-attn env`) only the device-level check applies
+    if reason is None and provider in entry.supports and (args or kwargs):
         reason = entry.supports[provider](*args, **kwargs)
     return reason
 
