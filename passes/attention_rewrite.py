@@ -27,6 +27,14 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
         if not hasattr(torch.ops.rocm_attn, "flash_attention"):
             site.reason = "torch.ops.rocm_attn.flash_attention is not registered"
             continue
+        if hasattr(pattern, "rewrite"):  # a pattern with its own replacement (MLA)
+            done = pattern.rewrite(gm, node, example_inputs)
+            if isinstance(done, str):
+                site.reason = done
+            else:
+                site.rewritten, (site.reason, site.detail) = True, done
+                rewritten += 1
+            continue
         m = pattern.match(node)
         if isinstance(m, str):
             site.reason = m

@@ -52,6 +52,7 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
         return cache[key]
 
     rewritten, fused_groups = 0, 0
+    replaced: dict[fx.Node, fx.Node] = {}  # anchor -> its new output (a later linear may read it)
     site_of = {id(m): s for m, s in eligible}
     done: set[int] = set()
     if config.fuse_projections and config.quantization == "ptpc_fp8":
@@ -63,12 +64,13 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
                 memory[k] += v
             with graph.inserting_before(first):
                 bias = _fused_bias(graph, gm, example_inputs, members)
-                wide = linear.emit(graph, gm, members[0].x, wq, ws, bias, config.quantization,
+                wide = linear.emit(graph, gm, replaced.get(members[0].x, members[0].x), wq, ws, bias, config.quantization,
                                    f"fused_{members[0].module or members[0].anchor.name}")
                 outs = fused_projections.split(graph, wide, members)
             names = [m.module.rsplit(".", 1)[-1] or m.anchor.name for m in members]
             for m, out in zip(members, outs):
                 _replace(graph, m, out)
+                replaced[m.anchor] = out
                 s = site_of[id(m)]
                 s.rewritten, s.reason = True, f"{config.quantization}, fused [{'|'.join(names)}]"
                 done.add(id(m))
@@ -79,8 +81,10 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
             continue
         wq, ws = quantized(m)
         with graph.inserting_before(m.anchor):
-            out = linear.emit(graph, gm, m.x, wq, ws, m.bias, config.quantization, m.module or m.anchor.name)
+            out = linear.emit(graph, gm, replaced.get(m.x, m.x), wq, ws, replaced.get(m.bias, m.bias),
+                              config.quantization, m.module or m.anchor.name)
         _replace(graph, m, out)
+        replaced[m.anchor] = out
         site.rewritten, site.reason = True, config.quantization
         rewritten += 1
     if rewritten:
@@ -91,7 +95,9 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
 
 
 def _replace(graph: fx.Graph, m: linear.LinearMatch, out: fx.Node) -> None:
-    out.meta.setdefault("nn_module_stack", m.anchor.meta.get("nn_module_stack", {}))
+    for key in ("nn_module_stack", "example_value"):  # later matches read the output's shape/dtype
+        if key in m.anchor.meta:
+            out.meta.setdefault(key, m.anchor.meta[key])
     m.anchor.replace_all_uses_with(out)
     erase_if_unused(graph, [m.anchor] + m.dead)
 

@@ -1,0 +1,132 @@
+"""Linear patterns on small modules: op counts before/after, skip rules, fused projections."""
+
+import pytest
+import torch
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+from rocm_attn import Config
+from rocm_attn.passes import run_passes
+from rocm_attn.passes.report import GraphReport
+from rocm_attn.testing import rel_err
+
+OPS = torch.ops.rocm_attn
+QUANT, MM, PER_TENSOR = OPS.per_token_quant_fp8.default, OPS.ptpc_scaled_mm.default, OPS.fp8_per_tensor_linear.default
+
+
+def capture(model, *args, **options):
+    seen = {}
+
+    def backend(gm, example_inputs):
+        gr = GraphReport(0)
+        seen["gm"] = run_passes(gm, example_inputs, Config(**options), gr)
+        seen["report"] = gr
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend=backend, fullgraph=True, dynamic=False)(*args)
+    return out, seen["gm"], seen["report"]
+
+
+def count(gm, *targets):
+    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in targets)
+
+
+class Block(nn.Module):
+    """q/k/v sharing an input, an o_proj, a Conv1D, an x @ W.t() matmul, and an lm_head."""
+
+    def __init__(self, d=64, bias=False):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, n, bias=bias) for n in (64, 32, 32))
+        self.o_proj = nn.Linear(128, d, bias=True)
+        self.c_fc = Conv1D(96, d)
+        self.w = nn.Parameter(torch.randn(48, 96) / 10)
+        self.lm_head = nn.Linear(48, 80, bias=False)
+
+    def forward(self, x):
+        h = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], -1)
+        h = self.c_fc(self.o_proj(h))
+        return self.lm_head(torch.matmul(h, self.w.t()))
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_ptpc_counts_and_accuracy(fuse):
+    model = Block(bias=True).eval()
+    x = torch.randn(2, 5, 64)
+    out, gm, gr = capture(model, x, fuse_projections=fuse)
+    linears = gr.sites
+    assert len(linears) == 7
+    assert sum(s.rewritten for s in linears) == 6
+    lm = next(s for s in linears if s.module == "lm_head")
+    assert not lm.rewritten and "skip_modules" in lm.reason
+    assert {s.pattern for s in linears} == {"linear", "addmm", "mm"}
+    gemms = 4 if fuse else 6  # q/k/v -> one GEMM when fused
+    assert count(gm, QUANT) == gemms and count(gm, MM) == gemms
+    assert count(gm, torch.nn.functional.linear) == 1  # lm_head stays
+    assert gr.fusions["fused_projections"] == (1 if fuse else 0)
+    assert gr.memory["fp8_bytes"] < 0.6 * gr.memory["bf16_bytes"]
+    with torch.no_grad():
+        assert rel_err(out, model(x)) < 8e-2  # four FP8 GEMMs in a row
+
+
+def test_fused_is_exactly_the_separate_result():
+    model = Block().eval()
+    x = torch.randn(3, 64)
+    fused, _, _ = capture(model, x, fuse_projections=True)
+    separate, _, _ = capture(model, x, fuse_projections=False)
+    torch.testing.assert_close(fused, separate, rtol=1e-5, atol=1e-6)
+
+
+def test_per_tensor_and_none():
+    model = Block().eval()
+    x = torch.randn(4, 64)
+    out, gm, gr = capture(model, x, quantization="fp8_per_tensor")
+    assert count(gm, PER_TENSOR) == 6 and count(gm, MM) == 0  # per-tensor: never fused
+    with torch.no_grad():
+        assert rel_err(out, model(x)) < 1e-1
+    out, gm, gr = capture(model, x, quantization="none")
+    assert count(gm, QUANT, MM, PER_TENSOR) == 0
+    assert all(s.reason == "quantization='none'" for s in gr.sites if s.module != "lm_head")
+
+
+def test_skip_modules_patterns():
+    model = Block().eval()
+    x = torch.randn(4, 64)
+    _, gm, gr = capture(model, x, skip_modules=("*_proj",))
+    done = {s.module for s in gr.sites if s.rewritten}
+    assert done == {"c_fc", "", "lm_head"}  # replaces the defaults; the root-level matmul has no name
+    _, gm, gr = capture(model, x, skip_modules=())
+    assert all(s.rewritten for s in gr.sites)
+
+
+def test_weight_quantized_once_and_stored_as_constant():
+    model = Block().eval()
+    x = torch.randn(4, 64)
+    _, gm, _ = capture(model, x, fuse_projections=False)
+    consts = [n for n in gm.graph.nodes if n.op == "get_attr"]
+    assert consts and all(getattr(gm, n.target).dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float32)
+                          for n in consts)
+    wq = getattr(gm, next(n.target for n in consts if n.target.startswith("o_proj_wq")))
+    assert wq.shape == model.o_proj.weight.shape and wq.dtype.itemsize == 1
+
+
+def test_activation_matmul_is_not_a_linear():
+    def f(a, b):
+        return torch.matmul(a, b)
+
+    _, gm, gr = capture(f, torch.randn(4, 8), torch.randn(8, 4))
+    assert gr.sites == [] and count(gm, MM) == 0
+
+
+def test_dtype_mismatch_stays_with_reason():
+    lin = nn.Linear(32, 16).eval()
+
+    def f(x):
+        return lin(x.to(torch.float16).float())  # fine: same dtype
+
+    _, gm, gr = capture(f, torch.randn(2, 32))
+    assert gr.sites[0].rewritten
+    half = nn.Linear(32, 16).half().eval()
+    _, gm, gr = capture(lambda x: nn.functional.linear(x, half.weight.float()), torch.randn(2, 32))
+    assert gr.sites == []  # weight.float() is computed, not a parameter: not a linear layer site
