@@ -1,7 +1,13 @@
 """per_token_quant_fp8: one fp32 scale per row (token), the row scaled into the fp8 range.
 
-    scale[m] = max(rowmax|x[m, :]| / fp8_max, SCALE_FLOOR)
-    xq[m, k] = fp8(clamp(x[m, k] / scale[m], -fp8_max, fp8_max))
+    scale[m] = max(rowmax|x[m, :]| * INV_FP8_MAX, SCALE_FLOOR)      (fp32 multiply)
+    xq[m, k] = fp8(clamp(x[m, k] / scale[m], -fp8_max, fp8_max))   (IEEE fp32 division)
+
+INV_FP8_MAX = fp32(1 / fp8_max) and SCALE_FLOOR = fp32(1 / (fp8_max * 512)) are constants
+rounded to fp32 once, so the torch reference (CPU or GPU) and every Triton kernel compute the
+same scale bit for bit: a multiply by an fp32 constant has one correctly rounded answer,
+whereas `amax / fp8_max` is a true division in some places and a multiply by the reciprocal
+in others (PyTorch CUDA divides by a Python scalar that way).
 
 The floor keeps all-zero rows finite (scale = floor, xq = 0). A row holding NaN/Inf only
 spoils its own output: the per-token scale isolates it from the other rows.
@@ -16,9 +22,19 @@ from .platform import fp8_dtype, fp8_max
 from .registry import dispatch, register_provider
 
 
+def to_fp32(value: float) -> float:
+    """value rounded to the nearest fp32, as a Python float (exact in fp32 everywhere)."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+def inv_fp8_max(fp8_max_value: float) -> float:
+    """1 / fp8_max rounded to fp32: scale = amax * inv_fp8_max (see the module docstring)."""
+    return to_fp32(1.0 / fp8_max_value)
+
+
 def scale_floor(fp8_max_value: float) -> float:
     # The smallest scale we hand out: keeps 0/0 out of zero rows (vLLM uses the same idea).
-    return 1.0 / (fp8_max_value * 512.0)
+    return to_fp32(1.0 / (fp8_max_value * 512.0))
 
 
 def check_quant_input(op: str, x: torch.Tensor) -> None:
@@ -34,7 +50,7 @@ def per_token_quant_fp8_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     if x.shape[-1] == 0:  # amax of an empty row would raise
         scale = torch.full((*x.shape[:-1], 1), scale_floor(fmax), dtype=torch.float32, device=x.device)
     else:
-        scale = (x32.abs().amax(dim=-1, keepdim=True) / fmax).clamp_min(scale_floor(fmax))
+        scale = (x32.abs().amax(dim=-1, keepdim=True) * inv_fp8_max(fmax)).clamp_min(scale_floor(fmax))
     xq = (x32 / scale).clamp(-fmax, fmax).to(dtype)
     return xq, scale
 

@@ -22,7 +22,7 @@ import math
 import torch
 
 from .common import check_float, check_rank, check_same_device, is_fp8
-from .per_token_quant import per_token_quant_fp8_aiter, per_token_quant_fp8_torch, scale_floor
+from .per_token_quant import inv_fp8_max, per_token_quant_fp8_aiter, per_token_quant_fp8_torch, scale_floor
 from .platform import fp8_dtype, fp8_max
 from .ptpc_scaled_mm import ptpc_scaled_mm_aiter, ptpc_scaled_mm_torch, scaled_mm_fallback
 from .registry import dispatch, register_provider
@@ -129,11 +129,11 @@ def _(x, wq, w_scale, bias=None):
 
 
 def fp8_per_tensor_linear_torch(x, wq, w_scale, bias=None):
-    """One dynamic scale for all of x (amax / fp8_max), one for the weight."""
+    """One dynamic scale for all of x (amax * fp32(1/fp8_max)), one for the weight."""
     fmax = fp8_max(wq.dtype)
     x2 = _rows(x).float()
     amax = x2.abs().amax() if x2.numel() else x2.new_zeros(())
-    x_scale = (amax / fmax).clamp_min(scale_floor(fmax)).reshape(1, 1)
+    x_scale = (amax * inv_fp8_max(fmax)).clamp_min(scale_floor(fmax)).reshape(1, 1)
     xq = (x2 / x_scale).clamp(-fmax, fmax).to(wq.dtype)
     out = None
     if x.device.type == "cuda" and hasattr(torch, "_scaled_mm") and xq.shape[0] > 0:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .common import check_float, check_rank
-from .per_token_quant import per_token_quant_fp8_torch, scale_floor
+from .per_token_quant import inv_fp8_max, per_token_quant_fp8_torch, scale_floor
 from .platform import fp8_dtype, fp8_max
 
 
@@ -25,7 +25,7 @@ def _check_weight(op: str, w: torch.Tensor) -> None:
 
 @torch.no_grad()
 def quantize_weight_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [N, K] -> (wq fp8 [N, K], w_scale fp32 [N, 1]); scale[n] = rowmax|w[n]| / fp8_max."""
+    """w [N, K] -> (wq fp8 [N, K], w_scale fp32 [N, 1]); scale[n] = rowmax|w[n]| * fp32(1/fp8_max)."""
     _check_weight("quantize_weight_per_channel", w)
     wq, w_scale = per_token_quant_fp8_torch(w.detach())
     return wq.contiguous(), w_scale.contiguous()
@@ -33,12 +33,12 @@ def quantize_weight_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def quantize_weight_per_tensor(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [N, K] -> (wq fp8 [N, K], w_scale fp32 [1]); scale = max|w| / fp8_max."""
+    """w [N, K] -> (wq fp8 [N, K], w_scale fp32 [1]); scale = max|w| * fp32(1/fp8_max)."""
     _check_weight("quantize_weight_per_tensor", w)
     dtype = fp8_dtype()
     fmax = fp8_max(dtype)
     w32 = w.detach().float()
     amax = w32.abs().amax() if w32.numel() else w32.new_zeros(())
-    scale = (amax / fmax).clamp_min(scale_floor(fmax)).reshape(1)
+    scale = (amax * inv_fp8_max(fmax)).clamp_min(scale_floor(fmax)).reshape(1)
     wq = (w32 / scale).clamp(-fmax, fmax).to(dtype)
     return wq.contiguous(), scale

@@ -1,8 +1,14 @@
 """Triton kernel for per_token_quant_fp8: one program per row.
 
-Memory bound: read K inputs, write K fp8 bytes and one scale. Rows that fit in one block
-are read once (kept in registers between the amax and the quant pass); longer rows loop
-twice, the second read hitting L2.
+Memory bound: read K inputs, write K fp8 bytes and one scale. Rows up to MAX_SINGLE_BLOCK
+elements are read once (kept in registers between the amax and the quant pass); longer
+rows loop twice over BLOCK_K chunks, the second read hitting L2. A single 16384-wide block
+(Llama's K = 14336) ran at half the copy bandwidth on an H100 (register pressure, one
+program per SM), so the single-block limit is 8192.
+
+scale = max(amax * INV_FP8_MAX, SCALE_FLOOR) (fp32 multiply by constants rounded to fp32)
+and q = x / scale with IEEE division (div_rn): bit for bit what the torch reference does on
+CPU and GPU (Triton's `/` is the approximate div.full.f32).
 """
 
 from __future__ import annotations
@@ -11,14 +17,17 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_SINGLE_BLOCK = 16384
+from ..per_token_quant import inv_fp8_max, scale_floor
+
+MAX_SINGLE_BLOCK = 8192
+LOOP_BLOCK = 4096
 
 
 @triton.jit
 def _per_token_quant_fp8_kernel(
     x_ptr, xq_ptr, scale_ptr,
     K, stride_xm,
-    FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
+    FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
     BLOCK_K: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -28,9 +37,7 @@ def _per_token_quant_fp8_kernel(
     if SINGLE_BLOCK:
         mask = offs < K
         x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-        amax = tl.max(tl.abs(x), axis=0)
-        # IEEE division (div_rn), as torch does: Triton's `/` is approximate (div.full.f32)
-        scale = tl.maximum(tl.math.div_rn(amax, tl.zeros_like(amax) + FP8_MAX), SCALE_FLOOR)
+        scale = tl.maximum(tl.max(tl.abs(x), axis=0) * INV_FP8_MAX, SCALE_FLOOR)
         q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
         tl.store(q_row + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     else:
@@ -39,8 +46,7 @@ def _per_token_quant_fp8_kernel(
             mask = k0 + offs < K
             x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
             acc = tl.maximum(acc, tl.abs(x))
-        amax = tl.max(acc, axis=0)
-        scale = tl.maximum(tl.math.div_rn(amax, tl.zeros_like(amax) + FP8_MAX), SCALE_FLOOR)
+        scale = tl.maximum(tl.max(acc, axis=0) * INV_FP8_MAX, SCALE_FLOOR)
         for k0 in range(0, K, BLOCK_K):
             mask = k0 + offs < K
             x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
@@ -49,7 +55,18 @@ def _per_token_quant_fp8_kernel(
     tl.store(scale_ptr + row, scale)
 
 
-def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max: float):
+def default_quant_config(K: int) -> tuple[int, int, bool]:
+    """(BLOCK_K, num_warps, single block) for rows of K elements."""
+    if K <= MAX_SINGLE_BLOCK:
+        block = triton.next_power_of_2(K)
+        return block, (1 if block <= 512 else 4 if block <= 4096 else 8), True
+    return LOOP_BLOCK, 8, False
+
+
+def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max: float,
+                               block_k: int | None = None, num_warps: int | None = None):
+    """block_k / num_warps override the default (benchmarks/tune_linear.py tries variants);
+    block_k >= K reads the row once, a smaller block_k loops over it twice."""
     shape = x.shape
     K = shape[-1]
     x2 = x.reshape(-1, K)
@@ -61,14 +78,17 @@ def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max:
     if M == 0:
         return xq.view(shape), scale.view(*shape[:-1], 1)
     if K == 0:
-        scale.fill_(1.0 / (fp8_max * 512.0))
+        scale.fill_(scale_floor(fp8_max))
         return xq.view(shape), scale.view(*shape[:-1], 1)
-    single = K <= MAX_SINGLE_BLOCK
-    block = triton.next_power_of_2(K) if single else 4096
-    num_warps = 1 if block <= 512 else 4 if block <= 4096 else 8
+    block, warps, single = default_quant_config(K)
+    if block_k is not None:
+        block = triton.next_power_of_2(block_k)
+        single = block >= K
+    if num_warps is not None:
+        warps = num_warps
     _per_token_quant_fp8_kernel[(M,)](
         x2, xq, scale, K, x2.stride(0),
-        FP8_MAX=fp8_max, SCALE_FLOOR=1.0 / (fp8_max * 512.0),
-        BLOCK_K=block, SINGLE_BLOCK=single, num_warps=num_warps,
+        FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
+        BLOCK_K=block, SINGLE_BLOCK=single, num_warps=warps,
     )
     return xq.view(shape), scale.view(*shape[:-1], 1)

@@ -6,6 +6,13 @@ Grouped tile order (GROUP_M row-tiles share the weight tiles in L2). The weight 
 [BLOCK_K, BLOCK_N] tiles of wq [N, K] (K contiguous), the K-major operand the fp8 tensor
 cores want. Autotuned over a short list of H100-sensible configs, keyed on N, K and a
 power-of-two bucket of M.
+
+Accumulation precision: on Hopper an fp8 wgmma adds into its accumulator with only ~14
+mantissa bits, and Triton's default lets the whole K loop accumulate that way (it is the
+"fast accumulation" of cuBLAS). On sums whose terms share a sign (x correlated with a
+weight row) the truncation error piles up to ~6% at K = 4096 - seen on an H100. Each
+tl.dot therefore promotes its partial sum into the fp32 accumulator every PROMOTE_K
+elements (``max_num_imprecise_acc``), as cuBLAS / CUTLASS do without fast accumulation.
 """
 
 from __future__ import annotations
@@ -16,8 +23,14 @@ import triton.language as tl
 
 from ..platform import triton_interpret
 
+# fp8 K elements accumulated in the tensor cores' reduced precision before an fp32 add
+PROMOTE_K = 128
+
 CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 256, "GROUP_M": 8}, num_stages=3, num_warps=8),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=8),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=4),
@@ -31,7 +44,7 @@ def _ptpc_gemm_kernel(
     x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
     M, N, K, M_BUCKET,
     stride_xm, stride_wn, stride_om,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -62,7 +75,7 @@ def _ptpc_gemm_kernel(
             k_ok = offs_k < K - k0
             x = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
-        acc = tl.dot(x, w, acc)
+        acc = tl.dot(x, w, acc, max_num_imprecise_acc=IMPRECISE_K)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
@@ -77,9 +90,12 @@ def _ptpc_gemm_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-_even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
-_kernel_fixed = _even_k(_ptpc_gemm_kernel)
-_kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET"])(_even_k(_ptpc_gemm_kernel))
+_heuristics = triton.heuristics({
+    "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
+    "IMPRECISE_K": lambda args: min(PROMOTE_K, args["BLOCK_K"]),
+})
+_kernel_fixed = _heuristics(_ptpc_gemm_kernel)
+_kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET"])(_heuristics(_ptpc_gemm_kernel))
 
 
 def m_bucket(M: int) -> int:
@@ -103,7 +119,8 @@ def prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype):
     return ops, out
 
 
-def ptpc_gemm_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
+def ptpc_gemm_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | None = None):
+    """config (BLOCK_M/N/K, GROUP_M, num_warps, num_stages) skips autotuning (tune_linear.py)."""
     ops, out = prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype)
     if ops is None:
         return out
@@ -116,7 +133,9 @@ def ptpc_gemm_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    if triton_interpret():
+    if config is not None:
+        _kernel_fixed[grid](*args, HAS_BIAS=bias is not None, **config)
+    elif triton_interpret():
         _kernel_fixed[grid](*args, HAS_BIAS=bias is not None, **INTERPRET_CONFIG)
     else:
         _kernel_tuned[grid](*args, HAS_BIAS=bias is not None)

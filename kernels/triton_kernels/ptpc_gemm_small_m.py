@@ -1,15 +1,22 @@
 """Triton small-M (decode) kernel for ptpc_scaled_mm and ptpc_linear: weight-bandwidth bound.
 
 At M <= 64 the GEMM reads the [N, K] fp8 weight once and does little math, so the goal is
-to stream the weight at near-copy bandwidth. Each program owns BLOCK_N output channels and
-walks all of K (no split-K: one launch, no workspace, no atomics); small BLOCK_N gives
-enough programs to fill the GPU (N / 16 >= 256 for Llama shapes). The M rows (padded to
-BLOCK_M >= 16 for tl.dot) are tiny and re-read from L2 by every program.
+to stream the weight at near-copy bandwidth. Program (n, s) owns BLOCK_N output channels
+and the s-th of SPLIT_K slices of K. The M rows (padded to BLOCK_M >= 16 for tl.dot) are
+tiny and re-read from L2 by every program.
 
-QUANTIZE_X (ptpc_linear): x is the bf16/fp16/fp32 activation; each program first computes
-its rows' amax (a pass over x, from L2), then quantizes each x tile to fp8 on the fly
-before the dot: quant + GEMM in one launch, the same math as per_token_quant_fp8 followed
-by ptpc_scaled_mm.
+Split-K (SPLIT_K > 1) puts 2-8x more programs on the weight when N / BLOCK_N alone would
+leave SMs idle (N = 4096: 256 programs of 16 channels on 132 SMs). Each program writes its
+fp32 partial sum to a workspace, then bumps a per-column-tile counter (atomic, acq_rel);
+the program that arrives last sums the SPLIT_K partials in a fixed order (deterministic),
+applies the scales and bias and writes the output, and resets the counter to 0 for the
+next call (so the counters stay valid across CUDA-graph replays). One launch, no memset.
+
+QUANTIZE_X (ptpc_linear): x is the bf16/fp16/fp32 activation; each program computes its
+rows' amax over all of K (a pass over x, from L2), scale = max(amax * INV_FP8_MAX, floor)
+exactly as per_token_quant_fp8, then quantizes each x tile on the fly by a multiply with
+1/scale (one IEEE division per row, not per element) before the dot. The result can differ
+from the two-launch path by one fp8 step on rare elements (x * (1/s) vs x / s).
 """
 
 from __future__ import annotations
@@ -18,30 +25,46 @@ import torch
 import triton
 import triton.language as tl
 
+from ..per_token_quant import inv_fp8_max, scale_floor
 from ..platform import triton_interpret
-from .ptpc_gemm import prepare_operands
+from .ptpc_gemm import PROMOTE_K, prepare_operands
+
+
+def _config(block_n, block_k, split_k, warps, stages):
+    return triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k},
+                         num_warps=warps, num_stages=stages)
+
 
 CONFIGS = [
-    triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_N": 16, "BLOCK_K": 512}, num_stages=3, num_warps=4),
-    triton.Config({"BLOCK_N": 32, "BLOCK_K": 256}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_N": 32, "BLOCK_K": 128}, num_stages=5, num_warps=4),
-    triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_stages=4, num_warps=4),
+    _config(16, 256, 1, 4, 4),
+    _config(16, 512, 1, 4, 3),
+    _config(32, 256, 1, 4, 4),
+    _config(16, 512, 2, 4, 3),
+    _config(32, 512, 2, 4, 3),
+    _config(32, 256, 4, 4, 4),
+    _config(64, 256, 4, 4, 4),
+    _config(64, 512, 4, 8, 3),
+    _config(128, 256, 8, 8, 3),
 ]
-INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32}
+# Exact configs per shape, from benchmarks/tune_linear.py on an H100 (it prints this table):
+# (M bucket, N, K, quantize_x) -> {"BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"}.
+# Shapes not listed are autotuned over CONFIGS.
+TUNED: dict[tuple[int, int, int, bool], dict] = {}
+INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}
 MAX_M = 64
 
 
 @triton.jit
 def _ptpc_gemm_small_m_kernel(
-    x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
+    x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, count_ptr,
     M, N, K, M_BUCKET,
     stride_xm, stride_wn, stride_om,
-    FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
-    QUANTIZE_X: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
+    QUANTIZE_X: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -57,13 +80,16 @@ def _ptpc_gemm_small_m_kernel(
             k_ok = offs_k < K - k0
             x = tl.load(x_rows + k0, mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-        # IEEE division (div_rn), as torch does: Triton's `/` is approximate (div.full.f32)
-        x_scale = tl.maximum(tl.math.div_rn(amax, tl.zeros_like(amax) + FP8_MAX), SCALE_FLOOR)
+        x_scale = tl.maximum(amax * INV_FP8_MAX, SCALE_FLOOR)  # per_token_quant_fp8's definition
+        x_inv = tl.math.div_rn(tl.full([BLOCK_M], 1.0, tl.float32), x_scale)
     else:
         x_scale = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
 
+    # this program's slice of K: whole BLOCK_K chunks (the last slice may run past K: masked)
+    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_begin = pid_k * k_per_split
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_begin, k_begin + k_per_split, BLOCK_K):
         if EVEN_K:
             x = tl.load(x_rows + k0, mask=m_ok[:, None], other=0.0)
             w = tl.load(w_cols + k0)
@@ -72,59 +98,107 @@ def _ptpc_gemm_small_m_kernel(
             x = tl.load(x_rows + k0, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_cols + k0, mask=k_ok[:, None], other=0.0)
         if QUANTIZE_X:
-            xf = tl.math.div_rn(x.to(tl.float32), tl.broadcast_to(x_scale[:, None], (BLOCK_M, BLOCK_K)))
-            xf = tl.clamp(xf, -FP8_MAX, FP8_MAX)
+            xf = tl.clamp(x.to(tl.float32) * x_inv[:, None], -FP8_MAX, FP8_MAX)
             x = xf.to(w_ptr.dtype.element_ty)
-        acc = tl.dot(x, w, acc)
+        acc = tl.dot(x, w, acc, max_num_imprecise_acc=IMPRECISE_K)
 
-    w_scale = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
-    acc = acc * x_scale[:, None] * w_scale[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out_mask = m_ok[:, None] & n_ok[None, :]
     out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    if SPLIT_K == 1:
+        w_scale = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
+        acc = acc * x_scale[:, None] * w_scale[None, :]
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        # partials: [SPLIT_K, M, N] fp32; the last program of this column tile reduces them
+        part_tile = offs_m[:, None] * N + offs_n[None, :]  # int32: SPLIT_K * M * N < 2^31
+        slice_size = M * N
+        tl.store(part_ptr + pid_k * slice_size + part_tile, acc, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for s in range(0, SPLIT_K):  # fixed order: deterministic
+                total += tl.load(part_ptr + s * slice_size + part_tile, mask=out_mask, other=0.0,
+                                 cache_modifier=".cg")
+            w_scale = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
+            total = total * x_scale[:, None] * w_scale[None, :]
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.atomic_xchg(count_ptr + pid_n, 0)  # ready for the next call / graph replay
 
 
-_even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
-_kernel_fixed = _even_k(_ptpc_gemm_small_m_kernel)
+_heuristics = triton.heuristics({
+    "EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0,
+    "IMPRECISE_K": lambda args: min(PROMOTE_K, args["BLOCK_K"]),
+})
+_kernel_fixed = _heuristics(_ptpc_gemm_small_m_kernel)
 _kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET", "QUANTIZE_X"])(
-    _even_k(_ptpc_gemm_small_m_kernel)
+    _heuristics(_ptpc_gemm_small_m_kernel)
 )
 
+# Split-K arrival counters, one int32 per column tile, zero between calls; one per device.
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+COUNTERS_MIN = 4096
 
-def _launch(x, xs, wq, ws, bias, out, quantize_x, fp8_max):
+
+def _counters(device: torch.device, n_tiles: int) -> torch.Tensor | None:
+    """The device's zeroed counters, or None while a CUDA graph is being captured and they
+    do not exist yet (allocating inside a capture would tie them to the graph's pool)."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n_tiles:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        buf = torch.zeros(max(COUNTERS_MIN, n_tiles), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
+
+
+def _launch(x, xs, wq, ws, bias, out, quantize_x, fp8_max, config=None):
     M, K = x.shape
     N = wq.shape[0]
     if M > MAX_M:
         raise ValueError(f"the small-M kernel takes M <= {MAX_M}, got M = {M}")
     block_m = max(16, triton.next_power_of_2(M))  # tl.dot needs >= 16 rows
-    args = (x, xs, wq, ws, bias if bias is not None else ws, out, M, N, K, block_m,
+    if config is None:
+        config = TUNED.get((block_m, N, K, quantize_x))
+    if config is None and triton_interpret():
+        config = INTERPRET_CONFIG
+    max_split = max(c.kwargs["SPLIT_K"] for c in CONFIGS) if config is None else config["SPLIT_K"]
+    counters = _counters(x.device, triton.cdiv(N, 16)) if max_split > 1 else None
+    if max_split > 1 and counters is None:  # first call inside a graph capture: no split-K
+        config, max_split = {"BLOCK_N": 16, "BLOCK_K": 512, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}, 1
+    partials = torch.empty((max_split, M, N), dtype=torch.float32, device=x.device) if max_split > 1 else out
+    args = (x, xs, wq, ws, bias if bias is not None else ws, out, partials,
+            counters if counters is not None else ws, M, N, K, block_m,
             x.stride(0), wq.stride(0), out.stride(0))
-    consts = dict(FP8_MAX=fp8_max, SCALE_FLOOR=1.0 / (fp8_max * 512.0), QUANTIZE_X=quantize_x,
-                  HAS_BIAS=bias is not None, BLOCK_M=block_m)
+    consts = dict(FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
+                  QUANTIZE_X=quantize_x, HAS_BIAS=bias is not None, BLOCK_M=block_m)
 
     def grid(meta):
-        return (triton.cdiv(N, meta["BLOCK_N"]),)
+        return (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
 
-    if triton_interpret():
-        _kernel_fixed[grid](*args, **consts, **INTERPRET_CONFIG)
+    if config is not None:
+        _kernel_fixed[grid](*args, **consts, **config)
     else:
         _kernel_tuned[grid](*args, **consts)
     return out
 
 
-def ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
-    """ptpc_scaled_mm for M <= 64: xq fp8 [M, K] with x_scale [M, 1]."""
+def ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | None = None):
+    """ptpc_scaled_mm for M <= 64: xq fp8 [M, K] with x_scale [M, 1]. config: see TUNED."""
     from ..platform import fp8_max as platform_fp8_max
 
     ops, out = prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype)
     if ops is None:
         return out
     xq, xs, wq, ws, bias = ops
-    return _launch(xq, xs, wq, ws, bias, out, False, platform_fp8_max(wq.dtype))
+    return _launch(xq, xs, wq, ws, bias, out, False, platform_fp8_max(wq.dtype), config)
 
 
-def ptpc_linear_small_m_launch(x, wq, w_scale, bias, fp8_max):
+def ptpc_linear_small_m_launch(x, wq, w_scale, bias, fp8_max, config: dict | None = None):
     """ptpc_linear for M <= 64 in one launch: x [M, K] float, quantized per row on the fly."""
     M, K = x.shape
     N = wq.shape[0]
@@ -138,4 +212,4 @@ def ptpc_linear_small_m_launch(x, wq, w_scale, bias, fp8_max):
     wq = wq if wq.stride(-1) == 1 else wq.contiguous()
     ws = w_scale.reshape(N).contiguous()
     bias = bias.contiguous() if bias is not None else None
-    return _launch(x, ws, wq, ws, bias, out, True, fp8_max)
+    return _launch(x, ws, wq, ws, bias, out, True, fp8_max, config)

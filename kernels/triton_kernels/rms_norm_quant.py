@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..per_token_quant import inv_fp8_max, scale_floor
+
 MAX_K = 16384
 
 
@@ -20,7 +22,7 @@ MAX_K = 16384
 def _rms_norm_quant_kernel(
     x_ptr, res_ptr, res_out_ptr, w_ptr, xq_ptr, scale_ptr,
     K, stride_x, stride_r, eps,
-    FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
+    FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, ROUND_Y_TO_X: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -39,9 +41,8 @@ def _rms_norm_quant_kernel(
     y = h * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if ROUND_Y_TO_X:  # weight * h has x's dtype unless the weight promotes it to fp32
         y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
-    amax = tl.max(tl.abs(y), axis=0)
-    # IEEE division (div_rn), as torch does: Triton's `/` is approximate (div.full.f32)
-    scale = tl.maximum(tl.math.div_rn(amax, tl.zeros_like(amax) + FP8_MAX), SCALE_FLOOR)
+    # per_token_quant_fp8's definition: scale by an fp32 multiply, q by IEEE division (div_rn)
+    scale = tl.maximum(tl.max(tl.abs(y), axis=0) * INV_FP8_MAX, SCALE_FLOOR)
     q = tl.clamp(tl.math.div_rn(y, tl.zeros_like(y) + scale), -FP8_MAX, FP8_MAX)
     tl.store(xq_ptr + row * K + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + row, scale)
@@ -64,18 +65,19 @@ def rms_norm_quant_fp8_launch(x, residual, weight, eps, out_dtype, fp8_max):
     scale = torch.empty((M, 1), dtype=torch.float32, device=x.device)
     res_out = torch.empty((M, K), dtype=x.dtype, device=x.device) if residual is not None else None
     if M > 0 and K == 0:
-        scale.fill_(1.0 / (fp8_max * 512.0))
+        scale.fill_(scale_floor(fp8_max))
     elif M > 0:
         if K > MAX_K:
             raise ValueError(f"the Triton rms_norm_quant kernel takes rows of <= {MAX_K} elements, got {K}")
         block = triton.next_power_of_2(K)
-        num_warps = 1 if block <= 512 else 4 if block <= 4096 else 8
+        # above 8192 the row takes 16 warps: 8 left 64 fp32 values per thread (low occupancy)
+        num_warps = 1 if block <= 512 else 4 if block <= 4096 else 8 if block <= 8192 else 16
         round_y = torch.promote_types(weight.dtype, x.dtype) == x.dtype
         _rms_norm_quant_kernel[(M,)](
             x2, r2 if r2 is not None else x2, res_out if res_out is not None else x2,
             weight.contiguous(), xq, scale,
             K, x2.stride(0), r2.stride(0) if r2 is not None else 0, float(eps),
-            FP8_MAX=fp8_max, SCALE_FLOOR=1.0 / (fp8_max * 512.0),
+            FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
             HAS_RESIDUAL=residual is not None, ROUND_Y_TO_X=round_y, BLOCK_K=block, num_warps=num_warps,
         )
     xq, scale = xq.view(shape), scale.view(*shape[:-1], 1)
