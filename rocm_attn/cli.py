@@ -49,12 +49,74 @@ def cmd_env(args) -> int:
     return 0
 
 
+# A tiny random model per HF config name (no download), for `rocm-attn explain llama`.
+TINY_CONFIG = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                   vocab_size=128, head_dim=16)
+
+
+def load_model(name_or_path: str, layers: int):
+    """A local model directory (its own weights), or a HF model type ("llama", "gpt2", "bert", ...)
+    built with tiny random weights."""
+    import os
+
+    import transformers as T
+
+    if os.path.isdir(name_or_path):
+        config = T.AutoConfig.from_pretrained(name_or_path)
+        auto = T.AutoModelForCausalLM if _is_causal_lm(config) else T.AutoModel
+        return auto.from_pretrained(name_or_path).eval()
+    try:
+        config = T.AutoConfig.for_model(name_or_path, **TINY_CONFIG, num_hidden_layers=layers,
+                                        n_layer=layers, n_embd=64, n_head=4)
+    except ValueError as e:
+        raise SystemExit(f"rocm-attn explain: {name_or_path!r} is neither a local model directory nor a "
+                         f"HF model type ({e})") from None
+    if _is_causal_lm(config):
+        return T.AutoModelForCausalLM.from_config(config).eval()
+    return T.AutoModel.from_config(config).eval()
+
+
+def _is_causal_lm(config) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def cmd_explain(args) -> int:
+    import torch
+
+    from .explain import explain
+
+    model = load_model(args.model, args.layers)
+    vocab = getattr(model.config, "vocab_size", 128)
+    ids = torch.randint(1, vocab, (args.batch, args.seq_len))
+    mask = torch.ones_like(ids)
+    if args.batch > 1:
+        mask[0, : args.seq_len // 4] = 0  # left padding on the first sequence
+    kwargs = {"attention_mask": mask}
+    if _is_causal_lm(model.config):
+        kwargs["use_cache"] = False
+    options = {"quantization": args.quantization, "dump_dir": args.dump_dir}
+    report = explain(model, ids, options=options, **kwargs)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+    return 0 if report.attention_rewritten == report.attention_total else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rocm-attn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     env = sub.add_parser("env", help="platform, fp8 format, and which kernel providers are usable")
     env.add_argument("--json", action="store_true")
     env.set_defaults(func=cmd_env)
+    ex = sub.add_parser("explain", help="compile a model with the rocm_attn backend and report every rewrite")
+    ex.add_argument("model", help='a HF model type for a tiny random model ("llama", "gpt2", ...) or a local path')
+    ex.add_argument("--quantization", default=None, help="ptpc_fp8 (default) | fp8_per_tensor | none")
+    ex.add_argument("--layers", type=int, default=2, help="layers of the tiny random model")
+    ex.add_argument("--batch", type=int, default=2)
+    ex.add_argument("--seq-len", type=int, default=16)
+    ex.add_argument("--dump-dir", default=None, help="write per-pass graphs and report.json here")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=cmd_explain)
     return parser
 
 
