@@ -6,9 +6,10 @@
 Providers:
 - torch: the reference composition (torch quant + torch ptpc_scaled_mm).
 - triton: M <= FUSED_SMALL_M_MAX: one kernel quantizes the few activation rows on the fly
-  inside the small-M GEMM (one launch, not two); above it, the Triton quant kernel then
-  ptpc_scaled_mm through its own provider choice (auto: the table in ptpc_scaled_mm.py;
-  forced "triton": the Triton GEMM).
+  inside the small-M GEMM (one launch, not two; every program re-reads x for its amax, so
+  it only pays at the smallest M); above it, the Triton quant kernel then ptpc_scaled_mm
+  through its own provider choice (auto: the table in ptpc_scaled_mm.py; forced "triton":
+  the Triton kernels). benchmarks/tune_linear.py measures both and prints the threshold.
 - aiter: AITER quant + gemm_a8w8.
 
 fp8_per_tensor_linear(x, wq, w_scale[1], bias?) is classic per-tensor FP8 (one dynamic
@@ -29,7 +30,10 @@ from .registry import dispatch, register_provider
 
 OP = "ptpc_linear"
 # ptpc_linear's Triton provider fuses the quantization into the small-M GEMM up to this M.
-FUSED_SMALL_M_MAX = 64
+# The fused kernel re-reads x in every program for the row amax, which grows with M while
+# the second launch it saves costs a fixed ~2 us: an estimate until tune_linear.py's
+# "fused_max_m" line replaces it with a measured value.
+FUSED_SMALL_M_MAX = 4
 
 
 def check_linear_inputs(op, x, wq, w_scale, bias, per_tensor=False) -> None:

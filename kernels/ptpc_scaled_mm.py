@@ -16,24 +16,28 @@ Providers:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .common import FLOAT_DTYPES, check_float, check_rank, check_same_device, is_fp8
 from .registry import dispatch, register_provider, set_auto_order
 
-# ---- auto choice on a CUDA GPU (tuned from benchmarks/bench_linear.py on an H100) ----------
-# (largest M, provider): the first row whose M bound holds wins. "triton" below
-# SMALL_M_MAX runs the small-M (weight-bandwidth) kernel, above it the tiled GEMM;
-# "torch" is torch._scaled_mm (rowwise) where it takes the shape.
+# ---- auto choice on a CUDA GPU (tuned with benchmarks/tune_linear.py on an H100) ----------
+# Per (N, K) weight shape, rows of (largest M, provider): the first row whose M bound holds
+# wins. "triton" at M <= SMALL_M_MAX runs the small-M (weight-bandwidth) kernel, above it the
+# tiled GEMM; "torch" is torch._scaled_mm (rowwise) where it takes the shape. The None entry
+# serves every shape not listed. tune_linear.py prints this table from measurements.
 SMALL_M_MAX = 64
-CUDA_AUTO_TABLE: list[tuple[int | None, str]] = [
-    (SMALL_M_MAX, "triton"),
-    (None, "torch"),
-]
+DEFAULT_AUTO_ROWS: list[tuple[int | None, str]] = [(SMALL_M_MAX, "triton"), (None, "torch")]
+CUDA_AUTO_TABLE: dict[tuple[int, int] | None, list[tuple[int | None, str]]] = {
+    None: DEFAULT_AUTO_ROWS,
+}
 
 
-def cuda_auto_choice(M: int) -> str:
-    for max_m, provider in CUDA_AUTO_TABLE:
+def cuda_auto_choice(M: int, N: int | None = None, K: int | None = None) -> str:
+    rows = CUDA_AUTO_TABLE.get((N, K)) or CUDA_AUTO_TABLE.get(None) or DEFAULT_AUTO_ROWS
+    for max_m, provider in rows:
         if max_m is None or M <= max_m:
             return provider
     return "torch"
@@ -79,9 +83,26 @@ def check_scaled_mm_inputs(op, xq, x_scale, wq, w_scale, bias, out_dtype) -> Non
 # ---- torch ----------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def scaled_mm_fallback(xq, x_scale, wq, w_scale, bias, out_dtype):
-    """Exact fp32 math: fp8 products are exact in fp32 (and in TF32), sums in fp32."""
-    out = (xq.float() @ wq.float().t()) * x_scale * w_scale.t()
+    """fp32 math: fp8 products are exact in fp32, sums in fp32. TF32 is kept off explicitly
+    (fp8 values fit TF32, but a TF32 GEMM may also accumulate with fewer bits)."""
+    a, b = xq.float(), wq.float().t()
+    if a.is_cuda:
+        with _no_tf32():
+            prod = a @ b
+    else:
+        prod = a @ b
+    out = prod * x_scale * w_scale.t()
     if bias is not None:
         out = out + bias.float()
     return out.to(out_dtype)
@@ -136,7 +157,7 @@ def _triton_supports(xq=None, x_scale=None, wq=None, w_scale=None, bias=None, ou
 
 @register_provider(OP, "triton", supports=_triton_supports)
 def ptpc_scaled_mm_triton(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
-    if xq.shape[0] <= SMALL_M_MAX:
+    if xq.shape[0] <= SMALL_M_MAX:  # the tiled GEMM at M <= 64 would waste most of a 128-row tile
         from .triton_kernels.ptpc_gemm_small_m import ptpc_gemm_small_m_launch
 
         return ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype)
@@ -165,9 +186,10 @@ def ptpc_scaled_mm_aiter(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bf
 def _auto_order(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
     if xq.device.type != "cuda":
         return ["torch"]
+    choice = cuda_auto_choice(xq.shape[0], wq.shape[0], xq.shape[1])
     if torch.version.hip:
-        return ["aiter", cuda_auto_choice(xq.shape[0]), "triton", "torch"]
-    return [cuda_auto_choice(xq.shape[0]), "triton", "torch"]
+        return ["aiter", choice, "triton", "torch"]
+    return [choice, "triton", "torch"]
 
 
 set_auto_order(OP, _auto_order)

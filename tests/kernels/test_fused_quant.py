@@ -17,7 +17,8 @@ def quant_fp64(y):
     fmax = fp8_max()
     y = y.double()
     amax = y.abs().amax(dim=-1, keepdim=True) if y.shape[-1] else torch.zeros(*y.shape[:-1], 1).double()
-    scale = torch.clamp(amax / fmax, min=scale_floor(fmax))
+    inv = torch.tensor(1.0 / fmax, dtype=torch.float32).double()  # scale = fp32(amax * fp32(1/fmax))
+    scale = torch.clamp((amax * inv).float().double(), min=scale_floor(fmax))
     return (y / scale).clamp(-fmax, fmax), scale
 
 

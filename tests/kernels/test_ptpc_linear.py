@@ -21,7 +21,8 @@ def quant_rows_fp64(x2):
     fmax = fp8_max()
     x64 = x2.double()
     amax = x64.abs().amax(dim=-1, keepdim=True) if x64.shape[-1] else torch.zeros(x64.shape[0], 1).double()
-    scale = torch.clamp(amax / fmax, min=scale_floor(fmax))
+    inv = torch.tensor(1.0 / fmax, dtype=torch.float32).double()  # scale = fp32(amax * fp32(1/fmax))
+    scale = torch.clamp((amax * inv).float().double(), min=scale_floor(fmax))
     return (x64 / scale).clamp(-fmax, fmax).to(fp8_dtype()).double(), scale
 
 
@@ -70,6 +71,26 @@ def test_matches_reference(provider, shape, N, dtype, bias):
         torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("M", [1, FUSED_SMALL_M_MAX + 1])
+def test_triton_small_m_fused_and_two_launch(split_k, M):
+    """The fused quant-in-GEMM kernel (forced at any small M, with split-K) and the provider's
+    choice (fused up to FUSED_SMALL_M_MAX, quant kernel + small-M GEMM above)."""
+    from rocm_attn.kernels.triton_kernels.ptpc_gemm_small_m import ptpc_linear_small_m_launch
+
+    K, N = 96, 40
+    wq, w_scale = quantize_weight_per_channel(torch.randn(N, K))
+    b = torch.randn(N)
+    x = grid_exact_input(M, K, torch.float32)
+    ref = reference(x, wq, w_scale, b)
+    tol = 1e-5 * ref.abs().max().item()
+    fused = ptpc_linear_small_m_launch(x, wq, w_scale, b, fp8_max(),
+                                       config={"BLOCK_N": 16, "BLOCK_K": 16, "SPLIT_K": split_k})
+    torch.testing.assert_close(fused.double(), ref, rtol=1e-5, atol=tol)
+    out = run("triton", torch.ops.rocm_attn.ptpc_linear, x, wq, w_scale, b)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=tol)
+
+
 def test_triton_randn_close_to_torch():
     """Triton's fused quant on plain randn: within the interpreter's fp8-cast slack of torch."""
     wq, w_scale = quantize_weight_per_channel(torch.randn(24, 64))
@@ -82,7 +103,7 @@ def test_triton_randn_close_to_torch():
 def test_zero_and_outlier_rows(provider):
     x = grid_exact_input(6, 64, torch.float32)
     x[2] = 0.0
-    x[4] *= 1000.0
+    x[4] *= 1024.0  # an outlier row; a power of two keeps its quantization exact (interpreter)
     wq, w_scale = quantize_weight_per_channel(torch.randn(16, 64))
     b = torch.randn(16)
     out = run(provider, torch.ops.rocm_attn.ptpc_linear, x, wq, w_scale, b)
@@ -140,7 +161,9 @@ def test_per_tensor_linear_matches_reference(shape):
     wq, w_scale = quantize_weight_per_tensor(w)
     out = torch.ops.rocm_attn.fp8_per_tensor_linear(x, wq, w_scale, b)
     fmax = fp8_max()
-    s = max(x.double().abs().max().item() / fmax, scale_floor(fmax)) if x.numel() else scale_floor(fmax)
+    inv = torch.tensor(1.0 / fmax, dtype=torch.float32).item()  # scale = fp32(amax * fp32(1/fmax))
+    s = torch.tensor(x.double().abs().max().item() * inv, dtype=torch.float32).item() if x.numel() else 0.0
+    s = max(s, scale_floor(fmax))
     q = (x.double() / s).clamp(-fmax, fmax).to(fp8_dtype()).double()
     ref = (q @ wq.double().t()) * s * w_scale.double() + b.double()
     assert out.shape == (*shape[:-1], 24)

@@ -72,6 +72,21 @@ def test_triton_kernels_both_paths_any_m():
         check(launch(*args, torch.float16), reference(*args), torch.float16)
 
 
+@pytest.mark.parametrize("M,N,K,split_k,block_k", [(5, 40, 96, 2, 16), (3, 24, 100, 3, 16), (16, 16, 64, 4, 16),
+                                                    (2, 16, 32, 4, 16)])
+def test_small_m_split_k(M, N, K, split_k, block_k):
+    """Split-K: partials, last-arriver reduction (K not a multiple of the split, empty slices,
+    N not a multiple of BLOCK_N), and the counters left at zero for the next call."""
+    from rocm_attn.kernels.triton_kernels import ptpc_gemm_small_m as small_m
+
+    config = {"BLOCK_N": 16, "BLOCK_K": block_k, "SPLIT_K": split_k}
+    for bias in (True, False):
+        args = make(M, N, K, bias)
+        out = small_m.ptpc_gemm_small_m_launch(*args, torch.float32, config=config)
+        check(out, reference(*args), torch.float32)
+        assert int(small_m._COUNTERS[torch.device("cpu")].abs().sum()) == 0
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_non_contiguous_operands(provider):
     xq, x_scale, wq, w_scale, b = make(6, 32, 48)
@@ -99,9 +114,15 @@ def test_opcheck():
     torch.library.opcheck(op, (*args[:4], None), test_utils=FP8_INPUT_OPCHECK)
 
 
-def test_auto_table():
+def test_auto_table(monkeypatch):
+    from rocm_attn.kernels import ptpc_scaled_mm as mm
+
     assert cuda_auto_choice(1) == "triton" and cuda_auto_choice(SMALL_M_MAX) == "triton"
     assert cuda_auto_choice(4096) == "torch"
+    table = {None: mm.DEFAULT_AUTO_ROWS, (4096, 14336): [(64, "triton"), (1024, "torch"), (None, "triton")]}
+    monkeypatch.setattr(mm, "CUDA_AUTO_TABLE", table)
+    assert cuda_auto_choice(4096, 4096, 14336) == "triton" and cuda_auto_choice(512, 4096, 14336) == "torch"
+    assert cuda_auto_choice(4096, 4096, 4096) == "torch"  # unlisted shape: the default rows
 
 
 def _bad(name):
