@@ -44,8 +44,7 @@ def run_passes(gm: fx.GraphModule, example_inputs, config, graph_report: GraphRe
             record.error = f"{type(e).__name__}: {e}"
             warnings.warn(f"rocm_attn: pass {name} failed on graph {graph_report.index}; "
                           f"compiling that graph without it ({record.error})", stacklevel=2)
-            gm.graph = saved_graph
-            gm.recompile()
+            _restore(gm, saved_graph)
             del graph_report.sites[saved_sites:]
             graph_report.fusions, graph_report.memory = saved_fusions, saved_memory
         record.seconds = time.perf_counter() - start
@@ -53,3 +52,14 @@ def run_passes(gm: fx.GraphModule, example_inputs, config, graph_report: GraphRe
         dump_graph(gm, config.dump_dir, graph_report.index, step, name)
     graph_report.nodes_after = len(gm.graph.nodes)
     return gm
+
+
+def _restore(gm: fx.GraphModule, saved_graph: fx.Graph) -> None:
+    """Put the pre-pass graph back, keeping the placeholder attributes Dynamo set (AOT reads them)."""
+    sources = {n.name: n._dynamo_source for n in gm.graph.nodes
+               if n.op == "placeholder" and hasattr(n, "_dynamo_source")}
+    for n in saved_graph.nodes:
+        if n.op == "placeholder" and n.name in sources:
+            n._dynamo_source = sources[n.name]
+    gm.graph = saved_graph
+    gm.recompile()

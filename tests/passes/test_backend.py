@@ -1,0 +1,153 @@
+"""The backend end to end on small modules: post-grad fusions, pass failure fallback, strict,
+uuid, dumps, explain/export, the CLI."""
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import rocm_attn
+from rocm_attn import Config
+from rocm_attn.passes import pass_manager
+from rocm_attn.passes.post_grad_fusion import PostGradFusion
+from rocm_attn.testing import rel_err
+
+
+class RMSNorm(nn.Module):
+    """HF's LlamaRMSNorm."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(1 + torch.randn(d) / 10)
+
+    def forward(self, x):
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.weight * h.to(x.dtype)
+
+
+class TinyDecoderLayer(nn.Module):
+    """norm -> q/k/v -> SDPA -> o_proj -> residual -> norm -> gate/up -> SiLU*mul -> down."""
+
+    def __init__(self, d=64, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.input_layernorm, self.post_attention_layernorm = RMSNorm(d), RMSNorm(d)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.gate_proj, self.up_proj = nn.Linear(d, 128, bias=False), nn.Linear(d, 128, bias=False)
+        self.down_proj = nn.Linear(128, d, bias=False)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        h = self.input_layernorm(x)
+        q, k, v = (p(h).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, s, d)
+        x = x + self.o_proj(a)
+        h = self.post_attention_layernorm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+@pytest.fixture(scope="module")
+def layer():
+    torch.manual_seed(0)
+    return TinyDecoderLayer().eval(), torch.randn(2, 8, 64)
+
+
+def test_explain_counts_post_grad_fusions(layer, tmp_path):
+    model, x = layer
+    report = rocm_attn.explain(model, x, options={"dump_dir": str(tmp_path)})
+    assert isinstance(report, rocm_attn.Report)
+    assert (report.attention_rewritten, report.attention_total) == (1, 1)
+    assert (report.linear_rewritten, report.linear_total) == (7, 7)
+    assert report.fusions == {"fused_projections": 2, "rms_norm_quant_fp8": 1,
+                              "fused_add_rms_norm_quant_fp8": 1, "silu_mul_quant_fp8": 1}
+    text = str(report)
+    assert "attention rewritten 1/1" in text and "o_proj" in text
+    d = report.to_dict()
+    assert json.loads(json.dumps(d))["linear_rewritten"] == 7
+    # dumps: readable Python per pass + the report
+    files = sorted(os.listdir(tmp_path / "graph_0"))
+    assert files == ["00_captured.py", "01_attention_rewrite.py", "02_linear_rewrite.py"]
+    assert "flash_attention" in (tmp_path / "graph_0" / "01_attention_rewrite.py").read_text()
+    assert json.loads((tmp_path / "report.json").read_text())["attention_total"] == 1
+
+
+def test_compiled_output_with_fusions(layer):
+    model, x = layer
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = model(x)
+        out = torch.compile(model, backend="rocm_attn")(x)
+        assert rel_err(out, ref) < 6e-2
+        torch._dynamo.reset()
+        out = torch.compile(model, backend="rocm_attn", options={"quantization": "none"})(x)
+        assert rel_err(out, ref) < 1e-5
+
+
+def test_failing_pass_falls_back_and_strict_raises(layer, monkeypatch):
+    model, x = layer
+
+    def broken(gm, example_inputs, config, graph_report):
+        graph_report.sites.append(None)  # partial work the fallback must undo
+        for n in gm.graph.nodes:
+            if n.op == "call_function":
+                n.target = torch.relu  # corrupt the graph, then fail
+                break
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pass_manager, "PASSES", [("broken", broken)] + pass_manager.PASSES)
+    with torch.no_grad():
+        ref = model(x)
+    with pytest.warns(UserWarning, match="pass broken failed"):
+        report = rocm_attn.explain(model, x, options={"quantization": "none"})
+    assert report.errors == ["graph 0: broken: RuntimeError: boom"]
+    assert "PASS FAILED" in str(report)
+    assert report.attention_rewritten == 1  # the later passes still ran on the restored graph
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="rocm_attn", options={"quantization": "none"})(x)
+    assert rel_err(out, ref) < 1e-5
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="boom"):
+        with torch.no_grad():
+            torch.compile(model, backend="rocm_attn", options={"strict": True})(x)
+
+
+def test_uuid_covers_config_and_source():
+    a, b = PostGradFusion(Config()), PostGradFusion(Config())
+    assert a.uuid() == b.uuid()
+    assert a.uuid() != PostGradFusion(Config(quantization="fp8_per_tensor")).uuid()
+    assert a.uuid() != PostGradFusion(Config(kernels="torch")).uuid()
+
+
+def test_options_from_env_and_bad_options(monkeypatch):
+    monkeypatch.setenv("ROCM_ATTN_QUANTIZATION", "none")
+    monkeypatch.setenv("ROCM_ATTN_SKIP_MODULES", "lm_head,proj")
+    c = Config.from_env()
+    assert c.quantization == "none" and c.skip_modules == ("lm_head", "proj")
+    with pytest.raises(ValueError, match="unknown rocm_attn option"):
+        Config.from_env(quantisation="none")
+    with pytest.raises(ValueError, match="quantization"):
+        Config.from_env(quantization="int4")
+
+
+def test_export_has_the_rewrites(layer):
+    model, x = layer
+    ep = rocm_attn.export(model, (x,))
+    assert isinstance(ep, torch.export.ExportedProgram)
+    targets = [str(n.target) for n in ep.graph.nodes]
+    assert sum("rocm_attn.flash_attention" in t for t in targets) == 1
+    assert sum("rocm_attn.ptpc_scaled_mm" in t for t in targets) == 4  # qkv, o, gate_up, down
+    with torch.no_grad():
+        assert rel_err(ep.module()(x)[0], model(x)) < 6e-2  # outputs come back as a tuple
+
+
+def test_cli_explain(capsys):
+    from rocm_attn.cli import main
+
+    assert main(["explain", "llama", "--layers", "1", "--seq-len", "6", "--json", "--quantization", "none"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["attention_rewritten"] == d["attention_total"] == 1
