@@ -47,8 +47,9 @@ CONFIGS = [
     _config(128, 256, 8, 8, 3),
 ]
 # Exact configs per shape, from benchmarks/tune_linear.py on an H100 (it prints this table):
-# (M bucket, N, K, quantize_x) -> {"BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"}.
-# Shapes not listed are autotuned over CONFIGS.
+# (M bucket, N, K, quantize_x) -> {"BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"},
+# M bucket a power of two; an M takes the entry of the smallest bucket >= M. Shapes not
+# listed are autotuned over CONFIGS.
 TUNED: dict[tuple[int, int, int, bool], dict] = {}
 INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}
 MAX_M = 64
@@ -139,6 +140,15 @@ _kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET", "QUA
     _heuristics(_ptpc_gemm_small_m_kernel)
 )
 
+def tuned_config(M: int, N: int, K: int, quantize_x: bool) -> dict | None:
+    bucket = triton.next_power_of_2(max(M, 1))
+    while bucket <= MAX_M:
+        if (bucket, N, K, quantize_x) in TUNED:
+            return TUNED[bucket, N, K, quantize_x]
+        bucket *= 2
+    return None
+
+
 # Split-K arrival counters, one int32 per column tile, zero between calls; one per device.
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 COUNTERS_MIN = 4096
@@ -163,7 +173,7 @@ def _launch(x, xs, wq, ws, bias, out, quantize_x, fp8_max, config=None):
         raise ValueError(f"the small-M kernel takes M <= {MAX_M}, got M = {M}")
     block_m = max(16, triton.next_power_of_2(M))  # tl.dot needs >= 16 rows
     if config is None:
-        config = TUNED.get((block_m, N, K, quantize_x))
+        config = tuned_config(M, N, K, quantize_x)
     if config is None and triton_interpret():
         config = INTERPRET_CONFIG
     max_split = max(c.kwargs["SPLIT_K"] for c in CONFIGS) if config is None else config["SPLIT_K"]

@@ -32,7 +32,8 @@ def _silu_mul(g_ptrs, u_ptrs, mask, DTYPE: tl.constexpr):
 @triton.jit
 def _silu_mul_quant_kernel(
     gu_ptr, xq_ptr, scale_ptr, N, stride_row,
-    FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
+    FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
+    BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     g_row = gu_ptr + row * stride_row
@@ -74,7 +75,7 @@ def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_
         scale.fill_(scale_floor(fp8_max))
     elif M > 0:
         single = N <= max_single_block
-        block = triton.next_power_of_2(N) if single else min(LOOP_BLOCK, triton.next_power_of_2(max_single_block))
+        block = triton.next_power_of_2(N if single else min(LOOP_BLOCK, max_single_block))
         num_warps = 1 if block <= 512 else 4 if block <= 4096 else 8
         _silu_mul_quant_kernel[(M,)](
             gu, xq, scale, N, gu.stride(0),

@@ -1,16 +1,19 @@
-"""PTPC-FP8 linear ops on the GPU at Llama-3-8B sizes: every provider vs the torch reference.
+"""PTPC-FP8 linear ops on the GPU at Llama-3-8B sizes: every provider vs an fp64 reference.
 
     python -m pytest tests/gpu/test_linear_gpu.py -q -x
 
 Runs in well under a minute on an H100 (the first Triton calls autotune). Skipped without a GPU.
+Each provider is its own test case (the failure names it). Activations come from their own
+generator: with the same seed as the weights, x's rows were the weight's rows / 0.02, which
+made every diagonal output a sum of same-sign terms (it found the Hopper fp8 accumulation
+bug; test_gemm_accumulation_precision keeps that case on purpose).
 """
 
 import pytest
 import torch
-
 from rocm_attn.kernels import fp8_dtype, fp8_max, get_platform, use_kernels
-from rocm_attn.kernels.ptpc_scaled_mm import scaled_mm_fallback
 from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
+
 from rocm_attn.testing import rel_err
 
 DEV = "cuda"
@@ -20,53 +23,137 @@ MS = [1, 16, 128, 4096]
 
 def gpu_providers():
     plat = get_platform()
-    return ["torch", "triton"] + (["aiter"] if plat.aiter_available else [])
+    return ["torch", "triton", "auto"] + (["aiter"] if plat.aiter_available else [])
 
 
-def close_bf16(out, ref):
-    """bf16 output of an fp32-accumulated GEMM: a few bf16 ulps of the largest value."""
-    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+PROVIDERS = gpu_providers()
+
+
+def activations(M, K, seed):
+    gen = torch.Generator(device=DEV).manual_seed(1000 + seed)
+    return torch.randn(M, K, device=DEV, dtype=torch.bfloat16, generator=gen)
+
+
+def reference(xq, x_scale, wq, w_scale, bias):
+    """fp64: the exact PTPC product, and the sum of |terms| each output is built from (its
+    natural error scale: accumulation errors grow with it, not with the output's value)."""
+    xs, ws = x_scale.double(), w_scale.double().t()
+    ref = (xq.double() @ wq.double().t()) * xs * ws
+    mag = (xq.double().abs() @ wq.double().abs().t()) * xs * ws
+    if bias is not None:
+        ref, mag = ref + bias.double(), mag + bias.double().abs()
+    return ref, mag
+
+
+def check_close(out, ref, mag, what):
+    """Norm-relative error < 1e-2, and elementwise: bf16 output rounding (2^-8 of the value)
+    plus fp32 / tensor-core accumulation (2e-3 of the sum of |terms|)."""
+    assert out.shape == ref.shape, what
+    err = rel_err(out, ref)
+    assert err < 1e-2, f"{what}: rel_err {err:.3g}"
+    diff = (out.double() - ref).abs()
+    bound = 2.0 ** -8 * ref.abs() + 2e-3 * mag
+    bad = diff > bound
+    if bad.any():
+        i = int((diff - bound).argmax())
+        idx = divmod(i, ref.shape[1])
+        raise AssertionError(f"{what}: {int(bad.sum())} of {ref.numel()} elements off; worst at {idx}: "
+                             f"out {out.flatten()[i].item():.5g}, ref {ref.flatten()[i].item():.5g}, "
+                             f"allowed +-{bound.flatten()[i].item():.3g}")
 
 
 @pytest.fixture(scope="module")
 def weights():
-    torch.manual_seed(0)
+    gen = torch.Generator(device=DEV).manual_seed(0)
     out = {}
     for K, N in LLAMA_KN:
-        w = torch.randn(N, K, device=DEV, dtype=torch.bfloat16) * 0.02
-        out[K, N] = (w, *quantize_weight_per_channel(w), torch.randn(N, device=DEV, dtype=torch.bfloat16))
+        w = torch.randn(N, K, device=DEV, dtype=torch.bfloat16, generator=gen) * 0.02
+        bias = torch.randn(N, device=DEV, dtype=torch.bfloat16, generator=gen)
+        out[K, N] = (w, *quantize_weight_per_channel(w), bias)
     return out
 
 
+_CASES = {}
+
+
+def case(weights, K, N, M):
+    """x, its torch quantization and the fp64 reference, shared by the provider cases."""
+    key = (K, N, M)
+    if key not in _CASES:
+        _CASES.clear()  # one shape at a time: the references are large
+        _, wq, w_scale, bias = weights[K, N]
+        x = activations(M, K, seed=M)
+        with use_kernels("torch"):
+            xq, x_scale = torch.ops.rocm_attn.per_token_quant_fp8(x)
+        _CASES[key] = (x, xq, x_scale, *reference(xq, x_scale, wq, w_scale, bias))
+    return _CASES[key]
+
+
 @pytest.mark.parametrize("K,N", LLAMA_KN)
 @pytest.mark.parametrize("M", MS)
-def test_ptpc_scaled_mm(weights, K, N, M):
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_ptpc_scaled_mm(weights, K, N, M, provider):
     _, wq, w_scale, bias = weights[K, N]
-    x = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
-    xq, x_scale = torch.ops.rocm_attn.per_token_quant_fp8(x)
-    ref = scaled_mm_fallback(xq, x_scale, wq, w_scale, bias, torch.float32)
-    for provider in gpu_providers() + ["auto"]:
-        with use_kernels(provider):
-            out = torch.ops.rocm_attn.ptpc_scaled_mm(xq, x_scale, wq, w_scale, bias)
-        assert out.dtype == torch.bfloat16, provider
-        close_bf16(out, ref)
+    _, xq, x_scale, ref, mag = case(weights, K, N, M)
+    with use_kernels(provider):
+        out = torch.ops.rocm_attn.ptpc_scaled_mm(xq, x_scale, wq, w_scale, bias)
+    assert out.dtype == torch.bfloat16, provider
+    check_close(out, ref, mag, f"ptpc_scaled_mm[{provider}] M={M} K={K} N={N}")
 
 
 @pytest.mark.parametrize("K,N", LLAMA_KN)
 @pytest.mark.parametrize("M", MS)
-def test_ptpc_linear(weights, K, N, M):
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_ptpc_linear(weights, K, N, M, provider):
     w, wq, w_scale, bias = weights[K, N]
-    x = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
-    with use_kernels("torch"):
-        xq, x_scale = torch.ops.rocm_attn.per_token_quant_fp8(x)
-    ref = scaled_mm_fallback(xq, x_scale, wq, w_scale, bias, torch.float32)
-    for provider in gpu_providers() + ["auto"]:
-        with use_kernels(provider):
-            out = torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale, bias)
-        close_bf16(out, ref)
+    x, _, _, ref, mag = case(weights, K, N, M)
+    with use_kernels(provider):
+        out = torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale, bias)
+    check_close(out, ref, mag, f"ptpc_linear[{provider}] M={M} K={K} N={N}")
     # the accuracy target against the unquantized product
     exact = x.double() @ w.double().t() + bias.double()
-    assert rel_err(out, exact) < 5e-2
+    assert rel_err(out, exact) < 5e-2, provider
+
+
+@pytest.mark.parametrize("M", [16, 64, 128, 4096])
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_gemm_accumulation_precision(weights, M, provider):
+    """x's rows = the weight's rows: the diagonal outputs sum 4096 positive terms, where
+    truncating fp8 tensor-core accumulation loses ~6% (Triton's default on Hopper)."""
+    w, wq, w_scale, bias = weights[4096, 6144]
+    x = w[:M] * 50.0
+    with use_kernels("torch"):
+        xq, x_scale = torch.ops.rocm_attn.per_token_quant_fp8(x)
+    ref, mag = reference(xq, x_scale, wq, w_scale, None)
+    with use_kernels(provider):
+        out = torch.ops.rocm_attn.ptpc_scaled_mm(xq, x_scale, wq, w_scale)
+        lin = torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale)
+    check_close(out, ref, mag, f"ptpc_scaled_mm[{provider}] x = w rows, M={M}")
+    check_close(lin, ref, mag, f"ptpc_linear[{provider}] x = w rows, M={M}")
+    diag = torch.arange(M, device=DEV)
+    rel = ((out.double()[diag, diag] - ref[diag, diag]) / ref[diag, diag]).abs().max().item()
+    assert rel < 1e-2, f"{provider}: diagonal (same-sign sums) off by {rel:.3g}"
+
+
+@pytest.mark.parametrize("M", [1, 4, 16, 64])
+@pytest.mark.parametrize("split_k", [1, 2, 4, 8])
+def test_small_m_kernel_configs(weights, M, split_k):
+    """Every split-K setting of the small-M kernel, fused quant and not, twice in a row (the
+    split-K counters must be back at zero after each call)."""
+    from rocm_attn.kernels.triton_kernels.ptpc_gemm_small_m import (
+        ptpc_gemm_small_m_launch,
+        ptpc_linear_small_m_launch,
+    )
+
+    K, N = 14336, 4096
+    _, wq, w_scale, bias = weights[K, N]
+    x, xq, x_scale, ref, mag = case(weights, K, N, M)
+    config = {"BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": split_k, "num_warps": 4, "num_stages": 3}
+    for _ in range(2):
+        out = ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, torch.bfloat16, config=config)
+        check_close(out, ref, mag, f"small-M split_k={split_k} M={M}")
+        out = ptpc_linear_small_m_launch(x, wq, w_scale, bias, fp8_max(), config=config)
+        check_close(out, ref, mag, f"small-M fused quant split_k={split_k} M={M}")
 
 
 def test_ptpc_linear_leading_dims_odd_shapes():
@@ -75,11 +162,12 @@ def test_ptpc_linear_leading_dims_odd_shapes():
     x = torch.randn(3, 7, 200, device=DEV, dtype=torch.bfloat16)
     with use_kernels("torch"):
         ref = torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale).float()
-    for provider in gpu_providers() + ["auto"]:
+    for provider in gpu_providers():
         with use_kernels(provider):
             out = torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale)
-        assert out.shape == (3, 7, 72)
-        close_bf16(out, ref)
+        assert out.shape == (3, 7, 72), provider
+        worst = (out.float() - ref).abs().max().item()
+        assert worst <= 2e-2 * ref.abs().max().item(), f"{provider}: off by {worst:.3g}"
     for M in (0, 100):  # empty batch; the tiled GEMM at an odd M
         xm = torch.randn(M, 200, device=DEV, dtype=torch.float16)
         with use_kernels("triton"):
@@ -88,7 +176,8 @@ def test_ptpc_linear_leading_dims_odd_shapes():
             ref = torch.ops.rocm_attn.ptpc_linear(xm, wq, w_scale)
         assert out.shape == (M, 72)
         if M:
-            torch.testing.assert_close(out.float(), ref.float(), rtol=2e-3, atol=2e-3 * ref.abs().max().item())
+            atol = 2e-3 * ref.abs().max().item()
+            torch.testing.assert_close(out.float(), ref.float(), rtol=2e-3, atol=atol)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
-import rocm_attn
 from rocm_attn.kernels import fp8_dtype, fp8_max, use_kernels
 from rocm_attn.kernels.per_token_quant import scale_floor
+
+import rocm_attn
 
 PROVIDERS = ["torch", "triton"]
 

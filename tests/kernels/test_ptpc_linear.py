@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
-
 from rocm_attn.kernels import fp8_dtype, fp8_max, use_kernels
 from rocm_attn.kernels.per_token_quant import scale_floor
 from rocm_attn.kernels.ptpc_linear import FUSED_SMALL_M_MAX
 from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel, quantize_weight_per_tensor
+
 from rocm_attn.testing import rel_err
 
 PROVIDERS = ["torch", "triton"]

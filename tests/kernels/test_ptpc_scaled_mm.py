@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-
 from rocm_attn.kernels import fp8_dtype, use_kernels
-from rocm_attn.kernels.ptpc_scaled_mm import cuda_auto_choice, SMALL_M_MAX
+from rocm_attn.kernels.ptpc_scaled_mm import SMALL_M_MAX, cuda_auto_choice
 from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
 
 PROVIDERS = ["torch", "triton"]
@@ -72,8 +71,8 @@ def test_triton_kernels_both_paths_any_m():
         check(launch(*args, torch.float16), reference(*args), torch.float16)
 
 
-@pytest.mark.parametrize("M,N,K,split_k,block_k", [(5, 40, 96, 2, 16), (3, 24, 100, 3, 16), (16, 16, 64, 4, 16),
-                                                    (2, 16, 32, 4, 16)])
+@pytest.mark.parametrize("M,N,K,split_k,block_k",
+                         [(5, 40, 96, 2, 16), (3, 24, 100, 3, 16), (16, 16, 64, 4, 16), (2, 16, 32, 4, 16)])
 def test_small_m_split_k(M, N, K, split_k, block_k):
     """Split-K: partials, last-arriver reduction (K not a multiple of the split, empty slices,
     N not a multiple of BLOCK_N), and the counters left at zero for the next call."""
