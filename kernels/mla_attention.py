@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -232,3 +233,77 @@ def describe_mla_backend(backend: str) -> str:
     if backend == "ROCM_AITER_MLA" and plat.aiter_available:
         return f"AITER mla_decode_fwd for decode where importable (else rocm_attn Triton); {flash}"
     return f"rocm_attn Triton split-KV latent decode; {flash}"
+
+
+# ---------------------------------------------------------------- dense op (the torch.compile path)
+# In a compiled HF graph the latents are plain tensors (HF's cache holds kv_c and k_pe); the rewrite
+# (patterns/attention_mla.py) replaces HF's up-projection + SDPA with this op.
+
+ABSORB_MAX_QUERIES = 16  # queries per sequence up to which the absorbed (latent-space) form is used
+
+
+def check_mla_dense_inputs(q, kv_c, k_pe, w_uk, w_uv_t, attn_mask, scale):
+    op = "mla_attention_dense"
+    for name, t in (("q", q), ("kv_c", kv_c), ("k_pe", k_pe), ("w_uk", w_uk), ("w_uv_t", w_uv_t)):
+        check_float(name, op, t)
+    check_rank("q", op, q, 4, "[B, H, Sq, nope + R]")
+    check_rank("kv_c", op, kv_c, 4, "[B, 1, Sk, L]")
+    check_rank("k_pe", op, k_pe, 4, "[B, 1, Sk, R]")
+    check_rank("w_uk", op, w_uk, 3, "[H, nope, L]")
+    check_rank("w_uv_t", op, w_uv_t, 3, "[H, L, V]")
+    B, H, Sq, D = q.shape
+    H_, P, L = w_uk.shape
+    R = k_pe.shape[-1]
+    if kv_c.shape[:3] != k_pe.shape[:3] or kv_c.shape[0] != B or kv_c.shape[1] != 1 or kv_c.shape[3] != L:
+        raise ValueError(f"rocm_attn.{op}: kv_c {tuple(kv_c.shape)} / k_pe {tuple(k_pe.shape)} must be [B, 1, Sk, L] "
+                         f"/ [B, 1, Sk, R] with B = {B}, L = {L}")
+    if H_ != H or D != P + R or w_uv_t.shape[:2] != (H, L):
+        raise ValueError(f"rocm_attn.{op}: q {tuple(q.shape)}, w_uk {tuple(w_uk.shape)}, w_uv_t {tuple(w_uv_t.shape)} "
+                         f"do not agree (q is [B, H, Sq, nope + R], w_uk [H, nope, L], w_uv_t [H, L, V])")
+    if not (q.dtype == kv_c.dtype == k_pe.dtype == w_uk.dtype == w_uv_t.dtype):
+        raise TypeError(f"rocm_attn.{op}: all inputs must share a dtype")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"rocm_attn.{op}: scale must be a finite float, got {scale!r}")
+    if attn_mask is not None and attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        raise TypeError(f"rocm_attn.{op}: attn_mask must be bool (True = attend) or float (additive)")
+
+
+def _mla_dense_absorbed(q, kv_c, k_pe, w_uk, w_uv_t, attn_mask, scale, causal):
+    B, H, Sq, _ = q.shape
+    P, L, Sk = w_uk.shape[1], w_uk.shape[2], kv_c.shape[2]
+    q_lat = torch.matmul(q[..., :P], w_uk)  # [B, H, Sq, L]
+    # all heads' queries as rows of one matrix: the latents are read once, not once per head
+    s = (torch.matmul(q_lat.reshape(B, 1, H * Sq, L), kv_c.transpose(-1, -2))
+         + torch.matmul(q[..., P:].reshape(B, 1, H * Sq, -1), k_pe.transpose(-1, -2)))
+    s = s.float().view(B, H, Sq, Sk) * scale
+    if causal:  # bottom-right aligned: query i sits at position Sk - Sq + i
+        qpos = torch.arange(Sq, device=q.device)[:, None] + (Sk - Sq)
+        s = s.masked_fill(torch.arange(Sk, device=q.device)[None, :] > qpos, float("-inf"))
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask.float()
+    p = torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0).to(q.dtype)  # fully masked row -> 0
+    o_lat = torch.matmul(p.reshape(B, 1, H * Sq, Sk), kv_c).view(B, H, Sq, L)
+    return torch.matmul(o_lat, w_uv_t)  # [B, H, Sq, V]
+
+
+@torch.library.custom_op("rocm_attn::mla_attention_dense", mutates_args=())
+def mla_attention_dense(q: torch.Tensor, kv_c: torch.Tensor, k_pe: torch.Tensor, w_uk: torch.Tensor,
+                        w_uv_t: torch.Tensor, attn_mask: Optional[torch.Tensor], scale: float,
+                        causal: bool) -> torch.Tensor:
+    """MLA over contiguous latents, SDPA semantics (mask, bottom-right causal) -> [B, H, Sq, V].
+    q [B,H,Sq,nope+R] (rope applied), kv_c [B,1,Sk,L], k_pe [B,1,Sk,R], w_uk [H,nope,L], w_uv_t [H,L,V].
+    Sq <= ABSORB_MAX_QUERIES: absorbed (attention in latent space); else up-project K/V and flash_attention."""
+    check_mla_dense_inputs(q, kv_c, k_pe, w_uk, w_uv_t, attn_mask, scale)
+    if q.shape[2] <= ABSORB_MAX_QUERIES:
+        return _mla_dense_absorbed(q, kv_c, k_pe, w_uk, w_uv_t, attn_mask, scale, causal).contiguous()
+    B, H, _, _ = q.shape
+    Sk, R = kv_c.shape[2], k_pe.shape[-1]
+    k = torch.cat([torch.matmul(kv_c, w_uk.transpose(-1, -2)), k_pe.expand(B, H, Sk, R)], dim=-1)
+    v = torch.matmul(kv_c, w_uv_t)
+    return torch.ops.rocm_attn.flash_attention(q, k, v, attn_mask, scale, causal).contiguous()
+
+
+@mla_attention_dense.register_fake
+def _(q, kv_c, k_pe, w_uk, w_uv_t, attn_mask, scale, causal):
+    check_mla_dense_inputs(q, kv_c, k_pe, w_uk, w_uv_t, attn_mask, scale)
+    return q.new_empty((*q.shape[:3], w_uv_t.shape[-1]))

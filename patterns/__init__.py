@@ -1,14 +1,15 @@
 """rocm_attn.patterns: what HF subgraphs look like and what replaces them (one file per family).
 
 Registered here, in the order the passes try them:
-    ATTENTION_PATTERNS  torch-level: attention_sdpa, attention_eager   -> flash_attention
+    ATTENTION_PATTERNS  torch-level: attention_mla -> mla_attention_dense; attention_sdpa, attention_eager
+                        -> flash_attention
     LINEAR_PATTERNS     torch-level: linear (F.linear / addmm / mm, GPT-2 Conv1D), fused_projections
     POST_GRAD_PATTERNS  aten-level, inside Inductor: norm_quant, silu_mul_quant
 """
 
-from . import attention_eager, attention_sdpa, fused_projections, linear, norm_quant, silu_mul_quant
+from . import attention_eager, attention_mla, attention_sdpa, fused_projections, linear, norm_quant, silu_mul_quant
 
-ATTENTION_PATTERNS = (attention_sdpa, attention_eager)
+ATTENTION_PATTERNS = (attention_mla, attention_sdpa, attention_eager)  # MLA first: it is also an SDPA call
 LINEAR_PATTERNS = (linear, fused_projections)
 POST_GRAD_PATTERNS = (norm_quant, silu_mul_quant)
 
