@@ -94,3 +94,19 @@ def test_eager_attention_implementation_and_per_tensor():
     assert {s.pattern for s in report.sites("attention")} == {"eager"}
     assert report.attention_rewritten == LAYERS and report.linear_rewritten == LAYERS * 7
     assert rel_err(out[keep], ref[keep]) < 8e-2
+
+
+def test_no_recompile_across_sequence_lengths():
+    """One automatic-dynamic recompile (the second length), then none: the passes handle symbolic S."""
+    model, _, _, _ = build("llama")
+    before = len(report_mod.recent)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="rocm_attn")
+    with torch.no_grad():
+        for s in (6, 9, 13, 4):
+            ids = torch.randint(1, 128, (2, s))
+            out = compiled(input_ids=ids, use_cache=False)[0]
+            assert rel_err(out, model(input_ids=ids, use_cache=False)[0]) < 6e-2
+    compiles = report_mod.recent[before:]
+    assert len(compiles) == 2
+    assert all(r.attention_rewritten == LAYERS and r.linear_rewritten == LAYERS * 7 for r in compiles)
