@@ -135,11 +135,12 @@ def test_gemm_accumulation_precision(weights, M, provider):
     assert rel < 1e-2, f"{provider}: diagonal (same-sign sums) off by {rel:.3g}"
 
 
-@pytest.mark.parametrize("M", [1, 4, 16, 64])
-@pytest.mark.parametrize("split_k", [1, 2, 4, 8])
+@pytest.mark.parametrize("M", [1, 16, 64])
+@pytest.mark.parametrize("split_k", [1, 3, 8])
 def test_small_m_kernel_configs(weights, M, split_k):
-    """Every split-K setting of the small-M kernel, fused quant and not, twice in a row (the
-    split-K counters must be back at zero after each call)."""
+    """Split-K settings of the small-M kernel (3: K = 14336 is no multiple of 3 * BLOCK_K, the
+    masked path), fused quant and not, twice in a row (the split-K counters must be back at
+    zero after each call)."""
     from rocm_attn.kernels.triton_kernels.ptpc_gemm_small_m import (
         ptpc_gemm_small_m_launch,
         ptpc_linear_small_m_launch,
