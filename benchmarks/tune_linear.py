@@ -133,7 +133,7 @@ def tune_shape(K, N, M, results, quant_cfg):
     t_quant = bench_us(quant)
     row = {"K": K, "N": N, "M": M, "bf16_us": t_bf16, "quant_us": t_quant, "candidates": log}
     if M <= SMALL_M_MAX:
-        best_mm, best_fused = (WRONG, None), (WRONG, None)
+        best_mm, best_fused = (WRONG, None, None), (WRONG, None, None)
         for cfg in small_m_candidates():
             name = small_m_name(cfg)
             t = timed(f"small_m {name}", lambda cfg=cfg: ptpc_gemm_small_m_launch(
@@ -155,7 +155,7 @@ def tune_shape(K, N, M, results, quant_cfg):
         row.update(triton_mm_us=best_mm[0], triton_mm_config=best_mm[2], fused_us=best_fused[0],
                    fused_config=best_fused[2], two_launch_us=two_launch)
     else:
-        best = (WRONG, None)
+        best = (WRONG, None, None)
         for c in TILED:
             cfg = config_dict(c)
             t = timed(f"tiled {tiled_name(cfg)}", lambda cfg=cfg: ptpc_gemm_launch(
