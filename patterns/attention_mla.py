@@ -106,13 +106,15 @@ def _getitem_of(node, index):
 def _structure(node: fx.Node):
     """Walk HF's expand_kv back from an SDPA call -> dict of the pieces, or a reason string."""
     q, k, v = arg(node, 0, "query"), arg(node, 1, "key"), arg(node, 2, "value")
-    if not (is_method(k, "new_empty") and isinstance(v, fx.Node)):
+    is_cat = is_call(k, torch.cat) and isinstance(k.args[0], (list, tuple)) and len(k.args[0]) == 2 \
+        and k.kwargs.get("dim", k.args[1] if len(k.args) > 1 else 0) in (-1, 3)
+    if not ((is_method(k, "new_empty") or is_cat) and isinstance(v, fx.Node)):
         return "not MLA"
     split = _getitem_of(v, 1)
     if not is_call(split, torch.split, torch.functional.split) or len(split.args) < 2:
         return "not MLA"
     kv = split.args[0]
-    if k.args[0] is not kv or not is_method(kv, "transpose"):
+    if not is_method(kv, "transpose") or (not is_cat and k.args[0] is not kv):
         return "not MLA"
     view = kv.args[0]
     lin = view.args[0] if is_method(view, "view", "reshape") else None
@@ -122,9 +124,14 @@ def _structure(node: fx.Node):
     if not (isinstance(sizes, (list, tuple)) and len(sizes) == 2 and all(isinstance(x, int) for x in sizes)):
         return "not MLA"
     P, V = sizes
-    # the two copies into k: k[..., :P].copy_(k_nope) and k[..., P:].copy_(k_pe.expand(..))
+    # k = cat((k_nope, k_pe.expand(..)), -1), or (HF 5.x) two copies into k:
+    # k[..., :P].copy_(k_nope) and k[..., P:].copy_(k_pe.expand(..))
     copies, pe_expand, chain = {}, None, []
-    for user in k.users:
+    if is_cat:
+        copies = {"nope": k.args[0][0], "pe": k.args[0][1]}
+        if len(k.users) != 1:
+            return "key_states has other users"
+    for user in ([] if is_cat else k.users):
         if user is node:
             continue
         if not is_call(user, operator.getitem) or len(user.users) != 1:

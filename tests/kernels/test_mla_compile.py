@@ -87,3 +87,32 @@ def test_dense_op_opcheck():
     torch.library.opcheck(torch.ops.rocm_attn.mla_attention_dense.default, args)
     with pytest.raises(ValueError, match="do not agree"):
         torch.ops.rocm_attn.mla_attention_dense(torch.randn(1, 3, 3, 24), *args[1:])
+
+
+class CatStyleMLA(torch.nn.Module):
+    """expand_kv written with torch.cat (older / other HF MLA models) instead of new_empty + copy_."""
+
+    def __init__(self):
+        super().__init__()
+        self.kv_b_proj = torch.nn.Linear(32, 4 * (16 + 12), bias=False)
+
+    def forward(self, q, kv_c, k_rot, mask):  # q [B,4,Sq,24], kv_c [B,1,Sk,32], k_rot [B,1,Sk,8]
+        B, _, S, _ = kv_c.shape
+        kv = self.kv_b_proj(kv_c).view(B, S, -1, 28).transpose(1, 2)
+        k_nope, v = torch.split(kv, [16, 12], dim=-1)
+        k = torch.cat((k_nope, k_rot.expand(-1, 4, -1, -1)), dim=-1)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+
+
+@torch.no_grad()
+def test_cat_style_with_padding_mask():
+    m = CatStyleMLA().eval()
+    mask = torch.ones(2, 1, 3, 20, dtype=torch.bool)
+    mask[1, ..., :5] = False  # left padding
+    args = (torch.randn(2, 4, 3, 24), torch.randn(2, 1, 20, 32), torch.randn(2, 1, 20, 8), mask)
+    report = rocm_attn.passes.report.Report()
+    with rocm_attn.passes.report.collecting(report):
+        out = torch.compile(m, backend="rocm_attn", options={"quantization": "none"})(*args)
+    (site,) = report.sites("attention")
+    assert site.pattern == "mla" and site.rewritten, str(report)
+    torch.testing.assert_close(out, m(*args), rtol=1e-5, atol=1e-5)
