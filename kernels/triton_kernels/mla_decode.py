@@ -8,6 +8,8 @@ but the first. With one split the program writes the final output directly; othe
 a partial (normalised fp32 output + log2-sum-exp) and stage 2 merges the splits of each head.
 
 Shapes: L = kv_lora_rank (512), R = qk_rope_head_dim (64), both padded to powers of two.
+On the GPU the tile (heads per program, tokens per step, warps, stages) is autotuned once per
+(heads, L, R, splits) over DECODE_CONFIGS; `benchmarks/bench_mla.py --tune` sweeps a wider grid.
 """
 
 from __future__ import annotations
@@ -127,6 +129,22 @@ def _mla_decode_reduce_kernel(
     tl.store(LSE + h * stride_lse_h + b + tl.arange(0, 1), lse)
 
 
+# (BLOCK_H, BLOCK_N, num_warps, num_stages) tried once per (heads, L, R, splits) on the GPU. More heads per
+# program = fewer re-reads of each latent tile from L2 (128 heads / 16 = 8 reads, / 64 = 2), at the price
+# of a bigger fp32 accumulator (BLOCK_H x 512) in registers.
+DECODE_CONFIGS = [(16, 32, 4, 2), (32, 32, 4, 2), (32, 32, 8, 2), (64, 32, 8, 2), (64, 16, 8, 3)]
+_autotuned = None
+
+
+def _autotuned_kernel():
+    global _autotuned
+    if _autotuned is None:
+        configs = [triton.Config({"BLOCK_H": h, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                   for h, n, w, s in DECODE_CONFIGS]
+        _autotuned = triton.autotune(configs, key=["num_heads", "L", "R", "NUM_SPLITS"])(_mla_decode_split_kernel)
+    return _autotuned
+
+
 def _num_splits(batch: int, head_groups: int, device: torch.device) -> int:
     """Enough programs to fill the GPU ~4 times over; the kernel clips each split to its sequence."""
     if triton_interpret():
@@ -145,12 +163,13 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
     out = torch.empty(B, H, L, dtype=q.dtype, device=q.device)
     lse = torch.empty(H, B, dtype=torch.float32, device=q.device)
     interp = triton_interpret()
-    block_h = block_h or 16  # tl.dot needs M >= 16; 16 heads x 512 fp32 acc = 64 regs/thread at 4 warps
+    # explicit tiles (benchmark sweeps), the interpreter, or few heads: one fixed config; else autotuned
+    fixed = interp or block_h is not None or H <= 16
+    block_h = block_h or 16  # tl.dot needs M >= 16
     block_n = block_n or (16 if interp else 32)
     num_warps = num_warps or 4
     num_stages = num_stages or (1 if interp else 2)
-    head_groups = triton.cdiv(H, block_h)
-    splits = num_splits or _num_splits(B, head_groups, q.device)
+    splits = num_splits or _num_splits(B, triton.cdiv(H, 16), q.device)
     if splits > 1:
         mid_o = torch.empty(B, H, splits, L, dtype=torch.float32, device=q.device)
         mid_lse = torch.empty(B, H, splits, dtype=torch.float32, device=q.device)
@@ -161,19 +180,20 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
     mo_strides = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2)) if splits > 1 else (0, 0, 0)
     ml_strides = (mid_lse.stride(0), mid_lse.stride(1)) if splits > 1 else (0, 0)
     dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    _mla_decode_split_kernel[(head_groups, splits, B)](
-        q, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse,
-        q.stride(0), q.stride(1),
-        latent_cache.stride(0), latent_cache.stride(1),
-        block_table.stride(0),
-        *mo_strides, *ml_strides,
-        out.stride(0), out.stride(1), lse.stride(0),
-        float(scale) * LOG2E, H,
-        BLOCK_SIZE=bs, NUM_SPLITS=splits,
-        L=L, R=R, BLOCK_L=triton.next_power_of_2(L), BLOCK_R=max(triton.next_power_of_2(R), 16),
-        BLOCK_H=block_h, BLOCK_N=block_n, DOT_PREC=dot_prec,
-        num_warps=num_warps, num_stages=num_stages,
-    )
+    args = (q, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse,
+            q.stride(0), q.stride(1),
+            latent_cache.stride(0), latent_cache.stride(1),
+            block_table.stride(0),
+            *mo_strides, *ml_strides,
+            out.stride(0), out.stride(1), lse.stride(0),
+            float(scale) * LOG2E, H)
+    flags = dict(BLOCK_SIZE=bs, NUM_SPLITS=splits, L=L, R=R, BLOCK_L=triton.next_power_of_2(L),
+                 BLOCK_R=max(triton.next_power_of_2(R), 16), DOT_PREC=dot_prec)
+    if fixed:
+        _mla_decode_split_kernel[(triton.cdiv(H, block_h), splits, B)](
+            *args, **flags, BLOCK_H=block_h, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+    else:
+        _autotuned_kernel()[lambda meta: (triton.cdiv(H, meta["BLOCK_H"]), splits, B)](*args, **flags)
     if splits > 1:
         _mla_decode_reduce_kernel[(H, B)](
             mid_o, mid_lse, out, lse, *mo_strides, *ml_strides,
