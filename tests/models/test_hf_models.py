@@ -110,3 +110,23 @@ def test_no_recompile_across_sequence_lengths():
     compiles = report_mod.recent[before:]
     assert len(compiles) == 2
     assert all(r.attention_rewritten == LAYERS and r.linear_rewritten == LAYERS * 7 for r in compiles)
+
+
+def test_generate_with_kv_cache():
+    """Prefill + decode graphs (DynamicCache update in front of the attention; decode is Sq = 1
+    against the cached K/V): every attention rewritten, greedy tokens identical to eager."""
+    model, ids, kwargs, _ = build("llama")
+    mask = kwargs["attention_mask"]
+    with torch.no_grad():
+        ref = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        before = len(report_mod.recent)
+        torch._dynamo.reset()
+        model.forward = torch.compile(model.forward, backend="rocm_attn", options={"quantization": "none"})
+        try:
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        finally:
+            del model.forward
+    assert torch.equal(out, ref)
+    compiles = report_mod.recent[before:]
+    assert len(compiles) >= 2  # prefill and decode
+    assert all(r.attention_rewritten == r.attention_total == LAYERS for r in compiles)
