@@ -54,32 +54,39 @@ def _attend_block(
     else:
         k = tl.load(kp)
     qk = tl.dot(q, k, input_precision=DOT_PREC)
-    if SOFTCAP:
-        qk = _tanh(qk * softcap_scale) * softcap_out  # c * tanh(s * scale / c), in log2 units
+    if not (MASKED or SOFTCAP or HAS_MASK):
+        # hot path: scale folded into one FMA with the max subtraction; every row sees a finite
+        # score here, so m_new is finite and needs no -inf guard
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
     else:
-        qk = qk * qk_scale
-    if MASKED:
-        visible = n[None, :] < seqlen_k
-        if CAUSAL:
-            visible = visible & (n[None, :] <= q_pos[:, None])
-        if WINDOW:
-            visible = visible & (q_pos[:, None] - n[None, :] < window)
-        qk = tl.where(visible, qk, float("-inf"))
-    if HAS_MASK:
-        mp = mask_ptrs + start_n * stride_mn
-        m_ok = (offs_m[:, None] < seqlen_q) & (n[None, :] < seqlen_k)
-        if BOOL_MASK:
-            keep = tl.load(mp, mask=m_ok, other=0)
-            qk = tl.where(keep != 0, qk, float("-inf"))
+        if SOFTCAP:
+            qk = _tanh(qk * softcap_scale) * softcap_out  # c * tanh(s * scale / c), in log2 units
         else:
-            bias = tl.load(mp, mask=m_ok, other=0.0).to(tl.float32)
-            # clamp finite "minus infinity" (finfo.min) so that * log2(e) stays finite; -inf stays -inf
-            bias2 = tl.maximum(bias, -2.0e38) * 1.4426950408889634
-            qk = qk + tl.where(bias == float("-inf"), float("-inf"), bias2)
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-    p = tl.exp2(qk - m_safe[:, None])
-    alpha = tl.exp2(m_i - m_safe)
+            qk = qk * qk_scale
+        if MASKED:
+            visible = n[None, :] < seqlen_k
+            if CAUSAL:
+                visible = visible & (n[None, :] <= q_pos[:, None])
+            if WINDOW:
+                visible = visible & (q_pos[:, None] - n[None, :] < window)
+            qk = tl.where(visible, qk, float("-inf"))
+        if HAS_MASK:
+            mp = mask_ptrs + start_n * stride_mn
+            m_ok = (offs_m[:, None] < seqlen_q) & (n[None, :] < seqlen_k)
+            if BOOL_MASK:
+                keep = tl.load(mp, mask=m_ok, other=0)
+                qk = tl.where(keep != 0, qk, float("-inf"))
+            else:
+                bias = tl.load(mp, mask=m_ok, other=0.0).to(tl.float32)
+                # clamp finite "minus infinity" (finfo.min) so that * log2(e) stays finite; -inf stays -inf
+                bias2 = tl.maximum(bias, -2.0e38) * 1.4426950408889634
+                qk = qk + tl.where(bias == float("-inf"), float("-inf"), bias2)
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.exp2(qk - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
     if MASKED:
         v_mask = n[:, None] < seqlen_k
@@ -90,7 +97,9 @@ def _attend_block(
         v = tl.load(vp, mask=offs_dv[None, :] < HEAD_DV, other=0.0)
     else:
         v = tl.load(vp)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    # rescale, then accumulate in the MMA itself (no separate add of a fresh [M, Dv] tile)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
     return acc, l_i, m_new
 
 
