@@ -162,7 +162,7 @@ def mla_gather_cache_torch(latent_cache, block_table, cu_seq_lens, seq_starts, o
 
 
 @register_provider("mla_decode", "torch")
-def mla_decode_torch(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank):
+def mla_decode_torch(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank, return_lse=True):
     """fp32, one sequence at a time (the oracle)."""
     B, H, _ = q.shape
     bs = latent_cache.shape[1]
@@ -197,7 +197,7 @@ def mla_gather_cache_triton(latent_cache, block_table, cu_seq_lens, seq_starts, 
 
 
 @register_provider("mla_decode", "triton")
-def mla_decode_triton(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank):
+def mla_decode_triton(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank, return_lse=True):
     from .triton_kernels.mla_decode import mla_decode_launch
 
     return mla_decode_launch(q, latent_cache, seq_lens, block_table, float(scale), kv_lora_rank)
@@ -213,7 +213,7 @@ def _aiter_mla_fn():
     return mla_decode_fwd, ""
 
 
-def _aiter_supports(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank):
+def _aiter_supports(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank, return_lse=True):
     fn, why = _aiter_mla_fn()
     if fn is None:
         return why
@@ -225,7 +225,7 @@ def _aiter_supports(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank)
 
 
 @register_provider("mla_decode", "aiter", supports=_aiter_supports)
-def mla_decode_aiter(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank):
+def mla_decode_aiter(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank, return_lse=True):
     """AITER's mla_decode_fwd reads a page-size-1 view of the cache: one index per token."""
     import inspect
 
@@ -250,7 +250,7 @@ def mla_decode_aiter(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank
     lse = None
     if isinstance(res, tuple) and len(res) >= 2 and isinstance(res[1], torch.Tensor) and res[1].numel() == B * H:
         lse = res[1].float().reshape(B, H).t().contiguous()
-    if lse is None:  # AITER did not give it back: recompute (decode callers rarely need it)
+    if lse is None and return_lse:  # AITER did not give it back: recompute (only when asked for)
         _, lse = mla_decode_triton(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank)
     return out, lse
 
@@ -293,18 +293,21 @@ def _(latent_cache, block_table, cu_seq_lens, seq_starts, out) -> None:
 
 @torch.library.custom_op("rocm_attn::mla_decode", mutates_args=())
 def mla_decode(q: torch.Tensor, latent_cache: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
-               scale: float, kv_lora_rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+               scale: float, kv_lora_rank: int, return_lse: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Absorbed MLA decode -> (out [B,H,kv_lora_rank] in latent space, lse [H,B] fp32). See module doc.
-    A sequence of length 0 gives out 0 and lse -inf."""
+    A sequence of length 0 gives out 0 and lse -inf. return_lse=False: lse comes back empty [H, 0]
+    (lets a provider that does not produce it, AITER, skip the work)."""
     check_mla_decode(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank)
+    lse_shape = (q.shape[1], q.shape[0] if return_lse else 0)
     if q.shape[0] == 0:
-        return (q.new_empty((0, q.shape[1], kv_lora_rank)),
-                q.new_empty((q.shape[1], 0), dtype=torch.float32))
-    return dispatch("mla_decode", q.device, q, latent_cache, seq_lens, block_table, scale, kv_lora_rank)
+        return q.new_empty((0, q.shape[1], kv_lora_rank)), q.new_empty(lse_shape, dtype=torch.float32)
+    out, lse = dispatch("mla_decode", q.device, q, latent_cache, seq_lens, block_table, scale, kv_lora_rank,
+                        return_lse)
+    return out, (lse if return_lse else q.new_empty(lse_shape, dtype=torch.float32))
 
 
 @mla_decode.register_fake
-def _(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank):
+def _(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank, return_lse=True):
     check_mla_decode(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank)
     return (q.new_empty((q.shape[0], q.shape[1], kv_lora_rank)),
-            q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32))
+            q.new_empty((q.shape[1], q.shape[0] if return_lse else 0), dtype=torch.float32))

@@ -146,9 +146,11 @@ def _absorbed_decode(q, mla_cache, weights, seq_lens, block_table, scale, force_
     q_abs = torch.cat([q_lat, q[..., P:]], dim=-1).contiguous()
     if force_triton:
         with use_kernels("triton"):
-            o_lat, _ = torch.ops.rocm_attn.mla_decode(q_abs, mla_cache.latent_cache, seq_lens, block_table, scale, L)
+            o_lat, _ = torch.ops.rocm_attn.mla_decode(q_abs, mla_cache.latent_cache, seq_lens, block_table, scale, L,
+                                                      False)
     else:
-        o_lat, _ = torch.ops.rocm_attn.mla_decode(q_abs, mla_cache.latent_cache, seq_lens, block_table, scale, L)
+        o_lat, _ = torch.ops.rocm_attn.mla_decode(q_abs, mla_cache.latent_cache, seq_lens, block_table, scale, L,
+                                                  False)
     return torch.bmm(o_lat.transpose(0, 1), weights.w_uv_t).transpose(0, 1)  # [Td, H, v]
 
 

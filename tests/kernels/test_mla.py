@@ -71,6 +71,15 @@ def test_mla_decode_matches_reference(provider, heads, L, R, block_size, seq_len
     assert (lse[~finite] == float("-inf")).all() and (out[[i for i, n in enumerate(seq_lens) if n == 0]] == 0).all()
 
 
+def test_mla_decode_without_lse():
+    cache, table, dense = make_cache([6, 9], 16, 8, 4)
+    q = torch.randn(2, 4, 24)
+    out, lse = torch.ops.rocm_attn.mla_decode(q, cache.latent_cache, torch.tensor([6, 9]), table, 0.5, 16, False)
+    assert lse.shape == (4, 0) and rel_err(out, reference_decode(q, dense, 0.5, 16)[0]) < 1e-5
+    torch.library.opcheck(torch.ops.rocm_attn.mla_decode.default,
+                          (q, cache.latent_cache, torch.tensor([6, 9]), table, 0.5, 16, False))
+
+
 def test_mla_decode_triton_single_split_path():
     """num_splits == 1 writes the output straight from stage 1 (no reduce)."""
     from rocm_attn.kernels.triton_kernels.mla_decode import mla_decode_launch
