@@ -9,7 +9,7 @@ a partial (normalised fp32 output + log2-sum-exp) and stage 2 merges the splits 
 
 Shapes: L = kv_lora_rank (512), R = qk_rope_head_dim (64), both padded to powers of two.
 On the GPU the tile (heads per program, tokens per step, warps, stages) is autotuned once per
-(heads, L, R, splits) over DECODE_CONFIGS; `benchmarks/bench_mla.py --tune` sweeps a wider grid.
+(heads, L, R) over DECODE_CONFIGS; `benchmarks/bench_mla.py --tune` sweeps a wider grid.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def _mla_decode_reduce_kernel(
     tl.store(LSE + h * stride_lse_h + b + tl.arange(0, 1), lse)
 
 
-# (BLOCK_H, BLOCK_N, num_warps, num_stages) tried once per (heads, L, R, splits) on the GPU. More heads per
+# (BLOCK_H, BLOCK_N, num_warps, num_stages) tried once per (heads, L, R) on the GPU. More heads per
 # program = fewer re-reads of each latent tile from L2 (128 heads / 16 = 8 reads, / 64 = 2), at the price
 # of a bigger fp32 accumulator (BLOCK_H x 512) in registers.
 DECODE_CONFIGS = [(16, 32, 4, 2), (32, 32, 4, 2), (32, 32, 8, 2), (64, 32, 8, 2), (64, 16, 8, 3)]
@@ -141,7 +141,7 @@ def _autotuned_kernel():
     if _autotuned is None:
         configs = [triton.Config({"BLOCK_H": h, "BLOCK_N": n}, num_warps=w, num_stages=s)
                    for h, n, w, s in DECODE_CONFIGS]
-        _autotuned = triton.autotune(configs, key=["num_heads", "L", "R", "NUM_SPLITS"])(_mla_decode_split_kernel)
+        _autotuned = triton.autotune(configs, key=["num_heads", "L", "R"])(_mla_decode_split_kernel)
     return _autotuned
 
 
