@@ -81,3 +81,32 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.rocm_attn.paged_decode.default,
                           (mb.q, mb.kv_cache.k_cache, mb.kv_cache.v_cache, mb.seq_lens, mb.block_table, 0.2,
                            "shuffled", 0, 0.0))
+
+
+@pytest.mark.parametrize("layout", ["standard", "shuffled"])
+@pytest.mark.parametrize("window,num_splits", [(0, None), (21, None), (0, 3), (21, 2)])
+def test_garbage_outside_the_sequence(layout, window, num_splits):
+    # every cache slot outside the sequences is NaN: the kernel loads whole pages (wide loads) and
+    # must cut the keys past seq_len / before the window without ever multiplying a NaN by 0
+    mb = make_mixed_batch([(36, 1), (49, 1), (15, 1), (70, 1)], 2, 4, 32, 16, torch.float32, layout, seed=5)
+    mb.kv_cache.k_cache.fill_(float("nan"))
+    mb.kv_cache.v_cache.fill_(float("nan"))
+    bs = 16
+    slots = torch.cat([mb.block_table[b, torch.arange(len(kf)) // bs].long() * bs + torch.arange(len(kf)) % bs
+                       for b, kf in enumerate(mb.k_full)])
+    torch.ops.rocm_attn.reshape_and_cache(torch.cat(mb.k_full), torch.cat(mb.v_full), mb.kv_cache.k_cache,
+                                          mb.kv_cache.v_cache, slots, layout)
+    out = paged_decode_launch(mb.q, mb.kv_cache.k_cache, mb.kv_cache.v_cache, mb.seq_lens, mb.block_table, mb.scale,
+                              layout, window, 0.0, num_splits=num_splits)
+    ref = reference_attention(mb.q, mb.k_full, mb.v_full, mb.query_lens, mb.scale, window or None)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_split_choice_fills_the_gpu():
+    from rocm_attn.kernels.triton_kernels import paged_decode as pd
+
+    cpu = torch.device("cpu")  # 2 "SMs" off the GPU
+    assert pd.choose_num_splits(64, 8, 4096, cpu) == 1
+    assert pd.choose_num_splits(1, 1, 4096, cpu) == min(pd.SPLIT_PROGRAMS_PER_SM * 2, 4096 // pd.MIN_SPLIT_TOKENS)
+    assert pd.choose_num_splits(1, 1, 100, cpu) == 1  # too short to split
