@@ -7,7 +7,7 @@ at the sliding-window edge, blocks that need none (the hot loop), and blocks at 
 diagonal / sequence end; blocks no query of the program can see are never visited. A user
 mask (dense launcher) is loaded per tile through its broadcast strides.
 
-Hopper prefill config: BLOCK_M 128, BLOCK_N 64/128, 8 warps, 2-3 stages (autotuned over a
+Hopper prefill config: BLOCK_M 128, BLOCK_N 64/128, 8 warps, 2-4 stages (autotuned over a
 few); short query blocks (decode against a cache) use BLOCK_M 16.
 """
 
@@ -223,7 +223,7 @@ def _flash_attn_fwd_kernel(
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried once per key on the GPU for long query blocks
-PREFILL_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)]
+PREFILL_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 8, 4), (64, 64, 4, 3)]
 _autotuned = None
 
 
@@ -239,7 +239,7 @@ def _prefill_kernel():
 
 
 def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, max_seqlen_q, batch, scale,
-            causal, sliding_window, softcap, is_varlen):
+            causal, sliding_window, softcap, is_varlen, config=None):
     hq, hkv = strides["hq"], strides["hkv"]
     D, Dv = q.shape[-1], v.shape[-1]
     if softcap > 0:
@@ -271,6 +271,10 @@ def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, ma
     if triton_interpret():
         run(_flash_attn_fwd_kernel, 16, BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
         return
+    if config is not None:  # (BLOCK_M, BLOCK_N, warps, stages) forced by the caller (benchmarks/tune_prefill.py)
+        bm, bn, warps, stages = config
+        run(_flash_attn_fwd_kernel, bm, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        return
     config = _fixed_config(max_seqlen_q, D, Dv, q.dtype)
     plain = not (flags["WINDOW"] or flags["SOFTCAP"] or flags["HAS_MASK"])
     if config is None and plain:
@@ -300,7 +304,8 @@ def _last_dim_contiguous(t):
 
 
 def flash_attn_varlen_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal,
-                             sliding_window=0, softcap=0.0, q_pos_offsets=None):
+                             sliding_window=0, softcap=0.0, q_pos_offsets=None, config=None):
+    """``config``: (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of the autotuned choice (benchmarks)."""
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
     tq, hq, _ = q.shape
     hkv, dv = k.shape[1], v.shape[-1]
@@ -312,7 +317,7 @@ def flash_attn_varlen_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
         o=(0, out.stride(1), out.stride(0)), lse=lse.stride(0), mask=(0, 0, 0, 0),
     )
     _launch(q, k, v, out, lse, None, cu_seqlens_q, cu_seqlens_k, q_pos_offsets, strides, 0, 0, int(max_seqlen_q),
-            cu_seqlens_q.numel() - 1, scale, causal, sliding_window, softcap, True)
+            cu_seqlens_q.numel() - 1, scale, causal, sliding_window, softcap, True, config)
     return out, lse
 
 
