@@ -12,7 +12,7 @@ Columns (median times, CUDA-graph replay so Python dispatch does not swamp small
   quant       per_token_quant_fp8 alone, as GB/s and % of a measured device-to-device copy
 Ratios are bf16 time / our time (> 1: faster than bf16). Writes JSON (--out) and prints a
 markdown table. benchmarks/tune_linear.py times the candidate kernels one by one and prints
-the tables (CUDA_AUTO_TABLE, the small-M TUNED configs, FUSED_SMALL_M_MAX) to paste in.
+the tables (CUDA_AUTO_TABLE, the small-M TUNED configs, the quant block per K) to paste in.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 For the Llama-3-8B linear shapes (K, N) and M in {1, 16, 64, 128, 1024, 4096} it times
 (CUDA-graph replay, median) every candidate:
   - small M (<= 64): each small-M kernel config (incl. split-K) on pre-quantized x
-    (ptpc_scaled_mm), and fused quant-in-GEMM (ptpc_linear), vs the two-launch ptpc_linear
-    (quant kernel + best small-M GEMM) and torch._scaled_mm;
+    (ptpc_scaled_mm) vs torch._scaled_mm, and ptpc_linear's two launches (quant kernel +
+    the best small-M GEMM);
   - larger M: each tiled Triton GEMM config vs torch._scaled_mm;
   - per_token_quant_fp8: single-block and looped variants (block, warps), as % of copy.
 Every candidate's output is first checked against an fp64 reference (rel_err < 2e-2; the
@@ -15,7 +15,6 @@ quant variants must match the torch reference bit for bit); a failing one is mar
 and never wins. It then prints, in the source's own syntax:
   CUDA_AUTO_TABLE   -> kernels/ptpc_scaled_mm.py
   TUNED             -> kernels/triton_kernels/ptpc_gemm_small_m.py
-  FUSED_SMALL_M_MAX -> kernels/ptpc_linear.py
   the best quant (block, warps) per K -> kernels/triton_kernels/per_token_quant.py
 """
 
@@ -30,7 +29,6 @@ import torch
 LLAMA_KN = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]
 MS = [1, 16, 64, 128, 1024, 4096]
 SMALL_M_MAX = 64
-FUSED_M_MAX = 16  # the fused quant-in-GEMM kernel is timed up to this M (it re-reads x per program)
 REL_TOL = 2e-2
 WRONG = float("inf")
 
@@ -103,10 +101,7 @@ def tune_shape(K, N, M, results, quant_cfg):
     from rocm_attn.kernels.triton_kernels.per_token_quant import per_token_quant_fp8_launch
     from rocm_attn.kernels.triton_kernels.ptpc_gemm import CONFIGS as TILED
     from rocm_attn.kernels.triton_kernels.ptpc_gemm import ptpc_gemm_launch
-    from rocm_attn.kernels.triton_kernels.ptpc_gemm_small_m import (
-        ptpc_gemm_small_m_launch,
-        ptpc_linear_small_m_launch,
-    )
+    from rocm_attn.kernels.triton_kernels.ptpc_gemm_small_m import ptpc_gemm_small_m_launch
 
     import rocm_attn  # noqa: F401  (registers the ops)
 
@@ -133,16 +128,12 @@ def tune_shape(K, N, M, results, quant_cfg):
     t_quant = bench_us(quant)
     row = {"K": K, "N": N, "M": M, "bf16_us": t_bf16, "quant_us": t_quant, "candidates": log}
     if M <= SMALL_M_MAX:
-        best_mm, best_fused = (WRONG, None, None), (WRONG, None, None)
+        best_mm = (WRONG, None, None)
         for cfg in small_m_candidates():
             name = small_m_name(cfg)
             t = timed(f"small_m {name}", lambda cfg=cfg: ptpc_gemm_small_m_launch(
                 xq, xs, wq, ws, None, torch.bfloat16, config=cfg), ref, log)
             best_mm = min(best_mm, (t, name, cfg), key=lambda p: p[0])
-            if M <= FUSED_M_MAX:
-                t = timed(f"fused {name}", lambda cfg=cfg: ptpc_linear_small_m_launch(
-                    x, wq, ws, None, fmax, config=cfg), ref, log)
-                best_fused = min(best_fused, (t, name, cfg), key=lambda p: p[0])
         two_launch = WRONG
         if best_mm[0] < WRONG:
             cfg = best_mm[2]
@@ -152,8 +143,7 @@ def tune_shape(K, N, M, results, quant_cfg):
                 return ptpc_gemm_small_m_launch(q, s, wq, ws, None, torch.bfloat16, config=cfg)
 
             two_launch = timed(f"two-launch quant + small_m {best_mm[1]}", two, ref, log)
-        row.update(triton_mm_us=best_mm[0], triton_mm_config=best_mm[2], fused_us=best_fused[0],
-                   fused_config=best_fused[2], two_launch_us=two_launch)
+        row.update(triton_mm_us=best_mm[0], triton_mm_config=best_mm[2], two_launch_us=two_launch)
     else:
         best = (WRONG, None, None)
         for c in TILED:
@@ -165,11 +155,11 @@ def tune_shape(K, N, M, results, quant_cfg):
     row["torch_mm_us"] = t_torch
     row["mm_winner"] = "triton" if row["triton_mm_us"] < t_torch else "torch"
     results.append(row)
-    best_linear = min(row.get("fused_us", WRONG), row.get("two_launch_us", WRONG),
+    best_linear = min(row.get("two_launch_us", WRONG),
                       t_quant + min(t_torch, row["triton_mm_us"]))
     print(f"K={K} N={N} M={M}: bf16 {t_bf16:.1f} us | torch._scaled_mm {t_torch:.1f} "
           f"| triton {row['triton_mm_us']:.1f}"
-          + (f" | fused {row['fused_us']:.1f} | two-launch {row['two_launch_us']:.1f}"
+          + (f" | two-launch {row['two_launch_us']:.1f}"
              if M <= SMALL_M_MAX else "")
           + f" | winners: {row['mm_winner']}, {row['triton_mm_config']}"
           + f" | quant {t_quant:.1f} | best ptpc_linear ~{t_bf16 / best_linear:.2f}x bf16", flush=True)
@@ -261,19 +251,12 @@ def main(argv=None):
         print(f"    ({N}, {K}): {rows!r},")
     print("}")
     print("\n# kernels/triton_kernels/ptpc_gemm_small_m.py")
-    print("TUNED: dict[tuple[int, int, int, bool], dict] = {")
+    print("TUNED: dict[tuple[int, int, int], dict] = {")
     for r in results:
-        if r["M"] <= SMALL_M_MAX:
+        if r["M"] <= SMALL_M_MAX and r["triton_mm_config"] is not None:
             bucket = 1 << max(r["M"] - 1, 0).bit_length()
-            for qx, key in ((False, "triton_mm"), (True, "fused")):
-                if r[f"{key}_config"] is not None:
-                    print(f"    ({bucket}, {r['N']}, {r['K']}, {qx}): {r[f'{key}_config']!r},")
+            print(f"    ({bucket}, {r['N']}, {r['K']}): {r['triton_mm_config']!r},")
     print("}")
-    fused_ok = [r["M"] for r in results if r["M"] <= SMALL_M_MAX and r["fused_us"] <= r["two_launch_us"]]
-    fused_bad = [r["M"] for r in results if r["M"] <= SMALL_M_MAX and r["fused_us"] > r["two_launch_us"]]
-    fused_max = max([m for m in fused_ok if all(b > m for b in fused_bad)], default=0)
-    print(f"\n# kernels/ptpc_linear.py (largest measured M where fused beat two launches on every shape)"
-          f"\nFUSED_SMALL_M_MAX = {fused_max}")
     print("\n# kernels/triton_kernels/per_token_quant.py: best (block_k, num_warps) per K "
           "(None = the current default)")
     for K, (b, w) in quant_best.items():
@@ -282,7 +265,7 @@ def main(argv=None):
     out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "copy_gbs": gbs,
            "rows": results, "quant": quant_rows,
            "auto_table": {f"{N}x{K}": rows for (N, K), rows in auto_table(results).items()},
-           "fused_small_m_max": fused_max, "seconds": time.time() - start,
+           "seconds": time.time() - start,
            "command": "python benchmarks/tune_linear.py" + (f" --kn {args.kn}" if args.kn else "")
            + (f" --ms {args.ms}" if args.ms else "")}
     with open(args.out, "w") as f:

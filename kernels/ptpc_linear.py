@@ -5,11 +5,10 @@
 
 Providers:
 - torch: the reference composition (torch quant + torch ptpc_scaled_mm).
-- triton: M <= FUSED_SMALL_M_MAX: one kernel quantizes the few activation rows on the fly
-  inside the small-M GEMM (one launch, not two; every program re-reads x for its amax, so
-  it only pays at the smallest M); above it, the Triton quant kernel then ptpc_scaled_mm
-  through its own provider choice (auto: the table in ptpc_scaled_mm.py; forced "triton":
-  the Triton kernels). benchmarks/tune_linear.py measures both and prints the threshold.
+- triton: per_token_quant_fp8 then ptpc_scaled_mm, each through its own provider choice
+  (auto: the Triton quant kernel and the GEMM from the table in ptpc_scaled_mm.py; forced
+  "triton": the Triton kernels). A quant fused into the small-M GEMM never beat these two
+  launches on an H100 (every program re-reads x for its row amax), so there is one path.
 - aiter: AITER quant + gemm_a8w8.
 
 fp8_per_tensor_linear(x, wq, w_scale[1], bias?) is classic per-tensor FP8 (one dynamic
@@ -29,11 +28,6 @@ from .ptpc_scaled_mm import ptpc_scaled_mm_aiter, ptpc_scaled_mm_torch, scaled_m
 from .registry import dispatch, register_provider
 
 OP = "ptpc_linear"
-# ptpc_linear's Triton provider fuses the quantization into the small-M GEMM up to this M.
-# The fused kernel re-reads x in every program for the row amax, which grows with M while
-# the second launch it saves costs a fixed ~2 us: an estimate until tune_linear.py's
-# "fused_max_m" line replaces it with a measured value.
-FUSED_SMALL_M_MAX = 4
 
 
 def check_linear_inputs(op, x, wq, w_scale, bias, per_tensor=False) -> None:
@@ -89,15 +83,8 @@ def _triton_supports(x=None, wq=None, w_scale=None, bias=None):
 @register_provider(OP, "triton", supports=_triton_supports)
 def ptpc_linear_triton(x, wq, w_scale, bias=None):
     x2 = _rows(x)
-    if x2.shape[0] <= FUSED_SMALL_M_MAX:
-        from .triton_kernels.ptpc_gemm_small_m import ptpc_linear_small_m_launch
-
-        out = ptpc_linear_small_m_launch(x2, wq, w_scale, bias, fp8_max())
-    else:
-        from .triton_kernels.per_token_quant import per_token_quant_fp8_launch
-
-        xq, x_scale = per_token_quant_fp8_launch(x2, wq.dtype, fp8_max(wq.dtype))
-        out = dispatch("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype)
+    xq, x_scale = dispatch("per_token_quant_fp8", x.device, x2)
+    out = dispatch("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype)
     return out.reshape(*x.shape[:-1], wq.shape[0])
 
 

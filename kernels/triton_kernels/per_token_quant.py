@@ -13,6 +13,8 @@ CPU and GPU (Triton's `/` is the approximate div.full.f32).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -69,7 +71,7 @@ def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max:
     block_k >= K reads the row once, a smaller block_k loops over it twice."""
     shape = x.shape
     K = shape[-1]
-    x2 = x.reshape(-1, K)
+    x2 = x.reshape(math.prod(shape[:-1]), K)  # not -1: K may be 0
     if K > 0 and x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]

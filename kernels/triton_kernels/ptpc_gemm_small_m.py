@@ -1,4 +1,4 @@
-"""Triton small-M (decode) kernel for ptpc_scaled_mm and ptpc_linear: weight-bandwidth bound.
+"""Triton small-M (decode) kernel for ptpc_scaled_mm: weight-bandwidth bound.
 
 At M <= 64 the GEMM reads the [N, K] fp8 weight once and does little math, so the goal is
 to stream the weight at near-copy bandwidth. Program (n, s) owns BLOCK_N output channels
@@ -11,12 +11,6 @@ fp32 partial sum to a workspace, then bumps a per-column-tile counter (atomic, a
 the program that arrives last sums the SPLIT_K partials in a fixed order (deterministic),
 applies the scales and bias and writes the output, and resets the counter to 0 for the
 next call (so the counters stay valid across CUDA-graph replays). One launch, no memset.
-
-QUANTIZE_X (ptpc_linear): x is the bf16/fp16/fp32 activation; each program computes its
-rows' amax over all of K (a pass over x, from L2), scale = max(amax * INV_FP8_MAX, floor)
-exactly as per_token_quant_fp8, then quantizes each x tile on the fly by a multiply with
-1/scale (one IEEE division per row, not per element) before the dot. The result can differ
-from the two-launch path by one fp8 step on rare elements (x * (1/s) vs x / s).
 """
 
 from __future__ import annotations
@@ -25,7 +19,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..per_token_quant import inv_fp8_max, scale_floor
 from ..platform import triton_interpret
 from .ptpc_gemm import PROMOTE_K, prepare_operands
 
@@ -47,10 +40,10 @@ CONFIGS = [
     _config(128, 256, 8, 8, 3),
 ]
 # Exact configs per shape, from benchmarks/tune_linear.py on an H100 (it prints this table):
-# (M bucket, N, K, quantize_x) -> {"BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"},
+# (M bucket, N, K) -> {"BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"},
 # M bucket a power of two; an M takes the entry of the smallest bucket >= M. Shapes not
 # listed are autotuned over CONFIGS.
-TUNED: dict[tuple[int, int, int, bool], dict] = {}
+TUNED: dict[tuple[int, int, int], dict] = {}
 INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}
 MAX_M = 64
 
@@ -60,8 +53,7 @@ def _ptpc_gemm_small_m_kernel(
     x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, count_ptr,
     M, N, K, M_BUCKET,
     stride_xm, stride_wn, stride_om,
-    FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
-    QUANTIZE_X: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -74,17 +66,7 @@ def _ptpc_gemm_small_m_kernel(
     cols = (offs_n % N).to(tl.int64)  # wrap: valid memory, discarded at the store
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
     w_cols = w_ptr + cols[None, :] * stride_wn + offs_k[:, None]
-
-    if QUANTIZE_X:
-        amax = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k_ok = offs_k < K - k0
-            x = tl.load(x_rows + k0, mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-        x_scale = tl.maximum(amax * INV_FP8_MAX, SCALE_FLOOR)  # per_token_quant_fp8's definition
-        x_inv = tl.math.div_rn(tl.full([BLOCK_M], 1.0, tl.float32), x_scale)
-    else:
-        x_scale = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
+    x_scale = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
 
     # this program's slice of K: whole BLOCK_K chunks (the last slice may run past K: masked)
     k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
@@ -98,9 +80,6 @@ def _ptpc_gemm_small_m_kernel(
             k_ok = offs_k < K - k0
             x = tl.load(x_rows + k0, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_cols + k0, mask=k_ok[:, None], other=0.0)
-        if QUANTIZE_X:
-            xf = tl.clamp(x.to(tl.float32) * x_inv[:, None], -FP8_MAX, FP8_MAX)
-            x = xf.to(w_ptr.dtype.element_ty)
         acc = tl.dot(x, w, acc, max_num_imprecise_acc=IMPRECISE_K)
 
     out_mask = m_ok[:, None] & n_ok[None, :]
@@ -136,15 +115,15 @@ _heuristics = triton.heuristics({
     "IMPRECISE_K": lambda args: min(PROMOTE_K, args["BLOCK_K"]),
 })
 _kernel_fixed = _heuristics(_ptpc_gemm_small_m_kernel)
-_kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET", "QUANTIZE_X"])(
+_kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET"])(
     _heuristics(_ptpc_gemm_small_m_kernel)
 )
 
-def tuned_config(M: int, N: int, K: int, quantize_x: bool) -> dict | None:
+def tuned_config(M: int, N: int, K: int) -> dict | None:
     bucket = triton.next_power_of_2(max(M, 1))
     while bucket <= MAX_M:
-        if (bucket, N, K, quantize_x) in TUNED:
-            return TUNED[bucket, N, K, quantize_x]
+        if (bucket, N, K) in TUNED:
+            return TUNED[bucket, N, K]
         bucket *= 2
     return None
 
@@ -166,14 +145,14 @@ def _counters(device: torch.device, n_tiles: int) -> torch.Tensor | None:
     return buf
 
 
-def _launch(x, xs, wq, ws, bias, out, quantize_x, fp8_max, config=None):
+def _launch(x, xs, wq, ws, bias, out, config=None):
     M, K = x.shape
     N = wq.shape[0]
     if M > MAX_M:
         raise ValueError(f"the small-M kernel takes M <= {MAX_M}, got M = {M}")
     block_m = max(16, triton.next_power_of_2(M))  # tl.dot needs >= 16 rows
     if config is None:
-        config = tuned_config(M, N, K, quantize_x)
+        config = tuned_config(M, N, K)
     if config is None and triton_interpret():
         config = INTERPRET_CONFIG
     max_split = max(c.kwargs["SPLIT_K"] for c in CONFIGS) if config is None else config["SPLIT_K"]
@@ -184,8 +163,7 @@ def _launch(x, xs, wq, ws, bias, out, quantize_x, fp8_max, config=None):
     args = (x, xs, wq, ws, bias if bias is not None else ws, out, partials,
             counters if counters is not None else ws, M, N, K, block_m,
             x.stride(0), wq.stride(0), out.stride(0))
-    consts = dict(FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
-                  QUANTIZE_X=quantize_x, HAS_BIAS=bias is not None, BLOCK_M=block_m)
+    consts = dict(HAS_BIAS=bias is not None, BLOCK_M=block_m)
 
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
@@ -199,27 +177,8 @@ def _launch(x, xs, wq, ws, bias, out, quantize_x, fp8_max, config=None):
 
 def ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | None = None):
     """ptpc_scaled_mm for M <= 64: xq fp8 [M, K] with x_scale [M, 1]. config: see TUNED."""
-    from ..platform import fp8_max as platform_fp8_max
-
     ops, out = prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype)
     if ops is None:
         return out
     xq, xs, wq, ws, bias = ops
-    return _launch(xq, xs, wq, ws, bias, out, False, platform_fp8_max(wq.dtype), config)
-
-
-def ptpc_linear_small_m_launch(x, wq, w_scale, bias, fp8_max, config: dict | None = None):
-    """ptpc_linear for M <= 64 in one launch: x [M, K] float, quantized per row on the fly."""
-    M, K = x.shape
-    N = wq.shape[0]
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0 or N == 0:
-        return out
-    if K == 0:
-        out.copy_(bias.to(x.dtype).expand(M, N) if bias is not None else torch.zeros_like(out))
-        return out
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    wq = wq if wq.stride(-1) == 1 else wq.contiguous()
-    ws = w_scale.reshape(N).contiguous()
-    bias = bias.contiguous() if bias is not None else None
-    return _launch(x, ws, wq, ws, bias, out, True, fp8_max, config)
+    return _launch(xq, xs, wq, ws, bias, out, config)
