@@ -2,9 +2,10 @@
 
 Memory bound: read K inputs, write K fp8 bytes and one scale. Rows up to MAX_SINGLE_BLOCK
 elements are read once (kept in registers between the amax and the quant pass); longer
-rows loop twice over BLOCK_K chunks, the second read hitting L2. A single 16384-wide block
-(Llama's K = 14336) ran at half the copy bandwidth on an H100 (register pressure, one
-program per SM), so the single-block limit is 8192.
+rows loop twice over LOOP_BLOCK chunks, the second read hitting L2. Measured on an H100
+(benchmarks/tune_linear.py): K = 4096 is best as one 4096 block with 4 warps (91% of copy
+at M = 4096); K = 14336 as 2048-wide chunks with 16 warps (82% of copy, 68% with 4096 and
+8 warps; a single 16384 block ran at half the copy bandwidth: register pressure).
 
 scale = max(amax * INV_FP8_MAX, SCALE_FLOOR) (fp32 multiply by constants rounded to fp32)
 and q = x / scale with IEEE division (div_rn): bit for bit what the torch reference does on
@@ -22,7 +23,8 @@ import triton.language as tl
 from ..per_token_quant import inv_fp8_max, scale_floor
 
 MAX_SINGLE_BLOCK = 8192
-LOOP_BLOCK = 4096
+LOOP_BLOCK = 2048
+LOOP_WARPS = 16
 
 
 @triton.jit
@@ -62,7 +64,7 @@ def default_quant_config(K: int) -> tuple[int, int, bool]:
     if K <= MAX_SINGLE_BLOCK:
         block = triton.next_power_of_2(K)
         return block, (1 if block <= 512 else 4 if block <= 4096 else 8), True
-    return LOOP_BLOCK, 8, False
+    return LOOP_BLOCK, LOOP_WARPS, False
 
 
 def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max: float,

@@ -43,7 +43,20 @@ CONFIGS = [
 # (M bucket, N, K) -> {"BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"},
 # M bucket a power of two; an M takes the entry of the smallest bucket >= M. Shapes not
 # listed are autotuned over CONFIGS.
-TUNED: dict[tuple[int, int, int], dict] = {}
+TUNED: dict[tuple[int, int, int], dict] = {
+    (1, 6144, 4096): {'BLOCK_N': 64, 'BLOCK_K': 256, 'SPLIT_K': 4, 'num_warps': 4, 'num_stages': 4},
+    (16, 6144, 4096): {'BLOCK_N': 64, 'BLOCK_K': 256, 'SPLIT_K': 4, 'num_warps': 4, 'num_stages': 4},
+    (64, 6144, 4096): {'BLOCK_N': 32, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
+    (1, 4096, 4096): {'BLOCK_N': 64, 'BLOCK_K': 256, 'SPLIT_K': 4, 'num_warps': 4, 'num_stages': 4},
+    (16, 4096, 4096): {'BLOCK_N': 64, 'BLOCK_K': 256, 'SPLIT_K': 4, 'num_warps': 4, 'num_stages': 4},
+    (64, 4096, 4096): {'BLOCK_N': 16, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
+    (1, 28672, 4096): {'BLOCK_N': 32, 'BLOCK_K': 256, 'SPLIT_K': 4, 'num_warps': 4, 'num_stages': 4},
+    (16, 28672, 4096): {'BLOCK_N': 16, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
+    (64, 28672, 4096): {'BLOCK_N': 32, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
+    (1, 4096, 14336): {'BLOCK_N': 32, 'BLOCK_K': 512, 'SPLIT_K': 2, 'num_warps': 4, 'num_stages': 3},
+    (16, 4096, 14336): {'BLOCK_N': 32, 'BLOCK_K': 512, 'SPLIT_K': 2, 'num_warps': 4, 'num_stages': 3},
+    (64, 4096, 14336): {'BLOCK_N': 16, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
+}
 INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}
 MAX_M = 64
 

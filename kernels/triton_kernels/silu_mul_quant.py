@@ -16,9 +16,11 @@ import triton.language as tl
 from ..per_token_quant import inv_fp8_max, scale_floor
 
 # A 16384-wide block in registers (Llama-3-8B's N = 14336) ran at half the copy bandwidth
-# on an H100; above 8192 the row is looped over in LOOP_BLOCK chunks (second pass from L2).
+# on an H100; above 8192 the row is looped over in LOOP_BLOCK chunks (second pass from L2),
+# with per_token_quant's measured best for such rows (2048-wide chunks, 16 warps).
 MAX_SINGLE_BLOCK = 8192
-LOOP_BLOCK = 4096
+LOOP_BLOCK = 2048
+LOOP_WARPS = 16
 
 
 @triton.jit
@@ -77,6 +79,8 @@ def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_
         single = N <= max_single_block
         block = triton.next_power_of_2(N if single else min(LOOP_BLOCK, max_single_block))
         num_warps = 1 if block <= 512 else 4 if block <= 4096 else 8
+        if not single and block == LOOP_BLOCK:
+            num_warps = LOOP_WARPS
         _silu_mul_quant_kernel[(M,)](
             gu, xq, scale, N, gu.stride(0),
             FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
