@@ -141,20 +141,51 @@ def tuned_config(M: int, N: int, K: int) -> dict | None:
     return None
 
 
-# Split-K arrival counters, one int32 per column tile, zero between calls; one per device.
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-COUNTERS_MIN = 4096
+# Split-K arrival counters: one int32 per column tile, zero between calls (the last program
+# of a tile resets it). Kernels on different streams can run at the same time, so each
+# (device, stream) gets its own counters: one set per device raced between two streams (a
+# silent wrong answer). A CUDA graph keeps the counters of the stream it was captured on.
+# The counters are slots cut from a zeroed arena allocated outside any capture, so a capture
+# on a fresh stream (torch.cuda.graph's own) still gets a slot without allocating.
+COUNTERS_PER_SLOT = 4096  # column tiles of 16: N <= 65536
+SLOTS_PER_ARENA = 32
+_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+_FREE_SLOTS: dict[torch.device, list[torch.Tensor]] = {}
+
+
+def _stream_key(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _new_zeros(device: torch.device, shape) -> torch.Tensor:
+    buf = torch.zeros(shape, dtype=torch.int32, device=device)
+    if device.type == "cuda":  # zeroed on this stream; other streams will use it: wait once
+        torch.cuda.synchronize(device)
+    return buf
 
 
 def _counters(device: torch.device, n_tiles: int) -> torch.Tensor | None:
-    """The device's zeroed counters, or None while a CUDA graph is being captured and they
-    do not exist yet (allocating inside a capture would tie them to the graph's pool)."""
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < n_tiles:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        buf = torch.zeros(max(COUNTERS_MIN, n_tiles), dtype=torch.int32, device=device)
-        _COUNTERS[device] = buf
+    """Zeroed counters for the current (device, stream), or None while a CUDA graph is being
+    captured and none can be had without allocating (that would tie them to the graph's pool)."""
+    key = (device, _stream_key(device))
+    buf = _COUNTERS.get(key)
+    if buf is not None and buf.numel() >= n_tiles:
+        return buf
+    free = _FREE_SLOTS.setdefault(device, [])
+    if n_tiles <= COUNTERS_PER_SLOT and free:
+        buf = free.pop()
+    elif _capturing(device):
+        return None
+    elif n_tiles <= COUNTERS_PER_SLOT:
+        free.extend(_new_zeros(device, (SLOTS_PER_ARENA, COUNTERS_PER_SLOT)).unbind(0))
+        buf = free.pop()
+    else:
+        buf = _new_zeros(device, (n_tiles,))
+    _COUNTERS[key] = buf
     return buf
 
 
@@ -170,7 +201,7 @@ def _launch(x, xs, wq, ws, bias, out, config=None):
         config = INTERPRET_CONFIG
     max_split = max(c.kwargs["SPLIT_K"] for c in CONFIGS) if config is None else config["SPLIT_K"]
     counters = _counters(x.device, triton.cdiv(N, 16)) if max_split > 1 else None
-    if max_split > 1 and counters is None:  # first call inside a graph capture: no split-K
+    if max_split > 1 and counters is None:  # a capture with no counters to spare: no split-K
         config, max_split = {"BLOCK_N": 16, "BLOCK_K": 512, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}, 1
     partials = torch.empty((max_split, M, N), dtype=torch.float32, device=x.device) if max_split > 1 else out
     args = (x, xs, wq, ws, bias if bias is not None else ws, out, partials,

@@ -83,7 +83,48 @@ def test_small_m_split_k(M, N, K, split_k, block_k):
         args = make(M, N, K, bias)
         out = small_m.ptpc_gemm_small_m_launch(*args, torch.float32, config=config)
         check(out, reference(*args), torch.float32)
-        assert int(small_m._COUNTERS[torch.device("cpu")].abs().sum()) == 0
+        assert all(int(c.abs().sum()) == 0 for c in small_m._COUNTERS.values())
+
+
+def test_small_m_counters_per_stream(monkeypatch):
+    """Split-K counters are keyed by (device, stream): kernels on two streams never share
+    them (they raced); a stream keeps its own; a capture on a fresh stream takes a free slot
+    (no allocation), and gets None (no split-K) only when none is left."""
+    from rocm_attn.kernels.triton_kernels import ptpc_gemm_small_m as small_m
+
+    monkeypatch.setattr(small_m, "_COUNTERS", {})
+    monkeypatch.setattr(small_m, "_FREE_SLOTS", {})
+    monkeypatch.setattr(small_m, "SLOTS_PER_ARENA", 3)
+    stream = {"key": 1, "capturing": False}
+    monkeypatch.setattr(small_m, "_stream_key", lambda device: stream["key"])
+    monkeypatch.setattr(small_m, "_capturing", lambda device: stream["capturing"])
+    cpu = torch.device("cpu")
+
+    def storage(buf):
+        return range(buf.data_ptr(), buf.data_ptr() + buf.numel() * buf.element_size())
+
+    a = small_m._counters(cpu, 10)
+    assert small_m._counters(cpu, 10) is a
+    stream["key"] = 2
+    b = small_m._counters(cpu, 10)
+    assert not set(storage(a)) & set(storage(b))
+    stream["key"], stream["capturing"] = 3, True
+    c = small_m._counters(cpu, 10)  # the arena's last free slot, no allocation
+    assert c is not None and not set(storage(c)) & (set(storage(a)) | set(storage(b)))
+    stream["key"] = 4
+    assert small_m._counters(cpu, 10) is None
+    stream["capturing"] = False
+    assert int(small_m._counters(cpu, 10).abs().sum()) == 0  # a new zeroed arena
+    big = small_m._counters(cpu, small_m.COUNTERS_PER_SLOT + 1)  # a wide N: its own buffer
+    assert big.numel() > small_m.COUNTERS_PER_SLOT and small_m._counters(cpu, 10) is big
+    # the kernel on two streams: each key's counters are back at zero after its call
+    config = {"BLOCK_N": 16, "BLOCK_K": 16, "SPLIT_K": 3}
+    for key in (5, 6):
+        stream["key"] = key
+        args = make(2, 24, 100, True)
+        check(small_m.ptpc_gemm_small_m_launch(*args, torch.float32, config=config), reference(*args),
+              torch.float32)
+    assert all(int(buf.abs().sum()) == 0 for buf in small_m._COUNTERS.values())
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
