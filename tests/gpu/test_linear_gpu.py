@@ -151,6 +151,29 @@ def test_small_m_kernel_configs(weights, M, split_k):
         check_close(out, ref, mag, f"small-M split_k={split_k} M={M}")
 
 
+def test_small_m_split_k_two_streams(weights):
+    """Split-K GEMMs on two streams at once: each stream has its own arrival counters (one
+    shared set raced: a silent wrong answer)."""
+    from rocm_attn.kernels.triton_kernels.ptpc_gemm_small_m import ptpc_gemm_small_m_launch
+
+    K, N, M = 14336, 4096, 16
+    _, wq, w_scale, bias = weights[K, N]
+    _, xq, x_scale, ref, mag = case(weights, K, N, M)
+    config = {"BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 8, "num_warps": 4, "num_stages": 3}
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    outs = [[], []]
+    torch.cuda.synchronize()
+    for _ in range(20):
+        for s, stream in enumerate(streams):
+            with torch.cuda.stream(stream):
+                outs[s].append(ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, torch.bfloat16,
+                                                        config=config))
+    torch.cuda.synchronize()
+    for s in range(2):
+        for out in outs[s]:
+            check_close(out, ref, mag, f"small-M split-K on stream {s}")
+
+
 def test_ptpc_linear_leading_dims_odd_shapes():
     w = torch.randn(72, 200, device=DEV)  # K, N not multiples of 16: the fallbacks
     wq, w_scale = quantize_weight_per_channel(w)
