@@ -7,6 +7,14 @@ rocm_attn, so an engine author can use the kernels alone:
     xq, scale = torch.ops.rocm_attn.per_token_quant_fp8(x)
 """
 
+# This folder installs as rocm_attn.kernels. Run from the repo root, Python can also see it as a
+# top-level `kernels` (the name of an unrelated PyPI package that transformers probes for): refuse
+# that import, or every op would be registered twice against a second provider registry.
+if __name__ != "rocm_attn.kernels":
+    raise ImportError(
+        f"{__file__} is rocm_attn's kernels package: import it as rocm_attn.kernels, not {__name__!r}"
+    )
+
 # Each module registers its ops on import. Order: dependencies first.
 from . import (  # noqa: F401
     per_token_quant,
