@@ -8,43 +8,40 @@ rocm_attn, so an engine author can use the kernels alone:
 """
 
 # This folder installs as rocm_attn.kernels. Run from the repo root, Python can also see it as a
-# top-level `kernels` (the name of an unrelated PyPI package that transformers probes for): refuse
-# that import, or every op would be registered twice against a second provider registry.
-if __name__ != "rocm_attn.kernels":
-    raise ImportError(
-        f"{__file__} is rocm_attn's kernels package: import it as rocm_attn.kernels, not {__name__!r}"
+# top-level `kernels` (an unrelated PyPI package that transformers probes for, and imports when it
+# finds no metadata). Imported under that name it stays empty (no __version__, so transformers
+# treats it as absent) instead of registering every op a second time.
+if __name__ == "rocm_attn.kernels":
+    # Each module registers its ops on import. Order: dependencies first.
+    from . import (  # noqa: F401
+        per_token_quant,
+        quantize_weight,
+        ptpc_scaled_mm,
+        ptpc_linear,
+        fused_quant,
+        kv_cache,
+        attention_metadata,
+        cache_ops,
+        merge_attn_states,
+        flash_attention,
+        paged_decode,
+        unified_attention,
+        attention,
+        split_attention,
+        mla,
+        mla_attention,
     )
+    from .platform import Platform, fp8_dtype, fp8_max, get_platform
+    from .registry import Kernels, ProviderUnavailableError, registered_ops, select, use_kernels
 
-# Each module registers its ops on import. Order: dependencies first.
-from . import (  # noqa: F401
-    per_token_quant,
-    quantize_weight,
-    ptpc_scaled_mm,
-    ptpc_linear,
-    fused_quant,
-    kv_cache,
-    attention_metadata,
-    cache_ops,
-    merge_attn_states,
-    flash_attention,
-    paged_decode,
-    unified_attention,
-    attention,
-    split_attention,
-    mla,
-    mla_attention,
-)
-from .platform import Platform, fp8_dtype, fp8_max, get_platform
-from .registry import Kernels, ProviderUnavailableError, registered_ops, select, use_kernels
-
-__all__ = [
-    "Kernels",
-    "Platform",
-    "ProviderUnavailableError",
-    "fp8_dtype",
-    "fp8_max",
-    "get_platform",
-    "registered_ops",
-    "select",
-    "use_kernels",
-]
+    __all__ = [
+        "Kernels",
+        "Platform",
+        "ProviderUnavailableError",
+        "fp8_dtype",
+        "fp8_max",
+        "get_platform",
+        "registered_ops",
+        "select",
+        "use_kernels",
+    ]
