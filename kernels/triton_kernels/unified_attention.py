@@ -60,24 +60,46 @@ def _attend_tile(acc, l_i, m_i, q, tile, k_ptr, v_ptr, bt_row_ptr, kv_head, seq_
         key_ok = keys >= 0
         page = tl.load(bt_row_ptr + keys // PAGE).to(tl.int64)
     off = keys % PAGE
-    if SHUFFLED:
-        # k [blocks, Hkv, D//X, PAGE, X]; v [blocks, Hkv, PAGE//X, D, X], contiguous: the inner strides
-        # are constexpr so the compiler sees the 16-byte groups and vectorises the loads
-        k_offs = (page[None, :] * stride_k0 + kv_head * stride_k1 + (d // X)[:, None] * (PAGE * X)
-                  + off[None, :] * X + (d % X)[:, None])
-        v_offs = (page[:, None] * stride_v0 + kv_head * stride_v1 + (off // X)[:, None] * (HEAD_DIM * X)
-                  + d[None, :] * X + (off % X)[:, None])
+    if SHUFFLED and not MASKED and HEAD_DIM == HEAD_DIM_P:
+        # k [blocks, Hkv, D//X, PAGE, X], v [blocks, Hkv, PAGE//X, D, X]: load each tile in its stored
+        # order (X innermost: 16-byte vectors, cp.async-pipelined), then reorder in registers
+        kx = tl.arange(0, X)
+        kd = tl.arange(0, HEAD_DIM // X)
+        k3 = (page[None, :, None] * stride_k0 + kv_head * stride_k1 + kd[:, None, None] * (PAGE * X)
+              + off[None, :, None] * X + kx[None, None, :])  # [D//X, TILE, X]
+        k = tl.reshape(tl.permute(tl.load(k_ptr + k3), (0, 2, 1)), (HEAD_DIM, TILE))  # [D, TILE]
+        kg = tl.arange(0, TILE // X)
+        key_g = tile * TILE + kg * X  # first key of each group of X keys (a group never spans pages)
+        page_g = tl.load(bt_row_ptr + key_g // PAGE).to(tl.int64)
+        v3 = (page_g[:, None, None] * stride_v0 + kv_head * stride_v1 + ((key_g % PAGE) // X)[:, None, None] * (HEAD_DIM * X)
+              + d[None, :, None] * X + kx[None, None, :])  # [TILE//X, D, X]
+        v = tl.reshape(tl.permute(tl.load(v_ptr + v3), (0, 2, 1)), (TILE, HEAD_DIM))  # [TILE, D]
     else:
-        # k, v [blocks, PAGE, Hkv, D]
-        k_offs = page[None, :] * stride_k0 + off[None, :] * stride_k1 + kv_head * stride_k2 + d[:, None]
-        v_offs = page[:, None] * stride_v0 + off[:, None] * stride_v1 + kv_head * stride_v2 + d[None, :]
-    if MASKED or HEAD_DIM != HEAD_DIM_P:
-        k = tl.load(k_ptr + k_offs, mask=d_ok[:, None] & key_ok[None, :], other=0.0)  # [D, TILE]
-        v = tl.load(v_ptr + v_offs, mask=key_ok[:, None] & d_ok[None, :], other=0.0)  # [TILE, D]
-    else:
-        k = tl.load(k_ptr + k_offs)
-        v = tl.load(v_ptr + v_offs)
+        if SHUFFLED:
+            k_offs = (page[None, :] * stride_k0 + kv_head * stride_k1 + (d // X)[:, None] * (PAGE * X)
+                      + off[None, :] * X + (d % X)[:, None])
+            v_offs = (page[:, None] * stride_v0 + kv_head * stride_v1 + (off // X)[:, None] * (HEAD_DIM * X)
+                      + d[None, :] * X + (off % X)[:, None])
+        else:
+            # k, v [blocks, PAGE, Hkv, D]
+            k_offs = page[None, :] * stride_k0 + off[None, :] * stride_k1 + kv_head * stride_k2 + d[:, None]
+            v_offs = page[:, None] * stride_v0 + off[:, None] * stride_v1 + kv_head * stride_v2 + d[None, :]
+        if MASKED or HEAD_DIM != HEAD_DIM_P:
+            k = tl.load(k_ptr + k_offs, mask=d_ok[:, None] & key_ok[None, :], other=0.0)  # [D, TILE]
+            v = tl.load(v_ptr + v_offs, mask=key_ok[:, None] & d_ok[None, :], other=0.0)  # [TILE, D]
+        else:
+            k = tl.load(k_ptr + k_offs)
+            v = tl.load(v_ptr + v_offs)
     s = tl.dot(q, k.to(q.dtype), input_precision=DOT_PRECISION)  # [BLOCK_M, TILE] fp32
+    if not (MASKED or USE_SOFTCAP):
+        # hot path: scale folded into one FMA with the max subtraction; scores are finite here
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale_log2)
+        p = tl.math.exp2(s * scale_log2 - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        return acc, l_i, m_new
     if USE_SOFTCAP:
         s = s * scale
         s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)  # softcap * tanh(s / softcap)
@@ -95,7 +117,8 @@ def _attend_tile(acc, l_i, m_i, q, tile, k_ptr, v_ptr, bt_row_ptr, kv_head, seq_
     alpha = tl.math.exp2(m_i - m_safe)
     p = tl.math.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v.to(v.dtype), input_precision=DOT_PRECISION)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, l_i, m_new
 
 
