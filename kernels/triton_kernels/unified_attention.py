@@ -258,7 +258,20 @@ def unified_attention_launch(q, k_cache, v_cache, query_start_loc, seq_lens, blo
     """Launch the kernel (and the reduce in split-KV mode); returns out [T, Hq, D] in q's dtype.
 
     ``split_kv``: None = decide from the batch; True/False force it (tests). ``config``: override
-    entries of pick_config's choice (BLOCK_M, TILE, num_warps, num_stages, NUM_SEGMENTS; benchmarks)."""
+    entries of pick_config's choice (BLOCK_M, TILE, num_warps, num_stages, NUM_SEGMENTS; benchmarks).
+
+    A decode-only batch (one query per sequence) without a config override runs the paged decode
+    kernel instead (triton_kernels/paged_decode.py: the same math, wide loads on both layouts, its
+    own split-KV choice); pass a config to time this file's kernel on such a batch."""
+    if config is None and max_query_len <= 1 and q.shape[0] == seq_lens.shape[0]:
+        from .paged_decode import choose_num_splits, paged_decode_launch
+
+        splits = None if split_kv is None else 1
+        if split_kv:
+            _, _, hkv, _ = cache_dims(k_cache, v_cache, layout)
+            splits = max(2, choose_num_splits(q.shape[0], hkv, max(int(max_seq_len), 1), q.device))
+        return paged_decode_launch(q, k_cache, v_cache, seq_lens, block_table, scale, layout,
+                                   int(sliding_window or 0), float(softcap or 0.0), num_splits=splits)
     num_tokens, num_heads, head_dim = q.shape
     _, page, num_kv_heads, _ = cache_dims(k_cache, v_cache, layout)
     qpkv = num_heads // num_kv_heads
