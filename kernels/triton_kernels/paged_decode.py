@@ -31,7 +31,7 @@ from .flash_attention import LOG2E, _tanh
 
 # Defaults for an H100-class GPU (bf16/fp16, D <= 128); benchmarks/tune_decode.py sweeps them.
 DEFAULT_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
-FP32_CONFIG = {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2}  # fp32 tiles: twice the bytes per token
+FP32_CONFIG = {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2}  # fp32 (ieee dots): 4 warps spill on sm_90
 INTERPRET_CONFIG = {"BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
 MIN_SPLIT_TOKENS = 256  # a split reads at least this many keys (partials + reduce stay negligible)
 FILL_PROGRAMS_PER_SM = 3  # at least this many programs per SM without splitting
