@@ -167,6 +167,7 @@ class RocmAttnCache(Cache):
         self._step_layers: set[int] = set()
         self._step = None  # (metadata, token_index) of the current forward step
         self.last_split = None  # SplitCounts of the last step (for reports and tests)
+        self.split_totals = {"decode": 0, "extend": 0, "prefill": 0}  # sequences per path, all steps
         self.cache_id = next(_NEXT_ID)
         _LIVE_CACHES[self.cache_id] = self
 
@@ -223,6 +224,8 @@ class RocmAttnCache(Cache):
         self._positions = past + S
         self._step = (md, token_index)
         self.last_split = md.split_counts()
+        for kind in self.split_totals:
+            self.split_totals[kind] += getattr(self.last_split, f"num_{kind}s")
 
     def _attend(self, q, k, v, attn_mask, layer_idx, scale, sliding_window, softcap) -> torch.Tensor:
         if layer_idx in self._step_layers or self._step is None:
