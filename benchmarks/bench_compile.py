@@ -23,10 +23,21 @@ os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")  # before torch
 import torch  # noqa: E402
 
 LLAMA_31_8B = dict(
-    hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
-    vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
-    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                  "original_max_position_embeddings": 8192},
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
     tie_word_embeddings=False,
 )
 
@@ -61,7 +72,9 @@ def run_backend(model, ids, backend, options, iters):
     torch._dynamo.reset()
     torch.cuda.reset_peak_memory_stats()
     kwargs = {"backend": backend} if backend != "eager" else None
-    compiled = torch.compile(model, **kwargs, **({"options": options} if options else {})) if kwargs else model
+    compiled = (
+        torch.compile(model, **kwargs, **({"options": options} if options else {})) if kwargs else model
+    )
 
     def call():
         return compiled(input_ids=ids, use_cache=False, logits_to_keep=1)
@@ -83,9 +96,13 @@ def run_backend(model, ids, backend, options, iters):
         from rocm_attn.passes.report import recent
 
         r = recent[-1]
-        row["report"] = {"attention": f"{r.attention_rewritten}/{r.attention_total}",
-                         "linear": f"{r.linear_rewritten}/{r.linear_total}", "fusions": r.fusions,
-                         "memory": r.memory, "errors": r.errors}
+        row["report"] = {
+            "attention": f"{r.attention_rewritten}/{r.attention_total}",
+            "linear": f"{r.linear_rewritten}/{r.linear_total}",
+            "fusions": r.fusions,
+            "memory": r.memory,
+            "errors": r.errors,
+        }
     return row
 
 
@@ -106,25 +123,37 @@ def main():
     model = build_model(args.layers)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), device="cuda")
     options = {"quantization": args.quantization, "fuse_projections": bool(args.fuse_projections)}
-    rows = [run_backend(model, ids, "eager", None, args.iters),
-            run_backend(model, ids, "inductor", None, args.iters),
-            run_backend(model, ids, "rocm_attn", options, args.iters)]
+    rows = [
+        run_backend(model, ids, "eager", None, args.iters),
+        run_backend(model, ids, "inductor", None, args.iters),
+        run_backend(model, ids, "rocm_attn", options, args.iters),
+    ]
     inductor, ours = rows[1], rows[2]
     summary = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "layers": args.layers,
-        "batch": args.batch, "seq": args.seq,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "layers": args.layers,
+        "batch": args.batch,
+        "seq": args.seq,
         "compile_ratio": ours["first_call_s"] / inductor["first_call_s"],
         "speedup_vs_inductor": ours["tokens_per_s"] / inductor["tokens_per_s"],
         "rows": rows,
     }
-    print(f"\n{summary['device']}, Llama-3.1-8B config, {args.layers} layers, bf16, prefill {args.batch}x{args.seq}\n")
+    print(
+        f"\n{summary['device']}, Llama-3.1-8B config, {args.layers} layers, bf16, "
+        f"prefill {args.batch}x{args.seq}\n"
+    )
     print("| backend | first compile + call (s) | prefill ms | tokens/s | peak GiB |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['backend']} | {r['first_call_s']:.1f} | {r['prefill_ms']:.1f} | {r['tokens_per_s']:.0f} "
-              f"| {r['peak_mem_gib']:.1f} |")
-    print(f"\ncompile time ratio rocm_attn / inductor: {summary['compile_ratio']:.2f} (target <= 1.5); "
-          f"prefill speedup vs inductor: {summary['speedup_vs_inductor']:.2f}x")
+        print(
+            f"| {r['backend']} | {r['first_call_s']:.1f} | {r['prefill_ms']:.1f} | {r['tokens_per_s']:.0f} "
+            f"| {r['peak_mem_gib']:.1f} |"
+        )
+    print(
+        f"\ncompile time ratio rocm_attn / inductor: {summary['compile_ratio']:.2f} (target <= 1.5); "
+        f"prefill speedup vs inductor: {summary['speedup_vs_inductor']:.2f}x"
+    )
     print("rocm_attn report:", json.dumps(ours["report"]))
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

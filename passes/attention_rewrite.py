@@ -14,7 +14,7 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
     graph = gm.graph
     rewritten = 0
     for node in list(graph.nodes):
-        if node.graph is not graph:  # erased with an earlier match
+        if getattr(node, "_erased", False):  # erased with an earlier match
             continue
         pattern = next((p for p in ATTENTION_PATTERNS if p.is_site(node)), None)
         if pattern is None:

@@ -26,7 +26,10 @@ def dump_graph(gm: fx.GraphModule, dump_dir: str | None, graph_index: int, step:
 
         trace_structured(
             "artifact",
-            metadata_fn=lambda: {"name": f"rocm_attn_graph{graph_index}_{step:02d}_{stage}", "encoding": "string"},
+            metadata_fn=lambda: {
+                "name": f"rocm_attn_graph{graph_index}_{step:02d}_{stage}",
+                "encoding": "string",
+            },
             payload_fn=lambda: code if code is not None else graph_code(gm),
         )
     except Exception as e:  # tracing is best effort

@@ -23,8 +23,13 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
         m = linear.match(node, gm, example_inputs)
         if m is None:
             continue
-        site = Site("linear", m.pattern if not isinstance(m, str) else _pattern_name(node), node.name,
-                    m.module if not isinstance(m, str) else "", False)
+        site = Site(
+            "linear",
+            m.pattern if not isinstance(m, str) else _pattern_name(node),
+            node.name,
+            m.module if not isinstance(m, str) else "",
+            False,
+        )
         graph_report.sites.append(site)
         if isinstance(m, str):
             from ..patterns.graph_utils import module_name
@@ -64,11 +69,19 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
                 memory[k] += v
             with graph.inserting_before(first):
                 bias = _fused_bias(graph, gm, example_inputs, members)
-                wide = linear.emit(graph, gm, replaced.get(members[0].x, members[0].x), wq, ws, bias, config.quantization,
-                                   f"fused_{members[0].module or members[0].anchor.name}")
+                wide = linear.emit(
+                    graph,
+                    gm,
+                    replaced.get(members[0].x, members[0].x),
+                    wq,
+                    ws,
+                    bias,
+                    config.quantization,
+                    f"fused_{members[0].module or members[0].anchor.name}",
+                )
                 outs = fused_projections.split(graph, wide, members)
             names = [m.module.rsplit(".", 1)[-1] or m.anchor.name for m in members]
-            for m, out in zip(members, outs):
+            for m, out in zip(members, outs, strict=True):
                 _replace(graph, m, out)
                 replaced[m.anchor] = out
                 s = site_of[id(m)]
@@ -81,8 +94,16 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
             continue
         wq, ws = quantized(m)
         with graph.inserting_before(m.anchor):
-            out = linear.emit(graph, gm, replaced.get(m.x, m.x), wq, ws, replaced.get(m.bias, m.bias),
-                              config.quantization, m.module or m.anchor.name)
+            out = linear.emit(
+                graph,
+                gm,
+                replaced.get(m.x, m.x),
+                wq,
+                ws,
+                replaced.get(m.bias, m.bias),
+                config.quantization,
+                m.module or m.anchor.name,
+            )
         _replace(graph, m, out)
         replaced[m.anchor] = out
         site.rewritten, site.reason = True, config.quantization
@@ -90,7 +111,9 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
     if rewritten:
         for k, v in memory.items():
             graph_report.memory[k] = graph_report.memory.get(k, 0) + v
-    graph_report.fusions["fused_projections"] = graph_report.fusions.get("fused_projections", 0) + fused_groups
+    graph_report.fusions["fused_projections"] = (
+        graph_report.fusions.get("fused_projections", 0) + fused_groups
+    )
     return rewritten
 
 

@@ -42,8 +42,11 @@ def run_passes(gm: fx.GraphModule, example_inputs, config, graph_report: GraphRe
             if config.strict:
                 raise
             record.error = f"{type(e).__name__}: {e}"
-            warnings.warn(f"rocm_attn: pass {name} failed on graph {graph_report.index}; "
-                          f"compiling that graph without it ({record.error})", stacklevel=2)
+            warnings.warn(
+                f"rocm_attn: pass {name} failed on graph {graph_report.index}; "
+                f"compiling that graph without it ({record.error})",
+                stacklevel=2,
+            )
             _restore(gm, saved_graph)
             del graph_report.sites[saved_sites:]
             graph_report.fusions, graph_report.memory = saved_fusions, saved_memory
@@ -56,8 +59,11 @@ def run_passes(gm: fx.GraphModule, example_inputs, config, graph_report: GraphRe
 
 def _restore(gm: fx.GraphModule, saved_graph: fx.Graph) -> None:
     """Put the pre-pass graph back, keeping the placeholder attributes Dynamo set (AOT reads them)."""
-    sources = {n.name: n._dynamo_source for n in gm.graph.nodes
-               if n.op == "placeholder" and hasattr(n, "_dynamo_source")}
+    sources = {
+        n.name: n._dynamo_source
+        for n in gm.graph.nodes
+        if n.op == "placeholder" and hasattr(n, "_dynamo_source")
+    }
     for n in saved_graph.nodes:
         if n.op == "placeholder" and n.name in sources:
             n._dynamo_source = sources[n.name]

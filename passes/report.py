@@ -1,9 +1,9 @@
 """The rewrite report: per captured graph, every attention and linear site, rewritten or not and why.
 
-    report = rocm_attn.explain(model, input_ids)
-    print(report)                 # a table
-    report.to_dict()              # JSON-able
-    report.attention_rewritten, report.attention_total, report.linear_rewritten, report.linear_total
+report = rocm_attn.explain(model, input_ids)
+print(report)                 # a table
+report.to_dict()              # JSON-able
+report.attention_rewritten, report.attention_total, report.linear_rewritten, report.linear_total
 """
 
 from __future__ import annotations
@@ -54,8 +54,12 @@ class Report:
     fresh_compile: bool = False  # explain(): bypass the FX graph cache so the fusion pass runs
 
     def _count(self, kind: str, rewritten: bool | None = None) -> int:
-        return sum(1 for g in self.graphs for s in g.sites
-                   if s.kind == kind and (rewritten is None or s.rewritten == rewritten))
+        return sum(
+            1
+            for g in self.graphs
+            for s in g.sites
+            if s.kind == kind and (rewritten is None or s.rewritten == rewritten)
+        )
 
     @property
     def attention_total(self) -> int:
@@ -99,9 +103,13 @@ class Report:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(
-            attention_rewritten=self.attention_rewritten, attention_total=self.attention_total,
-            linear_rewritten=self.linear_rewritten, linear_total=self.linear_total,
-            fusions=self.fusions, memory=self.memory, errors=self.errors,
+            attention_rewritten=self.attention_rewritten,
+            attention_total=self.attention_total,
+            linear_rewritten=self.linear_rewritten,
+            linear_total=self.linear_total,
+            fusions=self.fusions,
+            memory=self.memory,
+            errors=self.errors,
         )
         return json.loads(json.dumps(d, default=str))
 
@@ -113,8 +121,11 @@ class Report:
         ]
         mem = self.memory
         if mem.get("fp8_bytes"):
-            lines.append(f"  rewritten weights: {mem['fp8_bytes'] / 2**20:.2f} MiB fp8+scales vs "
-                         f"{mem['bf16_bytes'] / 2**20:.2f} MiB bf16 ({mem['original_bytes'] / 2**20:.2f} MiB as loaded)")
+            lines.append(
+                f"  rewritten weights: {mem['fp8_bytes'] / 2**20:.2f} MiB fp8+scales vs "
+                f"{mem['bf16_bytes'] / 2**20:.2f} MiB bf16 "
+                f"({mem['original_bytes'] / 2**20:.2f} MiB as loaded)"
+            )
         if self.fusions:
             lines.append("  fusions: " + ", ".join(f"{k}={v}" for k, v in sorted(self.fusions.items())))
         for r in self.break_reasons:
@@ -126,8 +137,10 @@ class Report:
         lines.append("  " + "-" * (len(header) + 20))
         for g in self.graphs:
             for s in g.sites:
-                lines.append(f"  {g.index:>5} {s.kind:<9} {s.pattern:<8} {'yes' if s.rewritten else 'NO':<9} "
-                             f"{(s.module or s.node)[-40:]:<40} {s.reason}")
+                lines.append(
+                    f"  {g.index:>5} {s.kind:<9} {s.pattern:<8} {'yes' if s.rewritten else 'NO':<9} "
+                    f"{(s.module or s.node)[-40:]:<40} {s.reason}"
+                )
             for note in g.notes:
                 lines.append(f"  {g.index:>5} note: {note}")
         return "\n".join(lines)
@@ -138,7 +151,9 @@ class Report:
 # The report the backend appends to (explain() sets one; otherwise each compile gets its own).
 _active: contextvars.ContextVar[Report | None] = contextvars.ContextVar("rocm_attn_report", default=None)
 # The graph report being built (the post-grad pass adds its fusion counts to it).
-_current_graph: contextvars.ContextVar[GraphReport | None] = contextvars.ContextVar("rocm_attn_graph", default=None)
+_current_graph: contextvars.ContextVar[GraphReport | None] = contextvars.ContextVar(
+    "rocm_attn_graph", default=None
+)
 # Reports of recent compiles, newest last (bounded), for users who compiled with torch.compile.
 recent: list[Report] = []
 

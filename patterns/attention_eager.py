@@ -45,7 +45,11 @@ def _softmax_of(node):
 
 
 def is_site(node: fx.Node) -> bool:
-    return is_call(node, *MATMULS) and isinstance(node.args[0], fx.Node) and _softmax_of(node.args[0])[0] is not None
+    return (
+        is_call(node, *MATMULS)
+        and isinstance(node.args[0], fx.Node)
+        and _softmax_of(node.args[0])[0] is not None
+    )
 
 
 def _dropout_reason(chain) -> str | None:
@@ -94,7 +98,9 @@ def match(node: fx.Node) -> AttentionMatch | str:
         chain.append(s)
         s = s.args[0]
     if not is_call(s, *MATMULS):
-        return f"scores come from {s.target if isinstance(s, fx.Node) else s!r}, not q @ k^T (unknown variant)"
+        return (
+            f"scores come from {s.target if isinstance(s, fx.Node) else s!r}, not q @ k^T (unknown variant)"
+        )
     chain.append(s)
     q, kt = s.args[0], s.args[1]
     if not (is_method(kt, "transpose") and sorted(_norm_dims(kt)) == [2, 3]):
@@ -113,10 +119,21 @@ def match(node: fx.Node) -> AttentionMatch | str:
     if not scale > 0:
         return f"scale {scale} is not positive"
     return AttentionMatch(
-        NAME, node, q, k0, v0, mask, scale, False, softcap=softcap,
+        NAME,
+        node,
+        q,
+        k0,
+        v0,
+        mask,
+        scale,
+        False,
+        softcap=softcap,
         chain=[node] + chain + k_chain + v_chain,
-        detail={"gqa": "repeat_kv undone" if k_chain else "none", "softcap": softcap,
-                "mask": "none" if mask is None else str(value(mask).dtype).replace("torch.", "")},
+        detail={
+            "gqa": "repeat_kv undone" if k_chain else "none",
+            "softcap": softcap,
+            "mask": "none" if mask is None else str(value(mask).dtype).replace("torch.", ""),
+        },
     )
 
 

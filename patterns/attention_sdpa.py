@@ -55,8 +55,17 @@ def match(node: fx.Node) -> AttentionMatch | str:
     if scale is None:
         scale = qv.shape[-1] ** -0.5
     return AttentionMatch(
-        NAME, node, q, k0, v0, mask, float(scale), causal,
+        NAME,
+        node,
+        q,
+        k0,
+        v0,
+        mask,
+        float(scale),
+        causal,
         chain=[node] + k_chain + v_chain,
-        detail={"gqa": "repeat_kv undone" if k_chain else ("native" if qv.shape[1] != kv.shape[1] else "none"),
-                "mask": "none" if mask is None else str(value(mask).dtype).replace("torch.", "")},
+        detail={
+            "gqa": "repeat_kv undone" if k_chain else ("native" if qv.shape[1] != kv.shape[1] else "none"),
+            "mask": "none" if mask is None else str(value(mask).dtype).replace("torch.", ""),
+        },
     )

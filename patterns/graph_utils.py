@@ -108,7 +108,9 @@ def add_constant(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
 def erase_if_unused(graph: fx.Graph, nodes) -> None:
     """Erase nodes (in the given order) that no longer have users."""
     for n in nodes:
-        if isinstance(n, fx.Node) and n.graph is graph and not n.users and n.op != "placeholder":
+        if not isinstance(n, fx.Node) or getattr(n, "_erased", False) or n.op == "placeholder":
+            continue
+        if not n.users:
             graph.erase_node(n)
 
 

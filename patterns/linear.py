@@ -50,7 +50,12 @@ def match(node: fx.Node, gm: fx.GraphModule, example_inputs) -> LinearMatch | st
     """A LinearMatch, a reason it cannot be rewritten, or None when this is no linear on a parameter."""
     dead = []
     if is_call(node, F.linear):
-        x, w_node, bias, transposed = arg(node, 0, "input"), arg(node, 1, "weight"), arg(node, 2, "bias"), False
+        x, w_node, bias, transposed = (
+            arg(node, 0, "input"),
+            arg(node, 1, "weight"),
+            arg(node, 2, "bias"),
+            False,
+        )
         pattern = "linear"
     elif is_call(node, torch.addmm):
         bias, x, w_node = arg(node, 0, "input"), arg(node, 1, "mat1"), arg(node, 2, "mat2")
@@ -59,7 +64,9 @@ def match(node: fx.Node, gm: fx.GraphModule, example_inputs) -> LinearMatch | st
         transposed, pattern = True, "addmm"
     else:
         x, w_node, bias, transposed, pattern = node.args[0], node.args[1], None, True, "mm"
-        if is_method(w_node, "t") or (is_method(w_node, "transpose") and sorted(a % 2 for a in w_node.args[1:]) == [0, 1]):
+        if is_method(w_node, "t") or (
+            is_method(w_node, "transpose") and sorted(a % 2 for a in w_node.args[1:]) == [0, 1]
+        ):
             dead.append(w_node)
             w_node, transposed = w_node.args[0], False
     weight = parameter_of(w_node, gm, example_inputs)
@@ -100,13 +107,23 @@ def weight_nk(m: LinearMatch) -> torch.Tensor:
     return m.weight.t() if m.transposed else m.weight
 
 
-def emit(graph: fx.Graph, gm: fx.GraphModule, x: fx.Node, wq: torch.Tensor, w_scale: torch.Tensor,
-         bias: fx.Node | None, quantization: str, name: str) -> fx.Node:
+def emit(
+    graph: fx.Graph,
+    gm: fx.GraphModule,
+    x: fx.Node,
+    wq: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: fx.Node | None,
+    quantization: str,
+    name: str,
+) -> fx.Node:
     """Insert the quantized linear (before the current insertion point); returns the [..., N] output."""
     wq_node = graph.get_attr(add_constant(gm, f"{name}_wq", wq))
     ws_node = graph.get_attr(add_constant(gm, f"{name}_w_scale", w_scale))
     if quantization == "fp8_per_tensor":
-        return graph.call_function(torch.ops.rocm_attn.fp8_per_tensor_linear.default, (x, wq_node, ws_node, bias))
+        return graph.call_function(
+            torch.ops.rocm_attn.fp8_per_tensor_linear.default, (x, wq_node, ws_node, bias)
+        )
     out_dtype = value(x).dtype
     k = wq.shape[1]
     quant = graph.call_function(torch.ops.rocm_attn.per_token_quant_fp8.default, (x,))

@@ -17,7 +17,17 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from .post_grad_utils import aten, call, insert_fused, is_last_dim, prims, quant_users, redirect_quant, to_float32_source, val
+from .post_grad_utils import (
+    aten,
+    call,
+    insert_fused,
+    is_last_dim,
+    prims,
+    quant_users,
+    redirect_quant,
+    to_float32_source,
+    val,
+)
 
 NAME = "norm_quant"
 
@@ -40,8 +50,11 @@ def match_rms_norm(y: fx.Node):
             if not (call(add, aten.add.Tensor, aten.add.Scalar) and isinstance(add.args[1], (int, float))):
                 continue
             mean = add.args[0]
-            if not (call(mean, aten.mean.dim) and is_last_dim(mean.args[1], xf)
-                    and (len(mean.args) > 2 and mean.args[2] or mean.kwargs.get("keepdim"))):
+            if not (
+                call(mean, aten.mean.dim)
+                and is_last_dim(mean.args[1], xf)
+                and (len(mean.args) > 2 and mean.args[2] or mean.kwargs.get("keepdim"))
+            ):
                 continue
             pw = mean.args[0]
             if not (call(pw, aten.pow.Tensor_Scalar) and pw.args[0] is xf and pw.args[1] == 2):
@@ -52,7 +65,9 @@ def match_rms_norm(y: fx.Node):
                 continue
             if wv.dim() != 1 or wv.shape[0] != xv.shape[-1] or wv.dtype != xv.dtype:
                 continue
-            if (cast is None) != (xv.dtype == torch.float32) or (cast is not None and cast.args[1] != xv.dtype):
+            if (cast is None) != (xv.dtype == torch.float32) or (
+                cast is not None and cast.args[1] != xv.dtype
+            ):
                 continue
             return x, w, float(add.args[1])
     return None
@@ -79,7 +94,7 @@ def apply(graph: fx.Graph) -> dict[str, int]:
     if not hasattr(torch.ops.rocm_attn, "rms_norm_quant_fp8"):
         return counts
     for y in list(graph.nodes):
-        if y.graph is not graph or not call(y, aten.mul.Tensor):
+        if getattr(y, "_erased", False) or not call(y, aten.mul.Tensor):
             continue
         quants = quant_users(y)
         if quants is None:
@@ -92,15 +107,22 @@ def apply(graph: fx.Graph) -> dict[str, int]:
         chain_users = {u for u in x.users if _in_chain(u, y)}
         ab = _residual_add(x, chain_users, first)
         if ab is not None:
-            xq, scale, h2 = insert_fused(graph, first, torch.ops.rocm_attn.fused_add_rms_norm_quant_fp8.default,
-                                         (ab[0], ab[1], w, eps), 3)
+            xq, scale, h2 = insert_fused(
+                graph,
+                first,
+                torch.ops.rocm_attn.fused_add_rms_norm_quant_fp8.default,
+                (ab[0], ab[1], w, eps),
+                3,
+            )
             redirect_quant(quants, xq, scale)
             for u in list(x.users):
                 if u not in chain_users:
                     u.replace_input_with(x, h2)
             counts["fused_add_rms_norm_quant_fp8"] += 1
         else:
-            xq, scale = insert_fused(graph, first, torch.ops.rocm_attn.rms_norm_quant_fp8.default, (x, w, eps), 2)
+            xq, scale = insert_fused(
+                graph, first, torch.ops.rocm_attn.rms_norm_quant_fp8.default, (x, w, eps), 2
+            )
             redirect_quant(quants, xq, scale)
             counts["rms_norm_quant_fp8"] += 1
     return counts

@@ -13,7 +13,16 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from .post_grad_utils import aten, call, insert_fused, prims, quant_users, redirect_quant, to_float32_source, val
+from .post_grad_utils import (
+    aten,
+    call,
+    insert_fused,
+    prims,
+    quant_users,
+    redirect_quant,
+    to_float32_source,
+    val,
+)
 
 NAME = "silu_mul_quant"
 
@@ -26,7 +35,11 @@ def silu_input(s: fx.Node):
         return s.args[0]
     if call(s, aten.div.Tensor):
         gf, den = s.args
-        if call(den, aten.add.Tensor, aten.add.Scalar) and den.args[1] == 1 and call(den.args[0], aten.exp.default):
+        if (
+            call(den, aten.add.Tensor, aten.add.Scalar)
+            and den.args[1] == 1
+            and call(den.args[0], aten.exp.default)
+        ):
             neg = den.args[0].args[0]
             if call(neg, aten.neg.default) and neg.args[0] is gf:
                 return to_float32_source(gf)

@@ -80,7 +80,7 @@ def _state_to_attributes(gm: torch.fx.GraphModule, example_inputs) -> list:
     returns the example values of the remaining (user) inputs."""
     user_inputs = []
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for node, value in zip(placeholders, example_inputs):
+    for node, value in zip(placeholders, example_inputs, strict=True):
         source = getattr(node, "_dynamo_source", None) or getattr(node.meta.get("grapharg"), "source", None)
         name = getattr(source, "name", "")
         name = name() if callable(name) else str(name)

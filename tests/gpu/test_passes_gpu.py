@@ -4,8 +4,8 @@ Run: python -m pytest tests/gpu/test_passes_gpu.py -q  (~1 min on an H100)."""
 
 import pytest
 import torch
-
 from rocm_attn.passes import report as report_mod
+
 from rocm_attn.testing import rel_err
 
 pytestmark = pytest.mark.gpu
@@ -15,8 +15,14 @@ pytestmark = pytest.mark.gpu
 def llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=1024, intermediate_size=3584, num_hidden_layers=2, num_attention_heads=8,
-                      num_key_value_heads=2, vocab_size=4096)
+    cfg = LlamaConfig(
+        hidden_size=1024,
+        intermediate_size=3584,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=4096,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval().to("cuda", torch.bfloat16)
     ids = torch.randint(1, 4096, (4, 256), device="cuda")
@@ -35,12 +41,15 @@ def run(model, ids, mask, **compile_kwargs):
 
 
 # FP8 budget on logits of a random-weight bf16 model (CPU fp32 tiny models measure 4-5e-2).
-@pytest.mark.parametrize("quantization, kernels, budget", [
-    ("none", "triton", 2e-2),       # attention rewrite alone (bf16 rounding only)
-    ("ptpc_fp8", "triton", 8e-2),
-    ("ptpc_fp8", "torch", 8e-2),
-    ("ptpc_fp8", "auto", 8e-2),     # AITER where importable (ROCm)
-])
+@pytest.mark.parametrize(
+    "quantization, kernels, budget",
+    [
+        ("none", "triton", 2e-2),  # attention rewrite alone (bf16 rounding only)
+        ("ptpc_fp8", "triton", 8e-2),
+        ("ptpc_fp8", "torch", 8e-2),
+        ("ptpc_fp8", "auto", 8e-2),  # AITER where importable (ROCm)
+    ],
+)
 def test_providers_vs_eager(llama, quantization, kernels, budget):
     model, ids, mask, ref = llama
     out, _ = run(model, ids, mask, options={"quantization": quantization, "kernels": kernels})

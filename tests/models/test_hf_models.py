@@ -6,14 +6,20 @@ are undefined: HF gives a uniform average, SDPA NaN or 0)."""
 import pytest
 import torch
 import transformers as T
-
 from rocm_attn.passes import report as report_mod
+
 from rocm_attn.testing import rel_err
 
 pytestmark = pytest.mark.slow
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=128)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128,
+)
 LAYERS = 2
 # family: (config class, model class, config kwargs, linears per layer, extra eligible linears, skipped)
 FAMILIES = {
@@ -21,15 +27,45 @@ FAMILIES = {
     "mistral": (T.MistralConfig, T.MistralForCausalLM, dict(TINY, sliding_window=4), 7, 0, 1),
     "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM, TINY, 7, 0, 1),
     "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(TINY, head_dim=16), 7, 0, 1),
-    "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM,
-               dict(TINY, head_dim=16, sliding_window=4, query_pre_attn_scalar=16), 7, 0, 1),
+    "gemma2": (
+        T.Gemma2Config,
+        T.Gemma2ForCausalLM,
+        dict(TINY, head_dim=16, sliding_window=4, query_pre_attn_scalar=16),
+        7,
+        0,
+        1,
+    ),
     "phi3": (T.Phi3Config, T.Phi3ForCausalLM, dict(TINY, pad_token_id=0), 4, 0, 1),
-    "gpt2": (T.GPT2Config, T.GPT2LMHeadModel,
-             dict(n_embd=64, n_layer=LAYERS, n_head=4, vocab_size=128, n_positions=64, bos_token_id=0,
-                  eos_token_id=0), 4, 0, 1),
-    "bert": (T.BertConfig, T.BertModel,
-             dict(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
-                  vocab_size=128), 6, 1, 0),  # + pooler.dense; no lm_head
+    "gpt2": (
+        T.GPT2Config,
+        T.GPT2LMHeadModel,
+        dict(
+            n_embd=64,
+            n_layer=LAYERS,
+            n_head=4,
+            vocab_size=128,
+            n_positions=64,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+        4,
+        0,
+        1,
+    ),
+    "bert": (
+        T.BertConfig,
+        T.BertModel,
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=4,
+            vocab_size=128,
+        ),
+        6,
+        1,
+        0,
+    ),  # + pooler.dense; no lm_head
 }
 # FP8 budget on logits of random-weight tiny models (e4m3 has 3 mantissa bits; Gemma 2 scales its
 # embeddings by sqrt(hidden) and soft-caps, which amplifies the same per-GEMM error).
@@ -54,7 +90,9 @@ def build(name):
 def compiled_run(model, ids, kwargs, options):
     torch._dynamo.reset()
     with torch.no_grad():
-        out = torch.compile(model, backend="rocm_attn", options=options, dynamic=False)(input_ids=ids, **kwargs)[0]
+        out = torch.compile(model, backend="rocm_attn", options=options, dynamic=False)(
+            input_ids=ids, **kwargs
+        )[0]
     return out, report_mod.recent[-1]
 
 

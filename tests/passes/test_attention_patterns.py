@@ -6,10 +6,10 @@ result is computed by the rewritten graph (torch reference providers on CPU), wi
 import pytest
 import torch
 import torch.nn.functional as F
-
-from rocm_attn import Config
 from rocm_attn.passes import run_passes
 from rocm_attn.passes.report import GraphReport
+
+from rocm_attn import Config
 from rocm_attn.testing import rel_err
 
 FLASH = torch.ops.rocm_attn.flash_attention.default
@@ -78,7 +78,7 @@ def test_sdpa_causal_and_enable_gqa(gqa):
     out, gm, gr = capture(f, q, k, v)
     flash = next(n for n in gm.graph.nodes if n.target is FLASH)
     assert flash.args[5] is True and flash.args[3] is None
-    assert abs(flash.args[4] - 16 ** -0.5) < 1e-12  # scale=None -> 1/sqrt(D)
+    assert abs(flash.args[4] - 16**-0.5) < 1e-12  # scale=None -> 1/sqrt(D)
     assert rel_err(out, f(q, k, v)) < 1e-5
 
 
@@ -109,7 +109,9 @@ def test_sdpa_head_dim_too_large_stays():
 
 def test_rewrite_attention_off():
     q, k, v = qkv(hkv=4)
-    _, gm, gr = capture(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), q, k, v, rewrite_attention=False)
+    _, gm, gr = capture(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v), q, k, v, rewrite_attention=False
+    )
     assert count(gm, FLASH) == 0 and gr.sites[0].reason == "rewrite_attention=False"
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from rocm_attn.passes import pass_manager
+from rocm_attn.passes.post_grad_fusion import PostGradFusion
 
 import rocm_attn
 from rocm_attn import Config
-from rocm_attn.passes import pass_manager
-from rocm_attn.passes.post_grad_fusion import PostGradFusion
 from rocm_attn.testing import rel_err
 
 
@@ -43,7 +43,9 @@ class TinyDecoderLayer(nn.Module):
     def forward(self, x):
         b, s, d = x.shape
         h = self.input_layernorm(x)
-        q, k, v = (p(h).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            p(h).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, s, d)
         x = x + self.o_proj(a)
         h = self.post_attention_layernorm(x)
@@ -62,8 +64,12 @@ def test_explain_counts_post_grad_fusions(layer, tmp_path):
     assert isinstance(report, rocm_attn.Report)
     assert (report.attention_rewritten, report.attention_total) == (1, 1)
     assert (report.linear_rewritten, report.linear_total) == (7, 7)
-    assert report.fusions == {"fused_projections": 2, "rms_norm_quant_fp8": 1,
-                              "fused_add_rms_norm_quant_fp8": 1, "silu_mul_quant_fp8": 1}
+    assert report.fusions == {
+        "fused_projections": 2,
+        "rms_norm_quant_fp8": 1,
+        "fused_add_rms_norm_quant_fp8": 1,
+        "silu_mul_quant_fp8": 1,
+    }
     text = str(report)
     assert "attention rewritten 1/1" in text and "o_proj" in text
     d = report.to_dict()
@@ -148,6 +154,8 @@ def test_export_has_the_rewrites(layer):
 def test_cli_explain(capsys):
     from rocm_attn.cli import main
 
-    assert main(["explain", "llama", "--layers", "1", "--seq-len", "6", "--json", "--quantization", "none"]) == 0
+    assert (
+        main(["explain", "llama", "--layers", "1", "--seq-len", "6", "--json", "--quantization", "none"]) == 0
+    )
     d = json.loads(capsys.readouterr().out)
     assert d["attention_rewritten"] == d["attention_total"] == 1

@@ -3,15 +3,19 @@
 import pytest
 import torch
 import torch.nn as nn
+from rocm_attn.passes import run_passes
+from rocm_attn.passes.report import GraphReport
 from transformers.pytorch_utils import Conv1D
 
 from rocm_attn import Config
-from rocm_attn.passes import run_passes
-from rocm_attn.passes.report import GraphReport
 from rocm_attn.testing import rel_err
 
 OPS = torch.ops.rocm_attn
-QUANT, MM, PER_TENSOR = OPS.per_token_quant_fp8.default, OPS.ptpc_scaled_mm.default, OPS.fp8_per_tensor_linear.default
+QUANT, MM, PER_TENSOR = (
+    OPS.per_token_quant_fp8.default,
+    OPS.ptpc_scaled_mm.default,
+    OPS.fp8_per_tensor_linear.default,
+)
 
 
 def capture(model, *args, **options):
@@ -105,8 +109,10 @@ def test_weight_quantized_once_and_stored_as_constant():
     x = torch.randn(4, 64)
     _, gm, _ = capture(model, x, fuse_projections=False)
     consts = [n for n in gm.graph.nodes if n.op == "get_attr"]
-    assert consts and all(getattr(gm, n.target).dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float32)
-                          for n in consts)
+    assert consts and all(
+        getattr(gm, n.target).dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float32)
+        for n in consts
+    )
     wq = getattr(gm, next(n.target for n in consts if n.target.startswith("o_proj_wq")))
     assert wq.shape == model.o_proj.weight.shape and wq.dtype.itemsize == 1
 
