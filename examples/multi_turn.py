@@ -13,8 +13,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rocm_attn  # noqa: E402
 from _tiny import tiny_llama  # noqa: E402
+
+import rocm_attn  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--new-tokens", type=int, default=8)

@@ -37,8 +37,8 @@ from typing import Optional
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .kernels.attention import get_attention_backend
 from .kernels.attention import attention as paged_attention
+from .kernels.attention import get_attention_backend
 from .kernels.attention_metadata import build_metadata_from_allocator
 from .kernels.kv_cache import BlockAllocator, KVCache
 

@@ -6,10 +6,10 @@ import importlib.util
 
 import pytest
 import torch
+from rocm_attn.kernels.attention import available_attention_backends
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import rocm_attn
-from rocm_attn.kernels.attention import available_attention_backends
 from rocm_attn.testing import rel_err
 
 BACKENDS = ["TRITON_ATTN", "ROCM_AITER_UNIFIED_ATTN", "ROCM_AITER_FA", "ROCM_ATTN"]

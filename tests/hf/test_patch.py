@@ -6,12 +6,19 @@ import copy
 
 import pytest
 import torch
-from transformers import (DynamicCache, GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+from rocm_attn.kernels.attention import available_attention_backends
+from transformers import (
+    DynamicCache,
+    GemmaConfig,
+    GemmaForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 import rocm_attn
 from rocm_attn.hf_cache import RocmAttnCache
-from rocm_attn.kernels.attention import available_attention_backends
 from rocm_attn.testing import rel_err
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
