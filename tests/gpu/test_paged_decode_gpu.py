@@ -40,7 +40,7 @@ def test_configs_and_splits(layout, dtype):
         for splits in (None, 1, 3, 16):
             out = paged_decode_launch(*args, num_splits=splits, config=config)
             assert torch.isfinite(out).all(), (config, splits)
-            assert rel_err(out, ref) < TOL, (config, splits)
+            assert rel_err(out, ref) < TOL, (layout, split_kv), (config, splits)
         out = paged_decode_launch(*args, 1000, 0.0, config=config)  # window 1000: not a multiple of any tile
         assert rel_err(out, ref_w) < TOL, config
 
@@ -55,13 +55,18 @@ def test_gqa_ratios_softcap(layout, hkv, group):
 
 
 def test_unified_decode_route():
-    # a decode-only batch through the unified launcher runs the paged decode kernel; same answer
+    # a decode-only batch through the unified launcher (paged decode kernel on the standard layout,
+    # the unified kernel on the shuffled one) and through paged_decode's provider: same answer
     from rocm_attn.kernels.triton_kernels.unified_attention import unified_attention_launch
 
-    mb = poisoned_batch([(2047, 1)] * 8, 8, 4, 128, "shuffled", torch.bfloat16, seed=3)
-    ref = reference_attention(mb.q, mb.k_full, mb.v_full, mb.query_lens, mb.scale)
-    for split_kv in (None, True, False):
-        out = unified_attention_launch(mb.q, mb.kv_cache.k_cache, mb.kv_cache.v_cache, mb.query_start_loc,
-                                       mb.seq_lens, mb.block_table, mb.scale, "shuffled", 0, 0.0, 1, 2048,
-                                       split_kv=split_kv)
-        assert rel_err(out, ref) < TOL
+    for layout in ("standard", "shuffled"):
+        mb = poisoned_batch([(2047, 1)] * 8, 8, 4, 128, layout, torch.bfloat16, seed=3)
+        ref = reference_attention(mb.q, mb.k_full, mb.v_full, mb.query_lens, mb.scale)
+        out = torch.ops.rocm_attn.paged_decode(mb.q, mb.kv_cache.k_cache, mb.kv_cache.v_cache, mb.seq_lens,
+                                               mb.block_table, mb.scale, layout)
+        assert rel_err(out, ref) < TOL, layout
+        for split_kv in (None, True, False):
+            out = unified_attention_launch(mb.q, mb.kv_cache.k_cache, mb.kv_cache.v_cache, mb.query_start_loc,
+                                           mb.seq_lens, mb.block_table, mb.scale, layout, 0, 0.0, 1, 2048,
+                                           split_kv=split_kv)
+            assert rel_err(out, ref) < TOL
