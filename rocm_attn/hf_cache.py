@@ -156,8 +156,8 @@ class RocmAttnCache(Cache):
         self.backend = backend
         self.layout = layout_for_backend(backend)
         self.block_size = block_size
-        self.max_batch_size = max_batch_size
-        self.max_cache_len = max_cache_len
+        self.pool_batch_size = max_batch_size
+        self.pool_max_len = max_cache_len
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.kv: list[KVCache] = []
@@ -195,9 +195,9 @@ class RocmAttnCache(Cache):
             if dtype != self.kv[0].dtype:
                 raise TypeError(f"RocmAttnCache: the cache is {self.kv[0].dtype}, the model now gives {dtype}")
             return
-        if batch > self.max_batch_size:
-            self.max_batch_size = batch  # generate() sizes it; a hand-made cache grows to the first batch
-        blocks = self.max_batch_size * -(-self.max_cache_len // self.block_size)
+        if batch > self.pool_batch_size:
+            self.pool_batch_size = batch  # generate() sizes it; a hand-made cache grows to the first batch
+        blocks = self.pool_batch_size * -(-self.pool_max_len // self.block_size)
         self.allocator = BlockAllocator(blocks, self.block_size, device)
         self.kv = [KVCache(blocks, self.block_size, self.num_kv_heads, self.head_dim, dtype, self.layout, device,
                            allocator=self.allocator) for _ in self.layers]
