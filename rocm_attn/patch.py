@@ -200,6 +200,9 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
         model.generation_config.compile_config = CompileConfig(backend="rocm_attn", mode=None,
                                                                options=options_for_backend)
         report.compile_decode = True
+    elif getattr(model, "generation_config", None) is not None:
+        # HF would auto-compile decode on a GPU with its default (inductor, CUDA graphs): never with our cache
+        model.generation_config.disable_compile = True
     model._rocm_attn_config = config
     model.rocm_attn_report = report
     log.info("%s", report)
