@@ -47,8 +47,13 @@ def test_paged_generate_matches_dense(backend):
         want = ref(ids, attention_mask=mask).logits[mask.bool()]
         assert rel_err(out, want) < 2e-2
     kw = dict(attention_mask=mask, max_new_tokens=64, min_new_tokens=64, do_sample=False, pad_token_id=0)
-    agree = (model.generate(ids, **kw)[:, 200:] == ref.generate(ids, **kw)[:, 200:]).float().mean().item()
-    assert agree >= 0.9  # bf16 kernels differ in rounding; random models have many near-ties
+    out = model.generate(ids, **kw)  # decode steps through the paged cache
+    # teacher-forced: HF's own argmax on the patched model's continuation (free-running greedy text of a random
+    # bf16 model diverges at the first near-tie, so it is not a kernel check)
+    full_mask = torch.cat([mask, torch.ones_like(out[:, 200:])], dim=1)
+    with torch.no_grad():
+        pred = ref(out, attention_mask=full_mask).logits[:, 199:-1].argmax(-1)
+    assert (pred == out[:, 200:]).float().mean().item() >= 0.85
 
 
 def test_ptpc_logits_and_compiled_decode():
