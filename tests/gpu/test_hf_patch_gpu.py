@@ -61,8 +61,14 @@ def test_ptpc_logits_and_compiled_decode():
     model = rocm_attn.patch(copy.deepcopy(ref), quantization="ptpc_fp8", compile=True)
     ids, mask = batch()
     with torch.no_grad():
-        assert rel_err(model(ids, attention_mask=mask).logits[mask.bool()],
-                       ref(ids, attention_mask=mask).logits[mask.bool()]) < 5e-2
+        want = ref(ids, attention_mask=mask).logits[mask.bool()]
+        got = model(ids, attention_mask=mask).logits[mask.bool()]
+        with rocm_attn.use_kernels("torch"):
+            oracle = model(ids, attention_mask=mask).logits[mask.bool()]
+    # a random 4-layer model's logits are noise-like, so FP8 moves them by ~13% (measured on an H100 with the
+    # torch reference provider too); the GPU kernels must match the reference provider more closely than that
+    assert rel_err(oracle, want) < 0.2 and rel_err(got, want) < 0.2
+    assert rel_err(got, oracle) < 0.1
     out = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0)
     assert hasattr(model, "_compiled_call") and out.shape == (4, 216)
 
