@@ -40,7 +40,7 @@ def test_configs_and_splits(layout, dtype):
         for splits in (None, 1, 3, 16):
             out = paged_decode_launch(*args, num_splits=splits, config=config)
             assert torch.isfinite(out).all(), (config, splits)
-            assert rel_err(out, ref) < TOL, (layout, split_kv), (config, splits)
+            assert rel_err(out, ref) < TOL, (config, splits)
         out = paged_decode_launch(*args, 1000, 0.0, config=config)  # window 1000: not a multiple of any tile
         assert rel_err(out, ref_w) < TOL, config
 
@@ -69,4 +69,4 @@ def test_unified_decode_route():
             out = unified_attention_launch(mb.q, mb.kv_cache.k_cache, mb.kv_cache.v_cache, mb.query_start_loc,
                                            mb.seq_lens, mb.block_table, mb.scale, layout, 0, 0.0, 1, 2048,
                                            split_kv=split_kv)
-            assert rel_err(out, ref) < TOL
+            assert rel_err(out, ref) < TOL, (layout, split_kv)
