@@ -15,6 +15,7 @@ from .kernels.attention import attention, available_attention_backends, register
 from .kernels.attention_metadata import AttentionMetadata, build_metadata, build_metadata_from_allocator, split_counts
 from .kernels.cache_ops import gather_cache, reshape_and_cache
 from .kernels.kv_cache import BlockAllocator, CacheFullError, KVCache
+from .kernels.quantize_weight import quantize_weight_per_channel, quantize_weight_per_tensor
 from .hf_cache import RocmAttnCache
 from .patch import FP8Linear, PatchReport, patch
 
@@ -22,6 +23,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Config", "Kernels", "get_platform", "use_kernels", "__version__",
+    # FP8 weights (per output channel, once at load / compile time)
+    "quantize_weight_per_channel", "quantize_weight_per_tensor",
     # graph rewrites (issue 5)
     "Report", "explain", "export",
     # attention (issue 3)
