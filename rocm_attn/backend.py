@@ -47,6 +47,7 @@ def rocm_attn_backend(gm: torch.fx.GraphModule, example_inputs, mode: str | None
             patches["triton.cudagraphs"] = True
         if getattr(report, "fresh_compile", False):  # explain(): run the fusion pass, not a cache hit
             patches["fx_graph_cache"] = False
+        # PostGradFusion removes this note when it runs; it stays only on an FX-graph-cache hit
         graph_report.notes.append("post-grad pass did not run (FX graph cache hit): fusion counts unknown")
         compiled = compile_fx(gm, example_inputs, config_patches=patches)
     if own_report:
