@@ -15,7 +15,7 @@ rocm-attn env > "$out/env.txt" 2>&1
 if [ "$what" = tests ] || [ "$what" = all ]; then
   for f in tests/gpu/test_*.py; do
     name=$(basename "$f" .py)
-    timeout 150 python3 -m pytest "$f" -q -p no:cacheprovider -rf 2>&1 > "$out/$name.txt"
+    timeout 150 python3 -m pytest "$f" -q -p no:cacheprovider -rf > "$out/$name.txt" 2>&1
     echo "$name: $(tail -1 "$out/$name.txt")"
   done
 fi
