@@ -27,7 +27,7 @@ import torch
 
 from .attention_metadata import AttentionMetadata, metadata_from_tensors
 from .common import check_float, check_rank, check_same_device
-from .kv_cache import LAYOUTS, KVCache
+from .kv_cache import LAYOUTS, KVCache, check_slot_values
 from .platform import get_platform
 
 # Every backend name this library knows, registered or not (issue 4 registers the last two).
@@ -162,9 +162,7 @@ def check_attention_values(md: AttentionMetadata, num_tokens: int, kv_cache: KVC
     if blocks.numel() and (int(blocks.min()) < 0 or int(blocks.max()) >= kv_cache.num_blocks):
         raise ValueError(f"rocm_attn.{op}: block_table points outside the cache (blocks must be in "
                          f"[0, {kv_cache.num_blocks}), got {int(blocks.min())}..{int(blocks.max())})")
-    if md.slot_mapping.numel() and int(md.slot_mapping.max()) >= kv_cache.num_blocks * bs:
-        raise ValueError(f"rocm_attn.{op}: slot_mapping holds slot {int(md.slot_mapping.max())}, past the "
-                         f"cache's {kv_cache.num_blocks * bs} slots")
+    check_slot_values(op, md.slot_mapping, kv_cache.num_blocks * bs)
 
 
 # ---------------------------------------------------------------- the entry

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .common import check_float, check_rank, check_same_device
-from .kv_cache import KVCache, cache_dims, check_cache_tensors
+from .kv_cache import KVCache, cache_dims, check_block_table_values, check_cache_tensors, check_slot_values
 from .registry import dispatch, register_provider
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -86,7 +86,7 @@ def _slot_views(k_cache, v_cache, layout, blk, off):
 def reshape_and_cache_torch(k, v, k_cache, v_cache, slot_mapping, layout) -> None:
     bs = k_cache.shape[1] if layout == "standard" else k_cache.shape[3]
     keep = slot_mapping >= 0
-    slots = slot_mapping[keep].long()
+    slots = check_slot_values("reshape_and_cache", slot_mapping, k_cache.shape[0] * bs)
     blk, off = slots // bs, slots % bs
     k_new, v_new = k[keep].to(k_cache.dtype), v[keep].to(v_cache.dtype)
     if layout == "standard":
@@ -106,6 +106,10 @@ def gather_cache_torch(k_cache, v_cache, block_table, cu_seq_lens, seq_starts, k
     total = int(cu[-1])
     if total == 0:
         return
+    if int(cu[0]) < 0 or int(lens.min()) < 0 or total > k_out.shape[0]:
+        raise ValueError(f"rocm_attn.gather_cache: cu_seq_lens must rise from >= 0 to at most k_out's "
+                         f"{k_out.shape[0]} rows, got {cu.tolist()}")
+    check_block_table_values("gather_cache", block_table, seq_starts.long() + lens, k_cache.shape[0], bs)
     seq_of_row = torch.repeat_interleave(torch.arange(len(lens), device=cu.device), lens)
     rows = torch.arange(total, device=cu.device) + cu[0]
     pos = seq_starts.long()[seq_of_row] + (rows - cu[seq_of_row])

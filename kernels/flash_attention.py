@@ -159,6 +159,10 @@ def flash_attn_varlen_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, m
     out = torch.zeros(tq, hq, dv, dtype=q.dtype, device=q.device)
     lse = torch.full((hq, tq), float("-inf"), dtype=torch.float32, device=q.device)
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for name, cu, rows in (("cu_seqlens_q", cq, tq), ("cu_seqlens_k", ck, k.shape[0])):
+        if cu[0] < 0 or cu[-1] > rows or any(b < a for a, b in zip(cu, cu[1:])):
+            raise ValueError(f"rocm_attn.flash_attn_varlen: {name} must rise from >= 0 to at most the "
+                             f"{rows} packed tokens, got {cu}")
     offs = q_pos_offsets.tolist() if q_pos_offsets is not None else None
     for b in range(len(cq) - 1):
         q0, q1, k0, k1 = cq[b], cq[b + 1], ck[b], ck[b + 1]

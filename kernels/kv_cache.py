@@ -75,6 +75,42 @@ def check_cache_tensors(op: str, k_cache: torch.Tensor, v_cache: torch.Tensor, l
             raise ValueError(f"rocm_attn.{op}: {name} must be contiguous")
 
 
+def check_block_table_values(op: str, block_table: torch.Tensor, seq_ends: torch.Tensor, num_blocks: int,
+                              block_size: int) -> None:
+    """Every block a sequence reads (the first ceil(seq_ends[b] / block_size) entries of its row) lies
+    in [0, num_blocks). Reads the tensors on the host: the torch providers call it (they read the
+    lengths anyway); the GPU kernels rely on attention()'s checks instead of a sync per call."""
+    if seq_ends.numel() == 0:
+        return
+    width = block_table.shape[1]
+    need = torch.div(seq_ends.long().clamp_min(0) + block_size - 1, block_size, rounding_mode="floor")
+    most = int(need.max())
+    if most > width:
+        b = int(need.argmax())
+        raise ValueError(f"rocm_attn.{op}: sequence {b} reads {int(seq_ends[b])} tokens = {most} blocks of "
+                         f"{block_size}, but block_table has only {width} columns")
+    used = torch.arange(width, device=need.device)[None, :] < need[:, None]
+    blocks = block_table[used]
+    if blocks.numel() and (int(blocks.min()) < 0 or int(blocks.max()) >= num_blocks):
+        raise ValueError(f"rocm_attn.{op}: block_table points outside the cache: block ids must be in "
+                         f"[0, {num_blocks}), got {int(blocks.min())}..{int(blocks.max())}")
+
+
+def check_slot_values(op: str, slot_mapping: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """The non-negative slots of one write: each below num_slots and none twice (two tokens
+    written to one slot would leave either one there). Returns them (int64)."""
+    slots = slot_mapping[slot_mapping >= 0].long()
+    if slots.numel() == 0:
+        return slots
+    if int(slots.max()) >= num_slots:
+        raise ValueError(f"rocm_attn.{op}: slot_mapping holds slot {int(slots.max())}, past the cache's "
+                         f"{num_slots} slots")
+    if slots.unique().numel() != slots.numel():
+        raise ValueError(f"rocm_attn.{op}: slot_mapping writes one slot twice in a single call "
+                         "(two tokens cannot share a cache slot)")
+    return slots
+
+
 class BlockAllocator:
     """Hands out cache blocks to sequences and tracks how many tokens each holds.
 

@@ -26,7 +26,7 @@ import math
 import torch
 
 from .common import check_float, check_rank, check_same_device
-from .kv_cache import CACHE_DTYPES, BlockAllocator
+from .kv_cache import CACHE_DTYPES, BlockAllocator, check_block_table_values, check_slot_values
 from .registry import dispatch, register_provider, set_auto_order
 
 
@@ -140,8 +140,8 @@ def check_mla_decode(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank
 @register_provider("mla_reshape_and_cache", "torch")
 def mla_reshape_and_cache_torch(kv_c, k_pe, latent_cache, slot_mapping) -> None:
     keep = slot_mapping >= 0
-    slots = slot_mapping[keep].long()
     bs = latent_cache.shape[1]
+    slots = check_slot_values("mla_reshape_and_cache", slot_mapping, latent_cache.shape[0] * bs)
     rows = torch.cat([kv_c[keep], k_pe[keep]], dim=-1).to(latent_cache.dtype)
     latent_cache[slots // bs, slots % bs] = rows
 
@@ -154,6 +154,10 @@ def mla_gather_cache_torch(latent_cache, block_table, cu_seq_lens, seq_starts, o
     total = int(cu[-1] - cu[0])
     if total == 0:
         return
+    if int(cu[0]) < 0 or int(lens.min()) < 0 or int(cu[-1]) > out.shape[0]:
+        raise ValueError(f"rocm_attn.mla_gather_cache: cu_seq_lens must rise from >= 0 to at most out's "
+                         f"{out.shape[0]} rows, got {cu.tolist()}")
+    check_block_table_values("mla_gather_cache", block_table, seq_starts.long() + lens, latent_cache.shape[0], bs)
     seq_of_row = torch.repeat_interleave(torch.arange(len(lens), device=cu.device), lens)
     rows = torch.arange(total, device=cu.device) + cu[0]
     pos = seq_starts.long()[seq_of_row] + (rows - cu[seq_of_row])
@@ -166,6 +170,7 @@ def mla_decode_torch(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank
     """fp32, one sequence at a time (the oracle)."""
     B, H, _ = q.shape
     bs = latent_cache.shape[1]
+    check_block_table_values("mla_decode", block_table, seq_lens, latent_cache.shape[0], bs)
     out = torch.zeros(B, H, kv_lora_rank, dtype=q.dtype, device=q.device)
     lse = torch.full((H, B), float("-inf"), dtype=torch.float32, device=q.device)
     for b, n in enumerate(seq_lens.tolist()):

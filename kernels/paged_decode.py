@@ -21,7 +21,7 @@ import torch
 
 from .common import check_float, check_rank, check_same_device
 from .flash_attention import attend_fp32
-from .kv_cache import cache_dims, check_cache_tensors
+from .kv_cache import cache_dims, check_block_table_values, check_cache_tensors
 from .registry import dispatch, register_provider, set_auto_order
 
 log = logging.getLogger("rocm_attn")
@@ -69,6 +69,8 @@ def gather_sequence(k_cache, v_cache, layout, blocks: torch.Tensor, length: int)
 
 @register_provider("paged_decode", "torch")
 def paged_decode_torch(q, k_cache, v_cache, seq_lens, block_table, scale, layout, sliding_window=0, softcap=0.0):
+    nb, bs, _, _ = cache_dims(k_cache, v_cache, layout)
+    check_block_table_values("paged_decode", block_table, seq_lens, nb, bs)
     out = q.new_zeros(q.shape)
     for b, length in enumerate(seq_lens.tolist()):
         if length <= 0:

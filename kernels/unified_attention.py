@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .common import check_float, check_rank, check_same_device
-from .kv_cache import cache_block_size, cache_dims, check_cache_tensors, to_standard
+from .kv_cache import cache_block_size, cache_dims, check_block_table_values, check_cache_tensors, to_standard
 from .registry import dispatch, register_provider
 
 
@@ -65,6 +65,14 @@ def unified_attention_torch(q, k_cache, v_cache, query_start_loc, seq_lens, bloc
     out = q.new_zeros(q.shape)
     qsl = query_start_loc.tolist()
     lens = seq_lens.tolist()
+    if qsl[0] != 0 or qsl[-1] != q.shape[0] or any(b < a for a, b in zip(qsl, qsl[1:])):
+        raise ValueError(f"rocm_attn.unified_attention: query_start_loc must rise from 0 to T = {q.shape[0]}, "
+                         f"got {qsl}")
+    for b, seq_len in enumerate(lens):
+        if seq_len < qsl[b + 1] - qsl[b]:
+            raise ValueError(f"rocm_attn.unified_attention: sequence {b}: seq_lens[{b}] = {seq_len} is shorter "
+                             f"than its {qsl[b + 1] - qsl[b]} query tokens (seq_len = context + new tokens)")
+    check_block_table_values("unified_attention", block_table, seq_lens, k_std.shape[0], k_std.shape[1])
     group = q.shape[1] // k_std.shape[2]
     for b, seq_len in enumerate(lens):
         start, end = qsl[b], qsl[b + 1]
