@@ -1,0 +1,216 @@
+"""Soak: many random mixed attention steps on one paged cache, with sequences started, grown and freed.
+
+    python benchmarks/soak_attention.py --steps 10000 --check-every 100                  # GPU (issue 9 target)
+    python benchmarks/soak_attention.py --device cpu --steps 300 --check-every 25 --tiny  # CPU smoke
+
+Each step picks a random batch: new sequences (prefill), live ones growing by one token (decode)
+or by several (extend); finished sequences are freed. Blocks come from the shared BlockAllocator,
+so freed blocks are reused by later sequences. Every ``--check-every`` steps:
+  - the step's output is compared with a dense float64 reference over each sequence's whole
+    history (kept on the side), and
+  - every live sequence's cached K/V is read back through its block table and compared with its
+    history (a block handed to two sequences would show here).
+At the end every sequence is freed and the allocator must hold all its blocks again (no leaks).
+Exit status 1 on any mismatch or leak. ``--json PATH`` writes the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+
+import torch
+
+import rocm_attn
+from rocm_attn.kernels.attention_metadata import build_metadata_from_allocator
+from rocm_attn.testing import reference_attention, rel_err
+
+# max rel. error of one checked step vs the float64 reference, per cache dtype
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--check-every", type=int, default=100)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--layout", default="standard", choices=["standard", "shuffled"])
+    p.add_argument("--backend", default="TRITON_ATTN")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--num-blocks", type=int, default=2048)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--group", type=int, default=4, help="query heads per KV head")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--max-seqs", type=int, default=64, help="live sequences at most")
+    p.add_argument("--max-new", type=int, default=256, help="new tokens per prefill/extend at most")
+    p.add_argument("--max-len", type=int, default=4096, help="a sequence is freed once this long")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="CPU-sized shapes (96 cache slots, 2x2 heads, D 16)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.kv_heads, args.group, args.head_dim = 2, 2, 16
+        # the shuffled layout needs blocks of a multiple of x = 16 bytes / element (8 for 16-bit types)
+        args.block_size, args.num_blocks = (8, 12) if args.layout == "shuffled" else (4, 24)
+        args.max_seqs, args.max_new, args.max_len = 5, 9, 40
+    if args.steps < 1 or args.check_every < 1:
+        p.error("--steps and --check-every must be >= 1")
+    return args
+
+
+class Soak:
+    def __init__(self, args):
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.gen = torch.Generator().manual_seed(args.seed)
+        self.dtype = getattr(torch, args.dtype)
+        self.cache = rocm_attn.KVCache(args.num_blocks, args.block_size, args.kv_heads, args.head_dim, self.dtype,
+                                       args.layout, args.device)
+        self.alloc = self.cache.allocator
+        self.history: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # seq id -> (k, v) [len, Hkv, D]
+        self.next_id = 0
+        self.stats = dict(steps=0, checks=0, tokens=0, started=0, freed=0, full_events=0, max_rel_err=0.0,
+                          max_cache_err=0.0, mismatches=0)
+
+    def randn(self, *shape):
+        return torch.randn(*shape, generator=self.gen).to(self.dtype).to(self.args.device)
+
+    def blocks_needed(self, seq_id, new_tokens):
+        have = self.alloc.seq_len(seq_id) if seq_id in self.alloc else 0
+        owned = len(self.alloc.blocks(seq_id)) if seq_id in self.alloc else 0
+        return -(-(have + new_tokens) // self.args.block_size) - owned
+
+    def free(self, seq_id):
+        self.alloc.free(seq_id)
+        del self.history[seq_id]
+        self.stats["freed"] += 1
+
+    def plan(self):
+        """This step's (seq ids, new-token counts): grow some live sequences, start some new ones,
+        freeing sequences (finished first, then the oldest) until the step fits the cache."""
+        a, rng = self.args, self.rng
+        for s in [s for s in self.history if self.alloc.seq_len(s) >= a.max_len]:
+            self.free(s)
+        live = list(self.history)
+        batch = []
+        for s in rng.sample(live, k=rng.randint(0, len(live))):
+            batch.append((s, 1 if rng.random() < 0.7 else rng.randint(2, a.max_new)))
+        for _ in range(rng.randint(0, min(3, max(0, a.max_seqs - len(live))))):
+            batch.append((None, rng.randint(1, a.max_new)))
+        if not batch:
+            batch.append((rng.choice(live), 1) if live else (None, rng.randint(1, a.max_new)))
+        while True:
+            need = sum(self.blocks_needed(s, n) if s is not None else -(-n // a.block_size) for s, n in batch)
+            if need <= self.alloc.num_free_blocks:
+                break
+            self.stats["full_events"] += 1
+            victims = [s for s in self.history if s not in {b for b, _ in batch}] or [b for b, _ in batch
+                                                                                     if b is not None]
+            if not victims:  # only new sequences left and still too big: shrink the step
+                batch = batch[:-1] if len(batch) > 1 else [(None, 1)]
+                continue
+            self.free(victims[0])
+            batch = [(s, n) for s, n in batch if s is None or s in self.history]
+        ids = []
+        for s, n in batch:
+            if s is None:
+                s, self.next_id = self.next_id, self.next_id + 1
+                self.stats["started"] += 1
+            ids.append((s, n))
+        return ids
+
+    def step(self, check: bool):
+        a = self.args
+        batch = self.plan()
+        seq_ids, query_lens = [s for s, _ in batch], [n for _, n in batch]
+        md = build_metadata_from_allocator(self.alloc, seq_ids, query_lens, a.device)
+        T = sum(query_lens)
+        q = self.randn(T, a.kv_heads * a.group, a.head_dim)
+        k, v = self.randn(T, a.kv_heads, a.head_dim), self.randn(T, a.kv_heads, a.head_dim)
+        scale = 1.0 / math.sqrt(a.head_dim)
+        out = rocm_attn.attention(q, k, v, self.cache, md.query_start_loc, md.seq_lens, md.block_table,
+                                  md.slot_mapping, scale=scale, backend=a.backend, metadata=md)
+        start = 0
+        for s, n in batch:
+            old = self.history.get(s)
+            new = (k[start:start + n], v[start:start + n])
+            self.history[s] = new if old is None else (torch.cat([old[0], new[0]]), torch.cat([old[1], new[1]]))
+            start += n
+        self.stats["steps"] += 1
+        self.stats["tokens"] += T
+        if check:
+            self.check(out, q, batch, scale)
+
+    def check(self, out, q, batch, scale):
+        err = rel_err(out, reference_attention(q, [self.history[s][0] for s, _ in batch],
+                                               [self.history[s][1] for s, _ in batch], [n for _, n in batch], scale))
+        k_std, v_std = self.cache.dense()
+        cache_err = 0.0
+        for s, (k_hist, v_hist) in self.history.items():
+            blocks = torch.tensor(self.alloc.blocks(s), device=k_std.device)
+            n = k_hist.shape[0]
+            k_got = k_std[blocks].reshape(-1, *k_std.shape[2:])[:n]
+            v_got = v_std[blocks].reshape(-1, *v_std.shape[2:])[:n]
+            cache_err = max(cache_err, float((k_got != k_hist).sum() + (v_got != v_hist).sum()))
+        self.stats["checks"] += 1
+        self.stats["max_rel_err"] = max(self.stats["max_rel_err"], err)
+        self.stats["max_cache_err"] = max(self.stats["max_cache_err"], cache_err)
+        if err > TOLERANCE[self.dtype] or cache_err:
+            self.stats["mismatches"] += 1
+            print(f"step {self.stats['steps']}: MISMATCH rel err {err:.3g}, {int(cache_err)} cached values differ",
+                  flush=True)
+
+    def finish(self):
+        for s in list(self.history):
+            self.free(s)
+        free = self.alloc._free
+        self.stats["leaked_blocks"] = self.alloc.num_blocks - len(set(free))
+        self.stats["duplicate_free_blocks"] = len(free) - len(set(free))
+        return self.stats
+
+
+def run(argv=None) -> dict:
+    """Parse ``argv`` (a list of CLI arguments), soak, return the summary (``ok`` says it passed)."""
+    args = parse_args(argv)
+    soak = Soak(args)
+    t0 = time.perf_counter()
+    error = None
+    for i in range(1, args.steps + 1):
+        try:
+            soak.step(check=i % args.check_every == 0 or i == args.steps)
+        except Exception as exc:  # a library error mid-soak is a finding: record it and stop
+            error = f"step {i}: {type(exc).__name__}: {exc}"
+            print(error, flush=True)
+            break
+    stats = soak.finish()
+    stats["error"] = error
+    stats["seconds"] = round(time.perf_counter() - t0, 2)
+    stats["config"] = {k: v for k, v in vars(args).items() if k != "json"}
+    stats["ok"] = (error is None and stats["mismatches"] == 0 and stats["leaked_blocks"] == 0
+                   and stats["duplicate_free_blocks"] == 0)
+    return stats
+
+
+def main(argv=None) -> int:
+    stats = run(argv)
+    cfg = stats["config"]
+    print(f"soak: {stats['steps']} steps ({cfg['backend']}, {cfg['layout']}, {cfg['dtype']}, {cfg['device']}), "
+          f"{stats['tokens']} tokens, {stats['started']} sequences started / {stats['freed']} freed, "
+          f"{stats['full_events']} cache-full events, {stats['seconds']} s")
+    print(f"checks: {stats['checks']}, mismatches: {stats['mismatches']}, max rel err {stats['max_rel_err']:.3g}, "
+          f"leaked blocks: {stats['leaked_blocks']}")
+    json_path = parse_args(argv).json
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(stats, f, indent=2, default=str)
+    print("OK" if stats["ok"] else "FAILED")
+    return 0 if stats["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
