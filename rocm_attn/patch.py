@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .config import Config
+from .continuous_batching import enable_continuous_batching
 from .hf_cache import ATTN_NAME, RocmAttnCache, pass_cache_to_attention, register_hf_attention
 from .kernels.quantize_weight import quantize_weight_per_channel, quantize_weight_per_tensor
 
@@ -203,6 +204,8 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
     elif getattr(model, "generation_config", None) is not None:
         # HF would auto-compile decode on a GPU with its default (inductor, CUDA graphs): never with our cache
         model.generation_config.disable_compile = True
+    # 4. continuous batching (generate_batch) runs under its own attention name: see continuous_batching.py
+    enable_continuous_batching(model, attn, config.attention_backend, ATTN_NAME)
     model._rocm_attn_config = config
     model.rocm_attn_report = report
     log.info("%s", report)
