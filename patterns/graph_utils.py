@@ -85,6 +85,11 @@ def parameter_of(node, gm: fx.GraphModule, example_inputs) -> torch.nn.Parameter
         for part in str(node.target).split("."):
             t = getattr(t, part, None)
         return t if isinstance(t, torch.nn.Parameter) else None
+    if node.op == "call_method" and node.target == "to_local" and len(node.args) == 1:
+        # a tensor-parallel weight (a DTensor parameter, e.g. HF tp_plan="auto"): this rank's shard,
+        # so FP8 weight scales are per channel of the shard
+        t = parameter_of(node.args[0], gm, example_inputs)
+        return t.to_local() if t is not None and hasattr(t, "to_local") else None
     return None
 
 
