@@ -7,7 +7,7 @@
 Transformers' continuous batching (CB) takes only ``paged|eager``, ``sdpa`` or an attention implementation
 whose name contains "flash". So ``patch()`` registers a second attention function, ``rocm_attn_flash``
 (``paged|rocm_attn_flash`` on transformers that still use the ``paged|`` prefix), and wraps the model's
-``init_continuous_batching`` (which ``generate_batch`` and ``continuous_batching_context_manager`` go through):
+``init_continuous_batching`` (``generate_batch`` and ``continuous_batching_context_manager`` go through it):
 while a CB manager runs, the model uses that name; ``manager.stop()`` restores ``rocm_attn``. The name is set
 on the configs directly: ``set_attn_implementation`` would look a "flash" name up as a hub kernel.
 
@@ -77,15 +77,20 @@ def enable_continuous_batching(model, attn_modules, backend: str, dense_name: st
         return  # a transformers without continuous batching
 
     @functools.wraps(original)
-    def init_continuous_batching(generation_config=None, continuous_batching_config=None, workload_hints=None):
+    def init_continuous_batching(
+        generation_config=None, continuous_batching_config=None, workload_hints=None
+    ):
         _check_full_attention(model)
         cb_config = _cb_config_without_cuda_graphs(model, generation_config, continuous_batching_config)
         switched = model.config._attn_implementation == dense_name
         if switched:
             _set_attn_name(model, cb_attn_name())
         try:
-            manager = original(generation_config=generation_config, continuous_batching_config=cb_config,
-                               workload_hints=workload_hints)
+            manager = original(
+                generation_config=generation_config,
+                continuous_batching_config=cb_config,
+                workload_hints=workload_hints,
+            )
         except BaseException:
             if switched:
                 _set_attn_name(model, dense_name)
@@ -107,12 +112,16 @@ def _set_attn_name(model, name: str) -> None:
 def _check_full_attention(model) -> None:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     layer_types = getattr(cfg, "layer_types", None)
-    kinds = set(layer_types) if layer_types else {"sliding_attention" if getattr(cfg, "sliding_window", None)
-                                                  else "full_attention"}
+    kinds = (
+        set(layer_types)
+        if layer_types
+        else {"sliding_attention" if getattr(cfg, "sliding_window", None) else "full_attention"}
+    )
     if kinds != {"full_attention"}:
         raise NotImplementedError(
-            f"rocm_attn: continuous batching on {type(model).__name__} with layer types {sorted(kinds)} is not "
-            "supported (full attention only); use model.generate() with the paged RocmAttnCache instead")
+            f"rocm_attn: continuous batching on {type(model).__name__} with layer types {sorted(kinds)} is "
+            "not supported (full attention only); use model.generate() with the paged RocmAttnCache instead"
+        )
 
 
 def _cb_config_without_cuda_graphs(model, generation_config, cb_config):
@@ -125,24 +134,27 @@ def _cb_config_without_cuda_graphs(model, generation_config, cb_config):
             cb_config = ContinuousBatchingConfig()
     use = getattr(cb_config, "use_cuda_graph", None)
     if use is not None and any(use if isinstance(use, (tuple, list)) else (use,)):
-        raise ValueError("rocm_attn: continuous batching with use_cuda_graph is not supported (the attention "
-                         "metadata is built on the host each step); leave use_cuda_graph unset or False")
+        raise ValueError(
+            "rocm_attn: continuous batching with use_cuda_graph is not supported (the attention "
+            "metadata is built on the host each step); leave use_cuda_graph unset or False"
+        )
     cb_config = copy.deepcopy(cb_config)
     cb_config.use_cuda_graph = False
     return cb_config
 
 
-# ----------------------------------------------------------------------------- HF's paged cache, as rocm_attn sees it
+# ----------------------------------------------------------------- HF's paged cache, as rocm_attn sees it
 
 
 def _hf_pages(cache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """(k_pages, v_pages [num_pages, page_size, Hkv, D], page_size, group) of one layer of HF's
     PagedAttentionCache. HF's slot numbers (write_index / read_index) index these pages token by token."""
-    if hasattr(cache, "layer_to_allocator"):  # transformers >= 5.2x: one allocator per attention type
-        allocator = cache.layer_to_allocator[layer_idx]
+    # transformers 5.2x: one allocator per attention type; 5.17: one cache tensor per layer of a group
+    allocator = getattr(cache, "layer_to_allocator", {}).get(layer_idx)
+    if hasattr(allocator, "get_cache_for_block_table") and hasattr(allocator, "tokens_per_page"):
         k_pages, v_pages = allocator.get_cache_for_block_table(layer_idx)
         return k_pages, v_pages, int(allocator.tokens_per_page), int(allocator.index)
-    if hasattr(cache, "layer_index_to_group_indices") and hasattr(cache, "key_cache"):  # transformers 5.17
+    if hasattr(cache, "layer_index_to_group_indices") and hasattr(cache, "key_cache"):
         group, in_group = cache.layer_index_to_group_indices[layer_idx]
         bs, hkv, d = cache.block_size, cache.num_key_value_heads, cache.head_dim
         k_pages = cache.key_cache[in_group].view(-1, bs, hkv, d)
@@ -150,8 +162,9 @@ def _hf_pages(cache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor, int, i
         return k_pages, v_pages, int(bs), int(group)
     raise NotImplementedError(
         f"rocm_attn: this transformers' PagedAttentionCache ({type(cache).__module__}) has neither "
-        "layer_to_allocator nor key_cache/layer_index_to_group_indices; continuous batching on a patched model "
-        "supports the caches of transformers 5.17 to 5.23")
+        "allocators with page views nor key_cache/layer_index_to_group_indices; continuous batching on a "
+        "patched model supports the caches of transformers 5.17 to 5.23"
+    )
 
 
 class _PagesAsKVCache(KVCache):
@@ -164,8 +177,10 @@ class _PagesAsKVCache(KVCache):
         x = shuffle_x(k_pages.dtype)
         if layout == "shuffled":
             if d % x or page_size % x:
-                raise ValueError(f"rocm_attn: the shuffled layout needs head_dim and page_size multiples of {x}; "
-                                 f"got head_dim={d}, page_size={page_size}")
+                raise ValueError(
+                    f"rocm_attn: the shuffled layout needs head_dim and page_size multiples of {x}; "
+                    f"got head_dim={d}, page_size={page_size}"
+                )
             # same bytes per page, arranged as rocm_attn's shuffled blocks
             k_pages = k_pages.view(num_pages, hkv, d // x, page_size, x)
             v_pages = v_pages.view(num_pages, hkv, page_size // x, d, x)
@@ -187,8 +202,10 @@ def _pick(kwargs: dict, *names):
     for name in names:
         if name in kwargs:
             return kwargs[name]
-    raise NotImplementedError(f"rocm_attn: continuous batching passed no {' / '.join(names)} to the attention "
-                              f"function (kwargs: {sorted(kwargs)}); this transformers version is not supported")
+    raise NotImplementedError(
+        f"rocm_attn: continuous batching passed no {' / '.join(names)} to the attention "
+        f"function (kwargs: {sorted(kwargs)}); this transformers version is not supported"
+    )
 
 
 def _step_metadata(kwargs: dict, page_size: int, group: int, device: torch.device) -> _Step:
@@ -235,15 +252,21 @@ def rocm_attn_cb_attention(module, query, key, value, attention_mask, scaling=No
 
     cache = kwargs.get("cache")
     if not isinstance(cache, PagedAttentionCache):
-        raise RuntimeError(f"rocm_attn: the model's attention is {CB_ATTN_NAME!r} (continuous batching) but this "
-                           "call has no PagedAttentionCache; stop the continuous batching manager first (it "
-                           "restores 'rocm_attn')")
+        raise RuntimeError(
+            f"rocm_attn: the model's attention is {CB_ATTN_NAME!r} (continuous batching) but this "
+            "call has no PagedAttentionCache; stop the continuous batching manager first (it "
+            "restores 'rocm_attn')"
+        )
     if getattr(module, "sliding_window", None) or kwargs.get("sliding_window"):
-        raise NotImplementedError("rocm_attn: sliding-window layers are not supported under continuous batching")
+        raise NotImplementedError(
+            "rocm_attn: sliding-window layers are not supported under continuous batching"
+        )
     if kwargs.get("s_aux") is not None:
         raise NotImplementedError("rocm_attn: attention sinks (s_aux) are not supported")
     if dropout:
-        raise NotImplementedError("rocm_attn: dropout is not supported under continuous batching (call model.eval())")
+        raise NotImplementedError(
+            "rocm_attn: dropout is not supported under continuous batching (call model.eval())"
+        )
     stats = getattr(module, "_rocm_attn_cb_stats", None)
     if stats is None:
         raise RuntimeError(f"rocm_attn: {type(module).__name__} was not set up by rocm_attn.patch()")
@@ -251,7 +274,11 @@ def rocm_attn_cb_attention(module, query, key, value, attention_mask, scaling=No
     views = cache.__dict__.setdefault("_rocm_attn_kv", {})  # layer -> (KVCache view, page_size, group)
     if layer not in views:
         k_pages, v_pages, page_size, group = _hf_pages(cache, layer)
-        views[layer] = (_PagesAsKVCache(k_pages, v_pages, layout_for_backend(stats.backend)), page_size, group)
+        views[layer] = (
+            _PagesAsKVCache(k_pages, v_pages, layout_for_backend(stats.backend)),
+            page_size,
+            group,
+        )
     kv, page_size, group = views[layer]
     step = getattr(cache, "_rocm_attn_step", None)
     if step is None or step.cu_q is not kwargs.get("cu_seq_lens_q"):
@@ -264,8 +291,20 @@ def rocm_attn_cb_attention(module, query, key, value, attention_mask, scaling=No
     md = step.metadata
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     softcap = kwargs.get("softcap") or None
-    out = paged_attention(q, k, v, kv, md.query_start_loc, md.seq_lens, md.block_table,
-                          md.slot_mapping, scale=scale, backend=stats.backend, softcap=softcap, metadata=md)
+    out = paged_attention(
+        q,
+        k,
+        v,
+        kv,
+        md.query_start_loc,
+        md.seq_lens,
+        md.block_table,
+        md.slot_mapping,
+        scale=scale,
+        backend=stats.backend,
+        softcap=softcap,
+        metadata=md,
+    )
     if n < T:  # padded tokens (static shapes): zeros, HF ignores them
         out = torch.cat([out, out.new_zeros(T - n, *out.shape[1:])])
     return out.to(query.dtype).unsqueeze(0), None

@@ -30,6 +30,11 @@ def test_multi_turn():
     assert "equals a fresh run on the whole conversation: True" in out
 
 
+def test_continuous_batching():
+    out = run("continuous_batching.py", "--new-tokens", "4")
+    assert "tokens identical to HF generate: True" in out and "mixing decodes with prefills/extends" in out
+
+
 def test_compile_model():
     assert "relative error" in run("compile_model.py")
 
