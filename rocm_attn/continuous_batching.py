@@ -222,6 +222,8 @@ def _step_metadata(kwargs: dict, page_size: int, group: int, device: torch.devic
     k_lens = (cu_k[1:] - cu_k[:-1]).tolist()
     keep = [b for b, n in enumerate(q_lens) if n > 0]  # padding sequences (static shapes) have no tokens
     num_tokens = int(cu_q[-1])
+    if not read.numel() and any(k_lens[b] != q_lens[b] for b in keep):
+        raise NotImplementedError("rocm_attn: HF sent no read_index for a batch with cached tokens")
     slots, starts = (read, cu_k) if read.numel() else (write, cu_q)
     starts = starts[:-1].to(device=device, dtype=torch.int64)[keep]
     seq_lens = torch.tensor([k_lens[b] for b in keep], dtype=torch.int32, device=device)
