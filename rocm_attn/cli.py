@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="instead: PTPC vs bf16 greedy agreement over N prompts (see RESULTS.md)")
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)
+    from .bench_cli import add_parsers  # bench, eval
+
+    add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,397 @@
+"""End to end: prefill and decode throughput of a whole HF model: eager, torch.compile, torchao, rocm_attn.
+
+    python benchmarks/bench_e2e.py --out results/bench_e2e.json                 # both models, 32/36 layers
+    python benchmarks/bench_e2e.py --layers 4 --models llama --out results/e2e.json   # quick (GPU)
+    python benchmarks/bench_e2e.py --cpu-smoke --out /tmp/e2e.json              # tiny config, CPU, < 30 s
+
+Models: LlamaForCausalLM with the Llama-3.1-8B config and Qwen3ForCausalLM with the Qwen3-8B config, random
+bf16 weights (no download); --layers cuts the depth (the per-layer shapes stay the 8B ones).
+
+Variants (--variants, comma-separated; default all):
+  eager                 HF, bf16, sdpa attention, no compile (decode: DynamicCache)
+  inductor              torch.compile(model) for prefill; decode: HF generate with a static cache, which HF
+                        compiles itself (its default CompileConfig: inductor, CUDA graphs)
+  torchao_fp8_rowwise   torchao quantize_(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+                        then as inductor; skipped with a note where torchao is not installed
+  rocm_attn_none        rocm_attn.patch(quantization="none") (attention only, TRITON_ATTN) + compile
+  rocm_attn_ptpc:<B>    rocm_attn.patch(quantization="ptpc_fp8", attention_backend=B) + compile, one per
+                        registered attention backend B
+  (rocm_attn variants: prefill is torch.compile(model, backend="rocm_attn"); decode is generate() on the
+  paged RocmAttnCache with decode compiled by backend="rocm_attn", as patch(compile=True) sets up.)
+
+Measured per (model, variant):
+  prefill  tokens/s of forward(use_cache=False, logits_to_keep=1) at 1 x 8192 and 8 x 1024 (median, --iters);
+           compile_s = first call - a steady call (the compile time)
+  decode   tokens/s at batch 1, 16, 64 on a 2048-token context: generate(1 + --new-tokens) minus generate(1)
+           (same prompt), so the prefill cancels out; first_s = the first generate (compiles decode)
+  memory   weight bytes (parameters + buffers) and peak GPU memory of the variant (torch.cuda max allocated)
+Every case runs in try/except: a variant that cannot run a case gets a note, the rest go on.
+Writes JSON (--out) with rows and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+LLAMA_31_8B = dict(
+    model_type="llama",
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    tie_word_embeddings=False,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+)
+QWEN3_8B = dict(
+    model_type="qwen3",
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    max_position_embeddings=40960,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    tie_word_embeddings=False,
+)
+# --cpu-smoke: the same code paths on a model small enough for a CPU test
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=256,
+    max_position_embeddings=512,
+)
+MODELS = {"llama": LLAMA_31_8B, "qwen3": QWEN3_8B}
+
+PREFILL_SHAPES = [(1, 8192), (8, 1024)]  # (batch, tokens)
+DECODE_BATCHES = [1, 16, 64]
+DECODE_CONTEXT = 2048
+SMOKE = dict(prefill=[(1, 64), (2, 32)], batches=[2], context=32, new_tokens=4, iters=2)
+
+
+def build_model(family: str, layers: int | None, device: str, smoke: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    fields = dict(MODELS[family])
+    fields.pop("model_type")
+    if smoke:
+        fields.update(TINY)
+        fields.pop("rope_scaling", None)
+    if layers:
+        fields["num_hidden_layers"] = layers
+    config_cls, model_cls = (
+        (LlamaConfig, LlamaForCausalLM) if family == "llama" else (Qwen3Config, Qwen3ForCausalLM)
+    )
+    config = config_cls(**fields, pad_token_id=0)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)  # the same random weights for every variant
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = model_cls(config).eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return model
+
+
+def backends() -> list[str]:
+    import rocm_attn
+
+    return [name for name, info in rocm_attn.available_attention_backends().items() if info["registered"]]
+
+
+def all_variants() -> list[str]:
+    return ["eager", "inductor", "torchao_fp8_rowwise", "rocm_attn_none"] + [
+        f"rocm_attn_ptpc:{b}" for b in backends()
+    ]
+
+
+def prepare(model, variant: str, compile: bool):
+    """(the callable for prefill, a note) after turning ``model`` into ``variant`` (in place)."""
+    if variant == "eager":
+        model.generation_config.disable_compile = True
+        return model, ""
+    if variant in ("inductor", "torchao_fp8_rowwise"):
+        if variant == "torchao_fp8_rowwise":
+            try:
+                from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+            except ImportError as exc:
+                raise Skip(f"torchao not installed ({exc}); pip install its wheel to get this row") from None
+            quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        model.generation_config.cache_implementation = "static"
+        return (torch.compile(model) if compile else model), "decode: static cache, HF-compiled"
+    if variant.startswith("rocm_attn"):
+        import rocm_attn
+
+        if variant == "rocm_attn_none":
+            quantization, backend = "none", "TRITON_ATTN"
+        else:
+            quantization, backend = "ptpc_fp8", variant.partition(":")[2]
+        rocm_attn.patch(model, quantization=quantization, attention_backend=backend, compile=compile)
+        options = {"quantization": quantization, "attention_backend": backend}
+        prefill = torch.compile(model, backend="rocm_attn", options=options) if compile else model
+        r = model.rocm_attn_report
+        return prefill, f"{r.linears_replaced} linears fp8, {r.attention_layers} attention layers"
+    raise ValueError(f"bench_e2e: unknown variant {variant!r}; known: {', '.join(all_variants())}")
+
+
+class Skip(Exception):
+    """A variant that cannot run here (a missing package): one row with the reason."""
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def seconds(fn, device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def median_seconds(fn, device: str, iters: int) -> float:
+    times = sorted(seconds(fn, device) for _ in range(iters))
+    return times[len(times) // 2]
+
+
+@torch.no_grad()
+def measure_prefill(forward, vocab: int, batch: int, tokens: int, device: str, iters: int) -> dict:
+    ids = torch.randint(1, vocab, (batch, tokens), device=device)
+
+    def call():
+        forward(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+    first = seconds(call, device)
+    steady = median_seconds(call, device, iters)
+    return {
+        "tokens_per_s": batch * tokens / steady,
+        "ms": steady * 1e3,
+        "first_s": first,
+        "compile_s": max(first - steady, 0.0),
+    }
+
+
+@torch.no_grad()
+def measure_decode(model, batch: int, context: int, new_tokens: int, device: str) -> dict:
+    vocab = model.config.vocab_size
+    ids = torch.randint(1, vocab, (batch, context), device=device)
+    mask = torch.ones_like(ids)
+
+    def generate(n):
+        model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+        )
+
+    first = seconds(lambda: generate(1 + new_tokens), device)  # compiles decode (GPU)
+    t_prefill = min(seconds(lambda: generate(1), device) for _ in range(2))
+    t_total = min(seconds(lambda: generate(1 + new_tokens), device) for _ in range(2))
+    decode_s = max(t_total - t_prefill, 1e-9)
+    return {
+        "tokens_per_s": batch * new_tokens / decode_s,
+        "ms_per_step": decode_s / new_tokens * 1e3,
+        "first_s": first,
+    }
+
+
+def weight_bytes(model) -> int:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def run_variant(family, variant, args, device) -> list[dict]:
+    base = {"model": family, "variant": variant}
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    torch._dynamo.reset()
+    model = build_model(family, args.layers, device, args.cpu_smoke)
+    bf16_bytes = weight_bytes(model)
+    try:
+        forward, note = prepare(model, variant, not args.no_compile)
+    except Skip as exc:
+        return [{**base, "case": "all", "note": str(exc)}]
+    except Exception as exc:
+        return [{**base, "case": "all", "note": f"error: {type(exc).__name__}: {str(exc)[:200]}"}]
+    common = {
+        **base,
+        "weight_gib": weight_bytes(model) / 2**30,
+        "weight_vs_bf16": weight_bytes(model) / bf16_bytes,
+        "setup": note,
+    }
+    rows = []
+    for batch, tokens in args.prefill:
+        row = {
+            **common,
+            "case": f"prefill {batch}x{tokens}",
+            "phase": "prefill",
+            "batch": batch,
+            "tokens": tokens,
+        }
+        try:
+            row.update(measure_prefill(forward, model.config.vocab_size, batch, tokens, device, args.iters))
+        except Exception as exc:  # one case that cannot run (memory, an unsupported shape): say why, go on
+            row["note"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+        rows.append(row)
+        print(json.dumps(rounded(row)), flush=True)
+    for batch in args.batches:
+        row = {
+            **common,
+            "case": f"decode b{batch} ctx{args.context}",
+            "phase": "decode",
+            "batch": batch,
+            "context": args.context,
+            "new_tokens": args.new_tokens,
+        }
+        try:
+            row.update(measure_decode(model, batch, args.context, args.new_tokens, device))
+        except Exception as exc:
+            row["note"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+        rows.append(row)
+        print(json.dumps(rounded(row)), flush=True)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    for row in rows:
+        row["peak_gib"] = peak
+    del forward, model
+    gc.collect()
+    return rows
+
+
+def rounded(row: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | variant | case | tokens/s | x eager | x inductor | compile / first s "
+        "| weights GiB (x bf16) "
+        "| peak GiB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ref = {(r["model"], r["variant"], r["case"]): r.get("tokens_per_s") for r in rows}
+
+    def ratio(r, variant):
+        base = ref.get((r["model"], variant, r["case"]))
+        return f"{r['tokens_per_s'] / base:.2f}" if base and r.get("tokens_per_s") else "-"
+
+    for r in rows:
+        if "tokens_per_s" not in r:
+            lines.append(
+                f"| {r['model']} | {r['variant']} | {r['case']} | - | - | - | - | - | - | "
+                f"{r.get('note', '')} |"
+            )
+            continue
+        first = r.get("compile_s", r.get("first_s"))
+        peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['case']} | {r['tokens_per_s']:.0f} | {ratio(r, 'eager')} "
+            f"| {ratio(r, 'inductor')} | {first:.1f} | {r['weight_gib']:.2f} ({r['weight_vs_bf16']:.2f}) "
+            f"| {peak} | {r.get('note', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_e2e.json", help="JSON results path")
+    ap.add_argument(
+        "--models", default=None, help="comma-separated: llama, qwen3 (default both; --cpu-smoke: llama)"
+    )
+    ap.add_argument("--variants", default="all", help="comma-separated (see above), or all")
+    ap.add_argument("--layers", type=int, default=None, help="cut the model to this many layers")
+    ap.add_argument("--new-tokens", type=int, default=32, help="decode steps timed per generate")
+    ap.add_argument("--iters", type=int, default=5, help="timed prefill calls (median)")
+    ap.add_argument("--no-compile", action="store_true", help="no torch.compile anywhere (eager everything)")
+    ap.add_argument(
+        "--cpu-smoke", action="store_true", help="tiny config, tiny shapes, CPU: checks the code paths"
+    )
+    args = ap.parse_args(argv)
+    args.prefill, args.batches, args.context = PREFILL_SHAPES, DECODE_BATCHES, DECODE_CONTEXT
+    args.models = args.models or (None if args.cpu_smoke else "llama,qwen3")
+    if args.cpu_smoke:
+        args.prefill, args.batches, args.context = SMOKE["prefill"], SMOKE["batches"], SMOKE["context"]
+        args.new_tokens, args.iters = (
+            min(args.new_tokens, SMOKE["new_tokens"]),
+            min(args.iters, SMOKE["iters"]),
+        )
+        args.models = args.models or "llama"
+        args.no_compile = True  # HF compiles decode on GPUs only; a CPU inductor compile would take minutes
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() and not args.cpu_smoke else "cpu"
+    if device == "cpu" and not args.cpu_smoke:
+        raise SystemExit("bench_e2e needs a GPU (or --cpu-smoke for the tiny CPU run)")
+    import rocm_attn  # noqa: F401  (registers the ops, the backend and the attention backends)
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in MODELS:
+            raise SystemExit(f"bench_e2e: unknown model {m!r}; choose from {', '.join(MODELS)}")
+    known = all_variants()
+    variants = known if args.variants == "all" else [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in known:
+            raise SystemExit(f"bench_e2e: unknown variant {v!r}; choose from {', '.join(known)}")
+    start = time.time()
+    rows = []
+    for family in models:
+        for variant in variants:
+            print(f"== {family} {variant}", file=sys.stderr, flush=True)
+            rows += run_variant(family, variant, args, device)
+    table = markdown(rows)
+    print(table)
+    result = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "models": models,
+        "variants": variants,
+        "layers": args.layers,
+        "rows": rows,
+        "table": table,
+        "seconds": time.time() - start,
+        "command": "python benchmarks/bench_e2e.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    print(f"\nwrote {args.out} in {result['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
