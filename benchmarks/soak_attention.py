@@ -1,7 +1,7 @@
 """Soak: many random mixed attention steps on one paged cache, with sequences started, grown and freed.
 
-    python benchmarks/soak_attention.py --steps 10000 --check-every 100                  # GPU (issue 9 target)
-    python benchmarks/soak_attention.py --device cpu --steps 300 --check-every 25 --tiny  # CPU smoke
+    python benchmarks/soak_attention.py --steps 10000 --check-every 100                 # GPU (issue 9)
+    python benchmarks/soak_attention.py --device cpu --steps 300 --check-every 25 --tiny # CPU smoke
 
 Each step picks a random batch: new sequences (prefill), live ones growing by one token (decode)
 or by several (extend); finished sequences are freed. Blocks come from the shared BlockAllocator,
@@ -24,9 +24,9 @@ import sys
 import time
 
 import torch
+from rocm_attn.kernels.attention_metadata import build_metadata_from_allocator
 
 import rocm_attn
-from rocm_attn.kernels.attention_metadata import build_metadata_from_allocator
 from rocm_attn.testing import reference_attention, rel_err
 
 # max rel. error of one checked step vs the float64 reference, per cache dtype
@@ -69,13 +69,29 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.gen = torch.Generator().manual_seed(args.seed)
         self.dtype = getattr(torch, args.dtype)
-        self.cache = rocm_attn.KVCache(args.num_blocks, args.block_size, args.kv_heads, args.head_dim, self.dtype,
-                                       args.layout, args.device)
+        self.cache = rocm_attn.KVCache(
+            args.num_blocks,
+            args.block_size,
+            args.kv_heads,
+            args.head_dim,
+            self.dtype,
+            args.layout,
+            args.device,
+        )
         self.alloc = self.cache.allocator
         self.history: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # seq id -> (k, v) [len, Hkv, D]
         self.next_id = 0
-        self.stats = dict(steps=0, checks=0, tokens=0, started=0, freed=0, full_events=0, max_rel_err=0.0,
-                          max_cache_err=0.0, mismatches=0)
+        self.stats = dict(
+            steps=0,
+            checks=0,
+            tokens=0,
+            started=0,
+            freed=0,
+            full_events=0,
+            max_rel_err=0.0,
+            max_cache_err=0.0,
+            mismatches=0,
+        )
 
     def randn(self, *shape):
         return torch.randn(*shape, generator=self.gen).to(self.dtype).to(self.args.device)
@@ -109,8 +125,9 @@ class Soak:
             if need <= self.alloc.num_free_blocks:
                 break
             self.stats["full_events"] += 1
-            victims = [s for s in self.history if s not in {b for b, _ in batch}] or [b for b, _ in batch
-                                                                                     if b is not None]
+            victims = [s for s in self.history if s not in {b for b, _ in batch}] or [
+                b for b, _ in batch if b is not None
+            ]
             if not victims:  # only new sequences left and still too big: shrink the step
                 batch = batch[:-1] if len(batch) > 1 else [(None, 1)]
                 continue
@@ -133,13 +150,26 @@ class Soak:
         q = self.randn(T, a.kv_heads * a.group, a.head_dim)
         k, v = self.randn(T, a.kv_heads, a.head_dim), self.randn(T, a.kv_heads, a.head_dim)
         scale = 1.0 / math.sqrt(a.head_dim)
-        out = rocm_attn.attention(q, k, v, self.cache, md.query_start_loc, md.seq_lens, md.block_table,
-                                  md.slot_mapping, scale=scale, backend=a.backend, metadata=md)
+        out = rocm_attn.attention(
+            q,
+            k,
+            v,
+            self.cache,
+            md.query_start_loc,
+            md.seq_lens,
+            md.block_table,
+            md.slot_mapping,
+            scale=scale,
+            backend=a.backend,
+            metadata=md,
+        )
         start = 0
         for s, n in batch:
             old = self.history.get(s)
-            new = (k[start:start + n], v[start:start + n])
-            self.history[s] = new if old is None else (torch.cat([old[0], new[0]]), torch.cat([old[1], new[1]]))
+            new = (k[start : start + n], v[start : start + n])
+            self.history[s] = (
+                new if old is None else (torch.cat([old[0], new[0]]), torch.cat([old[1], new[1]]))
+            )
             start += n
         self.stats["steps"] += 1
         self.stats["tokens"] += T
@@ -147,8 +177,16 @@ class Soak:
             self.check(out, q, batch, scale)
 
     def check(self, out, q, batch, scale):
-        err = rel_err(out, reference_attention(q, [self.history[s][0] for s, _ in batch],
-                                               [self.history[s][1] for s, _ in batch], [n for _, n in batch], scale))
+        err = rel_err(
+            out,
+            reference_attention(
+                q,
+                [self.history[s][0] for s, _ in batch],
+                [self.history[s][1] for s, _ in batch],
+                [n for _, n in batch],
+                scale,
+            ),
+        )
         k_std, v_std = self.cache.dense()
         cache_err = 0.0
         for s, (k_hist, v_hist) in self.history.items():
@@ -162,8 +200,11 @@ class Soak:
         self.stats["max_cache_err"] = max(self.stats["max_cache_err"], cache_err)
         if err > TOLERANCE[self.dtype] or cache_err:
             self.stats["mismatches"] += 1
-            print(f"step {self.stats['steps']}: MISMATCH rel err {err:.3g}, {int(cache_err)} cached values differ",
-                  flush=True)
+            print(
+                f"step {self.stats['steps']}: MISMATCH rel err {err:.3g}, "
+                f"{int(cache_err)} cached values differ",
+                flush=True,
+            )
 
     def finish(self):
         for s in list(self.history):
@@ -191,19 +232,27 @@ def run(argv=None) -> dict:
     stats["error"] = error
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     stats["config"] = {k: v for k, v in vars(args).items() if k != "json"}
-    stats["ok"] = (error is None and stats["mismatches"] == 0 and stats["leaked_blocks"] == 0
-                   and stats["duplicate_free_blocks"] == 0)
+    stats["ok"] = (
+        error is None
+        and stats["mismatches"] == 0
+        and stats["leaked_blocks"] == 0
+        and stats["duplicate_free_blocks"] == 0
+    )
     return stats
 
 
 def main(argv=None) -> int:
     stats = run(argv)
     cfg = stats["config"]
-    print(f"soak: {stats['steps']} steps ({cfg['backend']}, {cfg['layout']}, {cfg['dtype']}, {cfg['device']}), "
-          f"{stats['tokens']} tokens, {stats['started']} sequences started / {stats['freed']} freed, "
-          f"{stats['full_events']} cache-full events, {stats['seconds']} s")
-    print(f"checks: {stats['checks']}, mismatches: {stats['mismatches']}, max rel err {stats['max_rel_err']:.3g}, "
-          f"leaked blocks: {stats['leaked_blocks']}")
+    print(
+        f"soak: {stats['steps']} steps ({cfg['backend']}, {cfg['layout']}, {cfg['dtype']}, {cfg['device']}), "
+        f"{stats['tokens']} tokens, {stats['started']} sequences started / {stats['freed']} freed, "
+        f"{stats['full_events']} cache-full events, {stats['seconds']} s"
+    )
+    print(
+        f"checks: {stats['checks']}, mismatches: {stats['mismatches']}, "
+        f"max rel err {stats['max_rel_err']:.3g}, leaked blocks: {stats['leaked_blocks']}"
+    )
     json_path = parse_args(argv).json
     if json_path:
         with open(json_path, "w") as f:

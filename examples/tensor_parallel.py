@@ -36,7 +36,9 @@ FP8_BUDGET = 6e-2  # rel. error of logits, random tiny Llama through PTPC FP8 (t
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="HF model directory (default: a tiny random Llama)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"]
+    )
     p.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--seq-len", type=int, default=12)
     p.add_argument("--batch", type=int, default=2)
@@ -57,8 +59,15 @@ def tiny_llama_dir() -> str:
     path = [None]
     if dist.get_rank() == 0:
         torch.manual_seed(0)
-        cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
+        cfg = LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=128,
+            max_position_embeddings=64,
+        )
         path[0] = tempfile.mkdtemp(prefix="rocm_attn_tp_")
         LlamaForCausalLM(cfg).save_pretrained(path[0])
     dist.broadcast_object_list(path, src=0)
@@ -106,8 +115,9 @@ def forward_time(fn, ids, reps=10) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import rocm_attn  # noqa: F401  (registers the ops and the backend)
     from transformers import AutoModelForCausalLM
+
+    import rocm_attn  # noqa: F401  (registers the ops and the backend)
 
     if args.device == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -117,7 +127,11 @@ def main(argv=None) -> int:
         device = torch.device("cpu")
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
+    dtype = (
+        getattr(torch, args.dtype)
+        if args.dtype
+        else (torch.bfloat16 if args.device == "cuda" else torch.float32)
+    )
     path = args.model or tiny_llama_dir()
 
     tp_model = AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", dtype=dtype).eval()
@@ -138,13 +152,19 @@ def main(argv=None) -> int:
         one_out = one_fn(ids)
         timing = {}
         if args.bench:
-            timing = {"tp_ms": 1e3 * forward_time(tp_fn, ids), "one_device_ms": 1e3 * forward_time(one_fn, ids)}
+            timing = {
+                "tp_ms": 1e3 * forward_time(tp_fn, ids),
+                "one_device_ms": 1e3 * forward_time(one_fn, ids),
+            }
 
     from rocm_attn.passes import report as report_mod
 
     report = report_mod.recent[-2] if len(report_mod.recent) >= 2 else None  # the TP compile
     result = {
-        "rank": rank, "world": world, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+        "rank": rank,
+        "world": world,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
         "tp_eager_vs_eager": rel_err(tp_eager, eager),
         "tp_rocm_attn_vs_eager": rel_err(tp_out, eager),
         "tp_rocm_attn_vs_one_device_rocm_attn": rel_err(tp_out, one_out),
@@ -158,8 +178,14 @@ def main(argv=None) -> int:
     }
     results = [None] * world
     dist.all_gather_object(results, result)
-    ok = all(r["tp_rocm_attn_vs_eager"] < args.budget and r["tp_rocm_attn_vs_one_device_rocm_attn"] < args.budget
-             and r["scales_per_shard"] and not r["pass_errors"] and r["linear_rewritten"] for r in results)
+    ok = all(
+        r["tp_rocm_attn_vs_eager"] < args.budget
+        and r["tp_rocm_attn_vs_one_device_rocm_attn"] < args.budget
+        and r["scales_per_shard"]
+        and not r["pass_errors"]
+        and r["linear_rewritten"]
+        for r in results
+    )
     if rank == 0:
         print(json.dumps({"ok": ok, "budget": args.budget, "ranks": results}))
         if args.model is None:

@@ -87,6 +87,8 @@ def reshape_and_cache_torch(k, v, k_cache, v_cache, slot_mapping, layout) -> Non
     bs = k_cache.shape[1] if layout == "standard" else k_cache.shape[3]
     keep = slot_mapping >= 0
     slots = check_slot_values("reshape_and_cache", slot_mapping, k_cache.shape[0] * bs)
+    if slots.numel() == 0:  # every token skipped (the shuffled reshape below cannot take 0 rows)
+        return
     blk, off = slots // bs, slots % bs
     k_new, v_new = k[keep].to(k_cache.dtype), v[keep].to(v_cache.dtype)
     if layout == "standard":

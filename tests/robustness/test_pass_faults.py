@@ -28,7 +28,9 @@ class Layer(nn.Module):
 
     def forward(self, x):
         b, s, d = x.shape
-        q, k, v = (p(x).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            p(x).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, s, d)
         x = x + self.o_proj(a)
         if self.break_inside:
@@ -80,12 +82,15 @@ def test_attention_pass_raising_keeps_the_linear_rewrites(monkeypatch):
         raise IndexError("pattern bug")
 
     monkeypatch.setattr(attention_rewrite, "run", broken)
-    monkeypatch.setattr(pass_manager, "PASSES", [("attention_rewrite", broken), ("linear_rewrite",
-                                                                                 pass_manager.PASSES[1][1])])
+    monkeypatch.setattr(
+        pass_manager, "PASSES", [("attention_rewrite", broken), ("linear_rewrite", pass_manager.PASSES[1][1])]
+    )
     m, x = model(), torch.randn(2, 5, 32)
     with torch.no_grad():
         ref = m(x)
-    with pytest.warns(UserWarning, match=r"pass attention_rewrite failed on graph 0.*IndexError: pattern bug"):
+    with pytest.warns(
+        UserWarning, match=r"pass attention_rewrite failed on graph 0.*IndexError: pattern bug"
+    ):
         report = rocm_attn.explain(m, x)
     assert report.attention_total == 0  # the failed pass's sites were rolled back with its graph
     assert report.linear_rewritten == report.linear_total == 7

@@ -18,10 +18,13 @@ def soak():
     return module
 
 
-@pytest.mark.parametrize("args", [
-    ["--layout", "standard", "--backend", "TRITON_ATTN", "--dtype", "float32", "--steps", "200"],
-    ["--layout", "shuffled", "--backend", "ROCM_AITER_FA", "--dtype", "bfloat16", "--steps", "100"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--layout", "standard", "--backend", "TRITON_ATTN", "--dtype", "float32", "--steps", "200"],
+        ["--layout", "shuffled", "--backend", "ROCM_AITER_FA", "--dtype", "bfloat16", "--steps", "100"],
+    ],
+)
 def test_soak_cpu(soak, args):
     stats = soak.run(["--device", "cpu", "--tiny", "--check-every", "20", "--seed", "1", *args])
     assert stats["checks"] >= 5 and stats["mismatches"] == 0, stats
@@ -41,7 +44,9 @@ def test_soak_catches_a_leak_and_a_shared_block(soak, monkeypatch):
         real_free(self, seq_id)
 
     monkeypatch.setattr(BlockAllocator, "free", leaky_free)
-    stats = soak.run(["--device", "cpu", "--tiny", "--steps", "30", "--check-every", "10", "--dtype", "float32"])
+    stats = soak.run(
+        ["--device", "cpu", "--tiny", "--steps", "30", "--check-every", "10", "--dtype", "float32"]
+    )
     assert stats["leaked_blocks"] > 0 and not stats["ok"]
     monkeypatch.setattr(BlockAllocator, "free", real_free)
 
@@ -51,7 +56,13 @@ def test_soak_catches_a_leak_and_a_shared_block(soak, monkeypatch):
         self._free.extend(blocks[:1])  # a block that is now free twice: two sequences will share it
 
     monkeypatch.setattr(BlockAllocator, "free", double_free)
-    stats = soak.run(["--device", "cpu", "--tiny", "--steps", "60", "--check-every", "3", "--dtype", "float32"])
+    stats = soak.run(
+        ["--device", "cpu", "--tiny", "--steps", "60", "--check-every", "3", "--dtype", "float32"]
+    )
     # caught by the cache check, the free-list check, or attention()'s duplicate-slot error
-    assert stats["mismatches"] > 0 or stats["duplicate_free_blocks"] > 0 or "slot twice" in (stats["error"] or "")
+    assert (
+        stats["mismatches"] > 0
+        or stats["duplicate_free_blocks"] > 0
+        or "slot twice" in (stats["error"] or "")
+    )
     assert not stats["ok"]
