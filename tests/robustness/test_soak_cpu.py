@@ -21,8 +21,8 @@ def soak():
 @pytest.mark.parametrize(
     "args",
     [
-        ["--layout", "standard", "--backend", "TRITON_ATTN", "--dtype", "float32", "--steps", "200"],
-        ["--layout", "shuffled", "--backend", "ROCM_AITER_FA", "--dtype", "bfloat16", "--steps", "100"],
+        ["--layout", "standard", "--backend", "TRITON_ATTN", "--dtype", "float32", "--steps", "400"],
+        ["--layout", "shuffled", "--backend", "ROCM_AITER_FA", "--dtype", "bfloat16", "--steps", "300"],
     ],
 )
 def test_soak_cpu(soak, args):
