@@ -1,6 +1,9 @@
 """Offline sm_90 compile check of the prefill kernels (no GPU needed): registers, stack (spills), shared
 memory, wgmma / cp.async / vector-load counts per config.   python benchmarks/sm90_compile_check.py"""
-import os, re, subprocess, sys, tempfile
+import os
+import re
+import subprocess
+import tempfile
 os.environ.pop("TRITON_INTERPRET", None)
 import triton
 from triton.backends.compiler import GPUTarget

@@ -176,7 +176,7 @@ def tune_case(case: Case, rows: list, copy_gbs: float) -> None:
 
 def summary(rows: list, copy_gbs: float) -> None:
     print(f"\nbest per case (copy {copy_gbs:.0f} GB/s measured; targets: >= 85% copy and >= 0.9x SDPA)")
-    print(f"| case | kernel | layout | config | ms | K/V GB/s | % copy | x SDPA |")
+    print("| case | kernel | layout | config | ms | K/V GB/s | % copy | x SDPA |")
     print("|---|---|---|---|---|---|---|---|")
     best = {}
     for r in rows:

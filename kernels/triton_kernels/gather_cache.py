@@ -3,7 +3,6 @@ cu_seq_lens, then copies that token's [Hkv, D] keys and values out of the paged 
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 

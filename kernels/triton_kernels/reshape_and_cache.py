@@ -3,7 +3,6 @@ paged cache (standard or shuffled layout), cast to the cache dtype; negative slo
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
