@@ -14,19 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_float, check_rank, check_same_device
+from .common import check_float, check_gather_index, check_index, check_rank, check_same_device
 from .kv_cache import KVCache, cache_dims, check_block_table_values, check_cache_tensors, check_slot_values
 from .registry import dispatch, register_provider
 
-INDEX_DTYPES = (torch.int32, torch.int64)
 
-
-def _check_index(op: str, name: str, t: torch.Tensor, rank: int, doc: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"rocm_attn.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in INDEX_DTYPES:
-        raise TypeError(f"rocm_attn.{op}: {name} must be int32 or int64, got {t.dtype}")
-    check_rank(name, op, t, rank, doc)
 
 
 def _check_tokens(op: str, name: str, t: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:
@@ -45,7 +37,7 @@ def check_reshape_and_cache(k, v, k_cache, v_cache, slot_mapping, layout) -> Non
     _check_tokens(op, "v", v, hkv, d)
     if v.shape != k.shape:
         raise ValueError(f"rocm_attn.{op}: k {tuple(k.shape)} and v {tuple(v.shape)} differ")
-    _check_index(op, "slot_mapping", slot_mapping, 1, "[T]")
+    check_index(op, "slot_mapping", slot_mapping, 1, "[T]")
     if slot_mapping.shape[0] != k.shape[0]:
         raise ValueError(f"rocm_attn.{op}: slot_mapping has {slot_mapping.shape[0]} entries for {k.shape[0]} tokens")
     check_same_device(op, k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
@@ -59,13 +51,7 @@ def check_gather_cache(k_cache, v_cache, block_table, cu_seq_lens, seq_starts, k
     _check_tokens(op, "v_out", v_out, hkv, d)
     if v_out.shape != k_out.shape:
         raise ValueError(f"rocm_attn.{op}: k_out {tuple(k_out.shape)} and v_out {tuple(v_out.shape)} differ")
-    _check_index(op, "block_table", block_table, 2, "[B, max_blocks]")
-    _check_index(op, "cu_seq_lens", cu_seq_lens, 1, "[B+1]")
-    _check_index(op, "seq_starts", seq_starts, 1, "[B]")
-    b = block_table.shape[0]
-    if cu_seq_lens.shape[0] != b + 1 or seq_starts.shape[0] != b:
-        raise ValueError(f"rocm_attn.{op}: block_table has {b} rows, so cu_seq_lens needs {b + 1} entries and "
-                         f"seq_starts {b}; got {cu_seq_lens.shape[0]} and {seq_starts.shape[0]}")
+    check_gather_index(op, block_table, cu_seq_lens, seq_starts)
     check_same_device(op, k_cache=k_cache, block_table=block_table, cu_seq_lens=cu_seq_lens,
                       seq_starts=seq_starts, k_out=k_out, v_out=v_out)
 

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .common import check_float, check_rank, check_same_device
+from .common import check_float, check_gather_index, check_index, check_rank, check_same_device
 from .kv_cache import CACHE_DTYPES, BlockAllocator, check_block_table_values, check_slot_values
 from .registry import dispatch, register_provider, set_auto_order
 
@@ -63,12 +63,6 @@ class MLACache:
 
 # ---------------------------------------------------------------- checks
 
-def _check_index(op, name, t, rank, doc):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"rocm_attn.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"rocm_attn.{op}: {name} must be int32 or int64, got {t.dtype}")
-    check_rank(name, op, t, rank, doc)
 
 
 def _check_cache(op, latent_cache):
@@ -88,7 +82,7 @@ def check_mla_reshape_and_cache(kv_c, k_pe, latent_cache, slot_mapping):
     if kv_c.shape[0] != k_pe.shape[0] or kv_c.shape[1] + k_pe.shape[1] != latent_cache.shape[2]:
         raise ValueError(f"rocm_attn.{op}: kv_c {tuple(kv_c.shape)} and k_pe {tuple(k_pe.shape)} must have the "
                          f"same tokens and widths adding up to the cache's {latent_cache.shape[2]}")
-    _check_index(op, "slot_mapping", slot_mapping, 1, "[T]")
+    check_index(op, "slot_mapping", slot_mapping, 1, "[T]")
     if slot_mapping.shape[0] != kv_c.shape[0]:
         raise ValueError(f"rocm_attn.{op}: slot_mapping has {slot_mapping.shape[0]} entries for "
                          f"{kv_c.shape[0]} tokens")
@@ -102,13 +96,7 @@ def check_mla_gather_cache(latent_cache, block_table, cu_seq_lens, seq_starts, o
     check_rank("out", op, out, 2, "[W, kv_lora_rank + qk_rope_head_dim]")
     if out.shape[1] != latent_cache.shape[2]:
         raise ValueError(f"rocm_attn.{op}: out rows are {out.shape[1]} wide; the cache's are {latent_cache.shape[2]}")
-    _check_index(op, "block_table", block_table, 2, "[B, max_blocks]")
-    _check_index(op, "cu_seq_lens", cu_seq_lens, 1, "[B+1]")
-    _check_index(op, "seq_starts", seq_starts, 1, "[B]")
-    b = block_table.shape[0]
-    if cu_seq_lens.shape[0] != b + 1 or seq_starts.shape[0] != b:
-        raise ValueError(f"rocm_attn.{op}: block_table has {b} rows, so cu_seq_lens needs {b + 1} entries and "
-                         f"seq_starts {b}; got {cu_seq_lens.shape[0]} and {seq_starts.shape[0]}")
+    check_gather_index(op, block_table, cu_seq_lens, seq_starts)
     check_same_device(op, latent_cache=latent_cache, block_table=block_table, cu_seq_lens=cu_seq_lens,
                       seq_starts=seq_starts, out=out)
 
@@ -125,8 +113,8 @@ def check_mla_decode(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank
                          "(absorbed q = [q_nope @ W_UK, q_pe])")
     if not (0 < kv_lora_rank <= q.shape[2]):
         raise ValueError(f"rocm_attn.{op}: kv_lora_rank must be in 1..{q.shape[2]}, got {kv_lora_rank}")
-    _check_index(op, "seq_lens", seq_lens, 1, "[B]")
-    _check_index(op, "block_table", block_table, 2, "[B, max_blocks]")
+    check_index(op, "seq_lens", seq_lens, 1, "[B]")
+    check_index(op, "block_table", block_table, 2, "[B, max_blocks]")
     if seq_lens.shape[0] != q.shape[0] or block_table.shape[0] != q.shape[0]:
         raise ValueError(f"rocm_attn.{op}: q has {q.shape[0]} sequences; seq_lens has {seq_lens.shape[0]} and "
                          f"block_table {block_table.shape[0]} rows")
