@@ -373,7 +373,10 @@ def main(argv=None):
     for family in models:
         for variant in variants:
             print(f"== {family} {variant}", file=sys.stderr, flush=True)
-            rows += run_variant(family, variant, args, device)
+            new_rows = run_variant(family, variant, args, device)
+            for row in new_rows:  # as they come: a run cut short by a timeout still leaves its rows
+                print(json.dumps(row, default=str), file=sys.stderr, flush=True)
+            rows += new_rows
     table = markdown(rows)
     print(table)
     result = {

@@ -222,6 +222,8 @@ def run(argv=None) -> dict:
     t0 = time.perf_counter()
     error = None
     for i in range(1, args.steps + 1):
+        if i % 1000 == 0:
+            print(f"step {i}: {time.perf_counter() - t0:.1f} s, {soak.stats['mismatches']} mismatches", flush=True)
         try:
             soak.step(check=i % args.check_every == 0 or i == args.steps)
         except Exception as exc:  # a library error mid-soak is a finding: record it and stop

@@ -44,6 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--budget", type=float, default=FP8_BUDGET)
     p.add_argument("--bench", action="store_true")
+    p.add_argument(
+        "--llama8b-layers", type=int, default=0, metavar="L",
+        help="instead of the tiny model: random weights of the Llama-3.1-8B shapes, cut to L layers (for --bench)",
+    )
     return p.parse_args(argv)
 
 
@@ -52,24 +56,26 @@ def rel_err(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def tiny_llama_dir() -> str:
-    """Rank 0 writes a tiny random Llama (4 query / 2 KV heads: 2 / 1 per rank) to a temp directory."""
+def random_llama_dir(llama8b_layers: int = 0) -> str:
+    """Rank 0 writes a random Llama to a temp directory: tiny (4 query / 2 KV heads: 2 / 1 per rank), or
+    the Llama-3.1-8B shapes (32 / 8 heads, 4096 hidden, 14336 MLP) cut to `llama8b_layers` layers."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = [None]
     if dist.get_rank() == 0:
         torch.manual_seed(0)
-        cfg = LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=128,
-            max_position_embeddings=64,
-        )
+        if llama8b_layers:
+            shapes = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=llama8b_layers,
+                          num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                          max_position_embeddings=8192, rope_theta=500000.0)
+        else:
+            shapes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
         path[0] = tempfile.mkdtemp(prefix="rocm_attn_tp_")
-        LlamaForCausalLM(cfg).save_pretrained(path[0])
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # fast random init
+            model = LlamaForCausalLM(LlamaConfig(**shapes))
+        (model.to(torch.bfloat16) if llama8b_layers else model).save_pretrained(path[0])
+        del model
     dist.broadcast_object_list(path, src=0)
     return path[0]
 
@@ -132,7 +138,7 @@ def main(argv=None) -> int:
         if args.dtype
         else (torch.bfloat16 if args.device == "cuda" else torch.float32)
     )
-    path = args.model or tiny_llama_dir()
+    path = args.model or random_llama_dir(args.llama8b_layers)
 
     tp_model = AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", dtype=dtype).eval()
     one_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
@@ -140,12 +146,17 @@ def main(argv=None) -> int:
     torch.manual_seed(1)
     ids = torch.randint(1, vocab, (args.batch, args.seq_len)).to(device)
 
+    from rocm_attn.passes import report as report_mod
+
     seen = record_weight_scales()
+    report_mod.recent.clear()
     with torch.no_grad():
         eager = one_model(ids, use_cache=False).logits
         tp_eager = tp_model(ids, use_cache=False).logits
         tp_fn = torch.compile(lambda x: tp_model(x, use_cache=False).logits, backend="rocm_attn")
+        first_report = len(report_mod.recent)
         tp_out = tp_fn(ids)
+        tp_reports = report_mod.recent[first_report:]  # one per graph the TP compile captured
         per_shard = scales_are_per_shard(tp_model, seen)
         torch._dynamo.reset()
         one_fn = torch.compile(lambda x: one_model(x, use_cache=False).logits, backend="rocm_attn")
@@ -157,9 +168,6 @@ def main(argv=None) -> int:
                 "one_device_ms": 1e3 * forward_time(one_fn, ids),
             }
 
-    from rocm_attn.passes import report as report_mod
-
-    report = report_mod.recent[-2] if len(report_mod.recent) >= 2 else None  # the TP compile
     result = {
         "rank": rank,
         "world": world,
@@ -169,10 +177,11 @@ def main(argv=None) -> int:
         "tp_rocm_attn_vs_eager": rel_err(tp_out, eager),
         "tp_rocm_attn_vs_one_device_rocm_attn": rel_err(tp_out, one_out),
         "one_device_rocm_attn_vs_eager": rel_err(one_out, eager),
-        "linear_rewritten": report.linear_rewritten if report else None,
-        "linear_total": report.linear_total if report else None,
-        "attention_rewritten": report.attention_rewritten if report else None,
-        "pass_errors": report.errors if report else None,
+        "graphs": len(tp_reports),
+        "linear_rewritten": sum(r.linear_rewritten for r in tp_reports),
+        "linear_total": sum(r.linear_total for r in tp_reports),
+        "attention_rewritten": sum(r.attention_rewritten for r in tp_reports),
+        "pass_errors": [e for r in tp_reports for e in r.errors],
         "scales_per_shard": per_shard,
         **timing,
     }
@@ -187,6 +196,9 @@ def main(argv=None) -> int:
         for r in results
     )
     if rank == 0:
+        if not ok:  # say what the TP compile saw
+            for r in tp_reports:
+                print(r, file=sys.stderr)
         print(json.dumps({"ok": ok, "budget": args.budget, "ranks": results}))
         if args.model is None:
             shutil.rmtree(path, ignore_errors=True)

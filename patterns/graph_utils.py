@@ -70,6 +70,16 @@ def placeholder_index(gm: fx.GraphModule) -> dict[fx.Node, int]:
     return {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
 
 
+def is_to_local(node: fx.Node) -> bool:
+    """``dtensor.to_local()`` as Dynamo records it: a method call (torch >= 2.13), or a call of its own
+    ``prim_to_local`` helper (torch 2.11: ``torch._dynamo.variables.tensor.prim_to_local``)."""
+    if len(node.args) != 1 or node.kwargs:
+        return False
+    if node.op == "call_method":
+        return node.target == "to_local"
+    return node.op == "call_function" and getattr(node.target, "__name__", "") == "prim_to_local"
+
+
 def parameter_of(node, gm: fx.GraphModule, example_inputs) -> torch.nn.Parameter | None:
     """The real nn.Parameter behind a placeholder (Dynamo lifts parameters to inputs) or get_attr."""
     if not isinstance(node, fx.Node):
@@ -85,7 +95,7 @@ def parameter_of(node, gm: fx.GraphModule, example_inputs) -> torch.nn.Parameter
         for part in str(node.target).split("."):
             t = getattr(t, part, None)
         return t if isinstance(t, torch.nn.Parameter) else None
-    if node.op == "call_method" and node.target == "to_local" and len(node.args) == 1:
+    if is_to_local(node):
         # a tensor-parallel weight (a DTensor parameter, e.g. HF tp_plan="auto"): this rank's shard,
         # so FP8 weight scales are per channel of the shard
         t = parameter_of(node.args[0], gm, example_inputs)

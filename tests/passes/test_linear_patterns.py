@@ -136,3 +136,37 @@ def test_dtype_mismatch_stays_with_reason():
     half = nn.Linear(32, 16).half().eval()
     _, gm, gr = capture(lambda x: nn.functional.linear(x, half.weight.float()), torch.randn(2, 32))
     assert gr.sites == []  # weight.float() is computed, not a parameter: not a linear layer site
+
+
+class _ShardedParameter(nn.Parameter):
+    """Stands in for a DTensor parameter: ``to_local()`` gives this rank's shard (the first rows)."""
+
+    def to_local(self):
+        return self.data[: self.shape[0] // 2]
+
+
+def prim_to_local(t):  # the name Dynamo (torch 2.11) gives its to_local helper
+    return t.to_local()
+
+
+@pytest.mark.parametrize("form", ["call_method", "prim_to_local", "other_function"])
+def test_parameter_of_sees_the_local_shard_of_a_tp_weight(form):
+    from torch import fx
+    from rocm_attn.patterns.graph_utils import parameter_of
+
+    weight = _ShardedParameter(torch.randn(8, 4))
+    graph = fx.Graph()
+    w = graph.placeholder("w")
+    if form == "call_method":
+        local = graph.call_method("to_local", (w,))
+    elif form == "prim_to_local":
+        local = graph.call_function(prim_to_local, (w,))
+    else:  # any other op on the weight is not its shard
+        local = graph.call_function(torch.neg, (w,))
+    graph.output(local)
+    gm = fx.GraphModule(nn.Module(), graph)
+    got = parameter_of(local, gm, [weight])
+    if form == "other_function":
+        assert got is None
+    else:
+        assert torch.equal(got, weight.data[:4])
