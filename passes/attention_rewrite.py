@@ -51,4 +51,10 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
         site.reason = f"flash_attention(causal={m.causal}, scale={m.scale:.4g}, softcap={m.softcap:g})"
         site.detail = dict(m.detail)
         rewritten += 1
+    if rewritten and config.attention_backend != "TRITON_ATTN":
+        # the backends differ in how they read a paged cache; a graph's dense attention has none
+        graph_report.notes.append(
+            f"attention_backend={config.attention_backend} applies to paged-cache attention (patch(), "
+            "RocmAttnCache, generate_batch); this graph's dense attention runs flash_attention"
+        )
     return rewritten

@@ -181,3 +181,16 @@ def test_training_graph_is_not_rewritten():
     torch._dynamo.reset()
     torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), backend=backend)(q, k, v)
     assert "autograd" in seen["report"].sites[0].reason
+
+
+@pytest.mark.parametrize("backend, noted", [("TRITON_ATTN", False), ("ROCM_AITER_FA", True)])
+def test_attention_backend_in_a_dense_graph_is_reported(backend, noted):
+    """A compiled graph without a paged cache has no use for the paged backends: the report says so."""
+    q, k, v = qkv()
+
+    def f(q, k, v):
+        return F.scaled_dot_product_attention(q, repeat_kv(k, 2), repeat_kv(v, 2), is_causal=True)
+
+    _, gm, report = capture(f, q, k, v, attention_backend=backend)
+    assert count(gm, FLASH) == 1
+    assert any("attention_backend=ROCM_AITER_FA" in note for note in report.notes) == noted
