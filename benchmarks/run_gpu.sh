@@ -6,10 +6,18 @@
 #   bash benchmarks/run_gpu.sh tests            # tests/gpu only (~5 min on an H100, first-call autotune included)
 #   bash benchmarks/run_gpu.sh bench --quick    # kernel benchmarks (extra args go to each script)
 #   bash benchmarks/run_gpu.sh tune             # the tuning sweeps (paste their tables back into the kernels)
+#   bash benchmarks/run_gpu.sh multi            # 2 GPUs: tensor parallel check + bench, the two soaks side by side
+#   bash benchmarks/run_gpu.sh e2e              # end to end (8 layers of the 8B configs; 2 GPUs: one model each),
+#                                               # plus fused projections on/off; carry torchao as a wheel in .whl/
+# The device tool returns at most 8 files: with OUT set, the logs are packed into $OUT/<mode>.tgz at the end.
 set -uo pipefail
 what=${1:-all}; shift || true
-out=${OUT:-results}; mkdir -p "$out"
+out=${OUT:-results}/$what; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then  # carried wheels (torchao, ...): the GPU image cannot reach PyPI
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { cat "$out/install.log"; exit 1; }
 rocm-attn env > "$out/env.txt" 2>&1
 if [ "$what" = tests ] || [ "$what" = all ]; then
@@ -29,9 +37,35 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   timeout 240 python3 benchmarks/bench_compile.py --layers 8 --out "$out/bench_compile.json" > "$out/bench_compile.txt" 2>&1
   tail -12 "$out/bench_compile.txt"
 fi
+if [ "$what" = multi ]; then
+  timeout 150 torchrun --standalone --nproc-per-node 2 examples/tensor_parallel.py > "$out/tp_tiny.txt" 2>&1
+  echo "tp tiny rc=$?"; grep '"ok"' "$out/tp_tiny.txt" | cut -c 1-400
+  timeout 240 torchrun --standalone --nproc-per-node 2 examples/tensor_parallel.py --llama8b-layers 4 --batch 8 \
+    --seq-len 1024 --bench --budget 0.3 > "$out/tp_llama8b4.txt" 2>&1
+  echo "tp llama8b x4 rc=$?"; grep '"ok"' "$out/tp_llama8b4.txt" | cut -c 1-600
+  CUDA_VISIBLE_DEVICES=0 timeout 420 python3 benchmarks/soak_attention.py --json "$out/soak_standard.json" \
+    > "$out/soak_standard.txt" 2>&1 & p1=$!
+  CUDA_VISIBLE_DEVICES=1 timeout 420 python3 benchmarks/soak_attention.py --layout shuffled --backend ROCM_AITER_FA \
+    --json "$out/soak_shuffled.json" > "$out/soak_shuffled.txt" 2>&1 & p2=$!
+  wait $p1 $p2; tail -n 4 "$out/soak_standard.txt" "$out/soak_shuffled.txt"
+fi
+if [ "$what" = e2e ]; then
+  variants=inductor,torchao_fp8_rowwise,rocm_attn_ptpc:TRITON_ATTN,rocm_attn_ptpc:ROCM_AITER_FA
+  CUDA_VISIBLE_DEVICES=0 timeout 450 python3 benchmarks/bench_e2e.py --models llama --layers 8 --variants $variants \
+    --out "$out/e2e_llama.json" > "$out/e2e_llama.txt" 2>&1 & p1=$!
+  second=1; [ "$(nvidia-smi -L | wc -l)" -lt 2 ] && { wait $p1; second=0; }
+  CUDA_VISIBLE_DEVICES=$second timeout 450 python3 benchmarks/bench_e2e.py --models qwen3 --layers 8 \
+    --variants $variants --out "$out/e2e_qwen3.json" > "$out/e2e_qwen3.txt" 2>&1 & p2=$!
+  wait $p1 $p2 2>/dev/null; tail -n 30 "$out/e2e_llama.txt" "$out/e2e_qwen3.txt"
+  for f in 0 1; do
+    timeout 200 python3 benchmarks/bench_compile.py --layers 8 --fuse-projections $f --out "$out/compile_fuse$f.json" \
+      > "$out/compile_fuse$f.txt" 2>&1; tail -n 8 "$out/compile_fuse$f.txt"
+  done
+fi
 if [ "$what" = tune ]; then
   for t in tune_linear tune_decode tune_prefill; do
     timeout 200 python3 "benchmarks/$t.py" --out "$out/$t.json" "$@" > "$out/$t.txt" 2>&1
     tail -30 "$out/$t.txt"
   done
 fi
+if [ -n "${OUT:-}" ]; then tar czf "$OUT/$what.tgz" -C "$OUT" "$what" && rm -rf "${OUT:?}/$what"; fi
