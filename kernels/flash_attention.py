@@ -5,7 +5,7 @@ cu_seqlens_k[B+1], max_seqlen_q, max_seqlen_k, scale, causal, sliding_window=0, 
 q_pos_offsets=None) -> (out[Tq,Hq,Dv], lse[Hq,Tq] fp32)``
 
 ``torch.ops.rocm_attn.flash_attention(q[B,Hq,Sq,D], k[B,Hkv,Sk,D], v[B,Hkv,Sk,Dv], attn_mask, scale,
-causal, sliding_window=0, softcap=0.0) -> out[B,Hq,Sq,Dv]``
+causal, sliding_window=0, softcap=0.0, key_valid=None) -> out[B,Hq,Sq,Dv]``
 
 Semantics shared by both:
 - positions: query i of a sequence with Lq queries and Lk keys sits at position Lk - Lq + i
@@ -23,6 +23,11 @@ Semantics shared by both:
 attn_mask (dense op only), exactly SDPA's: bool (True = attend) or additive float, broadcastable
 to [B, Hq, Sq, Sk] (e.g. [B,1,Sq,Sk], [B,1,1,Sk], [Sq,Sk]). The dense output is a [B,Hq,Sq,Dv] view
 of a contiguous [B,Sq,Hq,Dv] buffer: HF transposes it straight back, for free.
+
+key_valid (dense op only): bool [B, Sk], True = key j of batch row b may be attended (HF's 2-D
+attention_mask as key padding). Any 0/1 pattern is exact (left / right padding, holes); it is ANDed
+with causal, sliding_window and attn_mask. It replaces a [B,1,Sq,Sk] padding mask by one [B,Sk]
+vector: the kernel reads a [BLOCK_N] slice per key block instead of a [BLOCK_M, BLOCK_N] tile.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ def check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, sliding_wind
     check_same_device(op, q=q, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, q_pos_offsets=q_pos_offsets)
 
 
-def check_dense_inputs(q, k, v, attn_mask, scale, sliding_window, softcap):
+def check_dense_inputs(q, k, v, attn_mask, scale, sliding_window, softcap, key_valid=None):
     op = "flash_attention"
     _check_common(op, q, k, v, scale, sliding_window, softcap)
     check_rank("q", op, q, 4, "[B, Hq, Sq, D]")
@@ -113,6 +118,14 @@ def check_dense_inputs(q, k, v, attn_mask, scale, sliding_window, softcap):
         if not ok:
             raise ValueError(f"rocm_attn.{op}: attn_mask of shape {tuple(attn_mask.shape)} does not "
                              f"broadcast to [B, Hq, Sq, Sk] = {list(full)}")
+    if key_valid is not None:
+        if key_valid.dtype != torch.bool or key_valid.dim() != 2:
+            raise TypeError(f"rocm_attn.{op}: key_valid must be a bool [B, Sk] tensor (True = attend), got "
+                            f"{key_valid.dtype} {tuple(key_valid.shape)}")
+        if key_valid.shape[0] != q.shape[0] or key_valid.shape[1] != k.shape[2]:
+            raise ValueError(f"rocm_attn.{op}: key_valid of shape {tuple(key_valid.shape)} is not [B, Sk] = "
+                             f"{[q.shape[0], k.shape[2]]}")
+        check_same_device(op, q=q, key_valid=key_valid)
 
 
 def expand_mask(attn_mask: torch.Tensor, B: int, H: int, Sq: int, Sk: int) -> torch.Tensor:
@@ -125,9 +138,10 @@ def expand_mask(attn_mask: torch.Tensor, B: int, H: int, Sq: int, Sk: int) -> to
 # ----------------------------------------------------------------------------- torch reference
 
 
-def attend_fp32(q, k, v, scale, causal, sliding_window, softcap, q_pos0, mask=None):
+def attend_fp32(q, k, v, scale, causal, sliding_window, softcap, q_pos0, mask=None, key_valid=None):
     """One sequence, fp32. q [Hq,Lq,D], k [Hkv,Lk,D], v [Hkv,Lk,Dv]; query i at position q_pos0 + i.
-    mask: None, bool [Hq|1, Lq, Lk] (True = attend) or float (additive). Returns (out [Hq,Lq,Dv], lse [Hq,Lq])."""
+    mask: None, bool [Hq|1, Lq, Lk] (True = attend) or float (additive); key_valid: None or bool [Lk].
+    Returns (out [Hq,Lq,Dv], lse [Hq,Lq])."""
     hq, lq, _ = q.shape
     hkv, lk, dv = v.shape
     group = hq // hkv
@@ -143,6 +157,8 @@ def attend_fp32(q, k, v, scale, causal, sliding_window, softcap, q_pos0, mask=No
         visible &= kpos <= qpos
     if sliding_window > 0:
         visible &= (qpos - kpos) < sliding_window
+    if key_valid is not None:
+        visible &= key_valid.unsqueeze(0)
     s = s.masked_fill(~visible, float("-inf"))
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.float()
@@ -181,14 +197,15 @@ def dense_out_buffer(q, v):
     return torch.empty(B, Sq, Hq, v.shape[-1], dtype=q.dtype, device=q.device).transpose(1, 2)
 
 
-def flash_attention_torch(q, k, v, attn_mask, scale, causal, sliding_window=0, softcap=0.0):
+def flash_attention_torch(q, k, v, attn_mask, scale, causal, sliding_window=0, softcap=0.0, key_valid=None):
     B, Hq, Sq, _ = q.shape
     Sk = k.shape[2]
     out = dense_out_buffer(q, v)
     mask = expand_mask(attn_mask, B, Hq, Sq, Sk) if attn_mask is not None else None
     for b in range(B):
         o, _ = attend_fp32(q[b], k[b], v[b], scale, causal, sliding_window, softcap, Sk - Sq,
-                           mask[b] if mask is not None else None)
+                           mask[b] if mask is not None else None,
+                           key_valid[b] if key_valid is not None else None)
         out[b] = o.to(q.dtype)
     return out
 
@@ -216,10 +233,10 @@ def flash_attn_varlen_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
 
 
 @register_provider("flash_attention", "triton", supports=_triton_supports)
-def flash_attention_triton(q, k, v, attn_mask, scale, causal, sliding_window=0, softcap=0.0):
+def flash_attention_triton(q, k, v, attn_mask, scale, causal, sliding_window=0, softcap=0.0, key_valid=None):
     from .triton_kernels.flash_attention import flash_attention_dense_launch
 
-    return flash_attention_dense_launch(q, k, v, attn_mask, scale, causal, sliding_window, softcap)
+    return flash_attention_dense_launch(q, k, v, attn_mask, scale, causal, sliding_window, softcap, key_valid)
 
 
 # ----------------------------------------------------------------------------- aiter (ROCm)
@@ -289,14 +306,17 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, ca
 def flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor],
     scale: float, causal: bool, sliding_window: int = 0, softcap: float = 0.0,
+    key_valid: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Dense batched flash attention, SDPA semantics for attn_mask and GQA -> [B,Hq,Sq,Dv] (a view of a
-    contiguous [B,Sq,Hq,Dv] buffer). Fully masked rows give 0, not NaN. See module doc."""
-    check_dense_inputs(q, k, v, attn_mask, scale, sliding_window, softcap)
-    return dispatch("flash_attention", q.device, q, k, v, attn_mask, scale, causal, sliding_window, softcap)
+    contiguous [B,Sq,Hq,Dv] buffer); key_valid [B,Sk] bool = per-row key padding. Fully masked rows give
+    0, not NaN. See module doc."""
+    check_dense_inputs(q, k, v, attn_mask, scale, sliding_window, softcap, key_valid)
+    return dispatch("flash_attention", q.device, q, k, v, attn_mask, scale, causal, sliding_window, softcap,
+                    key_valid)
 
 
 @flash_attention.register_fake
-def _(q, k, v, attn_mask, scale, causal, sliding_window=0, softcap=0.0):
-    check_dense_inputs(q, k, v, attn_mask, scale, sliding_window, softcap)
+def _(q, k, v, attn_mask, scale, causal, sliding_window=0, softcap=0.0, key_valid=None):
+    check_dense_inputs(q, k, v, attn_mask, scale, sliding_window, softcap, key_valid)
     return dense_out_buffer(q, v)

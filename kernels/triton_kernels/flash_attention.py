@@ -5,7 +5,8 @@ visible key blocks with an online softmax (fp32 running max / sum / accumulator,
 log2(e) folded into the scale). The key range is split in three: blocks that need masking
 at the sliding-window edge, blocks that need none (the hot loop), and blocks at the causal
 diagonal / sequence end; blocks no query of the program can see are never visited. A user
-mask (dense launcher) is loaded per tile through its broadcast strides.
+mask (dense launcher) is loaded per tile through its broadcast strides; a key-validity vector
+(dense launcher, HAS_KEY_VALID: HF key padding) as one [BLOCK_N] slice per key block.
 
 Hopper prefill config: BLOCK_M 128, BLOCK_N 64/128, 8 warps, 2-4 stages (autotuned over a
 few); short query blocks (decode against a cache) use BLOCK_M 16.
@@ -31,14 +32,14 @@ def _tanh(x):
 
 @triton.jit
 def _attend_block(
-    acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, start_n,
+    acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n,
     offs_m, offs_n, q_pos, seqlen_q, seqlen_k,
     stride_ks, stride_vs, stride_mn,
     qk_scale, softcap_scale, softcap_out, window,
     offs_d, offs_dv, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     PAD_D: tl.constexpr, PAD_DV: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, HAS_KEY_VALID: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     n = start_n + offs_n
     # K is read transposed: [HEAD_D, BLOCK_N]
@@ -54,7 +55,7 @@ def _attend_block(
     else:
         k = tl.load(kp)
     qk = tl.dot(q, k, input_precision=DOT_PREC)
-    if not (MASKED or SOFTCAP or HAS_MASK):
+    if not (MASKED or SOFTCAP or HAS_MASK or HAS_KEY_VALID):
         # hot path: scale folded into one FMA with the max subtraction; every row sees a finite
         # score here, so m_new is finite and needs no -inf guard
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -83,6 +84,9 @@ def _attend_block(
                 # clamp finite "minus infinity" (finfo.min) so that * log2(e) stays finite; -inf stays -inf
                 bias2 = tl.maximum(bias, -2.0e38) * 1.4426950408889634
                 qk = qk + tl.where(bias == float("-inf"), float("-inf"), bias2)
+        if HAS_KEY_VALID:
+            key_ok = tl.load(key_valid_ptr + n, mask=n < seqlen_k, other=0)
+            qk = tl.where(key_ok[None, :] != 0, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
         p = tl.exp2(qk - m_safe[:, None])
@@ -105,13 +109,13 @@ def _attend_block(
 
 @triton.jit
 def _flash_attn_fwd_kernel(
-    Q, K, V, O, LSE, MASK, CU_Q, CU_K, QPOS,
+    Q, K, V, O, LSE, MASK, KEY_VALID, CU_Q, CU_K, QPOS,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
     stride_ob, stride_oh, stride_os,
     stride_lse_h,
-    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_mb, stride_mh, stride_mm, stride_mn, stride_kvalid_b,
     seq_q, seq_k,
     qk_scale, softcap_scale, softcap_out, window,
     GROUP: tl.constexpr,
@@ -119,7 +123,7 @@ def _flash_attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_QPOS: tl.constexpr, STORE_LSE: tl.constexpr,
     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, HAS_KEY_VALID: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     # heavy (late, for causal) query blocks first: better tail balance
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -167,6 +171,10 @@ def _flash_attn_fwd_kernel(
                      + offs_m[:, None].to(tl.int64) * stride_mm + offs_n[None, :] * stride_mn)
     else:
         mask_ptrs = MASK
+    if HAS_KEY_VALID:
+        key_valid_ptr = KEY_VALID + b64 * stride_kvalid_b
+    else:
+        key_valid_ptr = KEY_VALID
 
     # visible key range [lo, hi) and its mask-free middle [full_lo, full_hi)
     pos_first = q_pos0 + m0
@@ -191,22 +199,25 @@ def _flash_attn_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for start_n in range(lo, full_lo, BLOCK_N):
         acc, l_i, m_i = _attend_block(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, start_n, offs_m, offs_n, q_pos, seqlen_q, seqlen_k,
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n, offs_m, offs_n, q_pos,
+            seqlen_q, seqlen_k,
             stride_ks, stride_vs, stride_mn, qk_scale, softcap_scale, softcap_out, window,
             offs_d, offs_dv, HEAD_D, HEAD_DV, PAD_D, PAD_DV,
-            True, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, DOT_PREC)
+            True, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, HAS_KEY_VALID, DOT_PREC)
     for start_n in range(full_lo, full_hi, BLOCK_N):
         acc, l_i, m_i = _attend_block(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, start_n, offs_m, offs_n, q_pos, seqlen_q, seqlen_k,
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n, offs_m, offs_n, q_pos,
+            seqlen_q, seqlen_k,
             stride_ks, stride_vs, stride_mn, qk_scale, softcap_scale, softcap_out, window,
             offs_d, offs_dv, HEAD_D, HEAD_DV, PAD_D, PAD_DV,
-            False, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, DOT_PREC)
+            False, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, HAS_KEY_VALID, DOT_PREC)
     for start_n in range(full_hi, hi, BLOCK_N):
         acc, l_i, m_i = _attend_block(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, start_n, offs_m, offs_n, q_pos, seqlen_q, seqlen_k,
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n, offs_m, offs_n, q_pos,
+            seqlen_q, seqlen_k,
             stride_ks, stride_vs, stride_mn, qk_scale, softcap_scale, softcap_out, window,
             offs_d, offs_dv, HEAD_D, HEAD_DV, PAD_D, PAD_DV,
-            True, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, DOT_PREC)
+            True, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, HAS_KEY_VALID, DOT_PREC)
 
     # rows that saw no key: l = 0 -> out 0, lse -inf
     seen = l_i > 0.0
@@ -233,13 +244,15 @@ def _prefill_kernel():
         configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                    for bm, bn, w, s in PREFILL_CONFIGS]
         _autotuned = triton.autotune(
-            configs, key=["HEAD_D", "HEAD_DV", "IS_VARLEN", "CAUSAL", "WINDOW", "SOFTCAP", "HAS_MASK", "DOT_PREC"],
+            configs,
+            key=["HEAD_D", "HEAD_DV", "IS_VARLEN", "CAUSAL", "WINDOW", "SOFTCAP", "HAS_MASK", "HAS_KEY_VALID",
+                 "DOT_PREC"],
         )(_flash_attn_fwd_kernel)
     return _autotuned
 
 
 def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, max_seqlen_q, batch, scale,
-            causal, sliding_window, softcap, is_varlen, config=None):
+            causal, sliding_window, softcap, is_varlen, config=None, key_valid=None):
     hq, hkv = strides["hq"], strides["hkv"]
     D, Dv = q.shape[-1], v.shape[-1]
     if softcap > 0:
@@ -249,8 +262,10 @@ def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, ma
     bool_mask = mask is not None and mask.dtype == torch.uint8
     args = [
         q, k, v, out, lse if lse is not None else out, mask if mask is not None else q,
+        key_valid if key_valid is not None else q,
         cu_q if cu_q is not None else q, cu_k if cu_k is not None else q, qpos if qpos is not None else q,
         *strides["q"], *strides["k"], *strides["v"], *strides["o"], strides["lse"], *strides["mask"],
+        key_valid.stride(0) if key_valid is not None else 0,
         seq_q, seq_k,
     ]
     flags = dict(
@@ -258,7 +273,7 @@ def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, ma
         BLOCK_D=max(triton.next_power_of_2(D), 16), BLOCK_DV=max(triton.next_power_of_2(Dv), 16),
         IS_VARLEN=is_varlen, HAS_QPOS=qpos is not None, STORE_LSE=lse is not None,
         CAUSAL=bool(causal), WINDOW=sliding_window > 0, SOFTCAP=softcap > 0,
-        HAS_MASK=mask is not None, BOOL_MASK=bool_mask,
+        HAS_MASK=mask is not None, BOOL_MASK=bool_mask, HAS_KEY_VALID=key_valid is not None,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
     )
     scalars = (float(qk_scale), float(softcap_scale), float(softcap_out), int(sliding_window))
@@ -276,7 +291,7 @@ def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, ma
         run(_flash_attn_fwd_kernel, bm, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
         return
     config = _fixed_config(max_seqlen_q, D, Dv, q.dtype)
-    plain = not (flags["WINDOW"] or flags["SOFTCAP"] or flags["HAS_MASK"])
+    plain = not (flags["WINDOW"] or flags["SOFTCAP"] or flags["HAS_MASK"] or flags["HAS_KEY_VALID"])
     if config is None and plain:
         # the hot path (plain causal / non-causal prefill): autotuned once per key
         _prefill_kernel()[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), hq, batch)](
@@ -321,7 +336,8 @@ def flash_attn_varlen_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     return out, lse
 
 
-def flash_attention_dense_launch(q, k, v, attn_mask, scale, causal, sliding_window=0, softcap=0.0):
+def flash_attention_dense_launch(q, k, v, attn_mask, scale, causal, sliding_window=0, softcap=0.0,
+                                 key_valid=None):
     from ..flash_attention import dense_out_buffer, expand_mask
 
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
@@ -335,6 +351,8 @@ def flash_attention_dense_launch(q, k, v, attn_mask, scale, causal, sliding_wind
         if mask.dtype == torch.bool:
             mask = mask.view(torch.uint8)
         mask_strides = tuple(mask.stride())
+    if key_valid is not None:  # [B, Sk] bool -> uint8, keys contiguous (the kernel reads key_valid[b, n])
+        key_valid = key_valid.contiguous().view(torch.uint8)
     strides = dict(
         hq=hq, hkv=hkv,
         q=(q.stride(0), q.stride(1), q.stride(2)), k=(k.stride(0), k.stride(1), k.stride(2)),
@@ -342,5 +360,5 @@ def flash_attention_dense_launch(q, k, v, attn_mask, scale, causal, sliding_wind
         lse=0, mask=mask_strides,
     )
     _launch(q, k, v, out, None, mask, None, None, None, strides, sq, sk, sq, B, scale, causal, sliding_window,
-            softcap, False)
+            softcap, False, key_valid=key_valid)
     return out

@@ -127,6 +127,76 @@ def test_dense_strided_inputs_and_dv(provider):
     assert out.shape == (2, 4, 9, 16) and rel_err(out, ref) < 1e-5
 
 
+def key_valid_case(pattern, B, sk):
+    """[B, Sk] bool key validity: row 0 always all valid, then left / right padding or holes."""
+    valid = torch.ones(B, sk, dtype=torch.bool)
+    for b in range(1, B):
+        n = int(torch.randint(1, sk - 1, ()))
+        if pattern == "left":
+            valid[b, :n] = False
+        elif pattern == "right":
+            valid[b, n:] = False
+        else:  # holes: any 0/1 pattern, one row fully invalid
+            valid[b] = torch.rand(sk) > 0.4
+    if pattern == "holes":
+        valid[-1] = False
+    return valid
+
+
+def dense_key_valid_reference(q, k, v, scale, causal, window, softcap, valid):
+    """loop_reference per batch row with key validity as a bool [1, Sq, Sk] mask."""
+    outs = []
+    for b in range(q.shape[0]):
+        mask = valid[b].view(1, 1, -1).expand(1, q.shape[2], -1)
+        outs.append(loop_reference(q[b], k[b], v[b], scale, causal, window, softcap, mask=mask)[0])
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("pattern", ["left", "right", "holes"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("group", [1, 4])
+def test_dense_key_valid_vs_loop(provider, pattern, causal, group):
+    B, hkv, S, D = 3, 2, 19, 16
+    q = torch.randn(B, hkv * group, S, D)
+    k, v = torch.randn(B, hkv, S, D), torch.randn(B, hkv, S, D)
+    valid = key_valid_case(pattern, B, S)
+    out = run(provider, torch.ops.rocm_attn.flash_attention, q, k, v, None, 0.3, causal, 0, 0.0, valid)
+    ref = dense_key_valid_reference(q, k, v, 0.3, causal, 0, 0.0, valid)
+    assert out.shape == ref.shape and rel_err(out, ref) < 1e-5  # rows with no visible key: 0 in both
+    # the same as the [B,1,Sq,Sk] bool mask HF builds for it, on rows that see a key
+    mask = valid[:, None, None, :].expand(B, 1, S, S)
+    if causal:
+        mask = mask & torch.ones(S, S, dtype=torch.bool).tril()
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3, enable_gqa=True)
+    seen = mask.any(-1, keepdim=True).expand_as(out)
+    assert rel_err(out[seen], sdpa[seen]) < 1e-5
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("sq,sk,window,softcap", [(7, 7, 4, 0.0), (5, 23, 6, 2.5), (1, 30, 0, 3.0)])
+def test_dense_key_valid_window_softcap_fp16(provider, sq, sk, window, softcap):
+    q = torch.randn(2, 4, sq, 32, dtype=torch.float16)
+    k, v = torch.randn(2, 1, sk, 32, dtype=torch.float16), torch.randn(2, 1, sk, 32, dtype=torch.float16)
+    valid = key_valid_case("left", 2, sk)
+    flash = torch.ops.rocm_attn.flash_attention
+    out = run(provider, flash, q, k, v, None, 0.35, True, window, softcap, valid)
+    ref = dense_key_valid_reference(q, k, v, 0.35, True, window, softcap, valid)
+    assert out.dtype == torch.float16 and rel_err(out, ref) < 2e-3
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_dense_key_valid_and_mask(provider):
+    """key_valid is ANDed with a float attn_mask."""
+    q, k, v = torch.randn(2, 2, 6, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
+    valid = key_valid_case("holes", 2, 9)
+    bias = torch.randn(2, 1, 6, 9)
+    out = run(provider, torch.ops.rocm_attn.flash_attention, q, k, v, bias, 0.25, False, 0, 0.0, valid)
+    masked = bias.masked_fill(~valid[:, None, None], -math.inf)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=masked, scale=0.25)
+    assert rel_err(out[0], ref[0]) < 1e-5 and (out[1] == 0).all()  # row 1 has no valid key
+
+
 # ----------------------------------------------------------------------------- varlen
 
 
@@ -201,6 +271,10 @@ def test_bad_inputs():
         torch.ops.rocm_attn.flash_attention(q.half(), k, v, None, 0.1, False)
     with pytest.raises(ValueError, match="sliding_window"):
         torch.ops.rocm_attn.flash_attention(q, k, v, None, 0.1, True, -1)
+    with pytest.raises(TypeError, match="key_valid"):
+        torch.ops.rocm_attn.flash_attention(q, k, v, None, 0.1, False, 0, 0.0, torch.ones(1, 4))
+    with pytest.raises(ValueError, match="key_valid"):
+        torch.ops.rocm_attn.flash_attention(q, k, v, None, 0.1, False, 0, 0.0, torch.ones(1, 5) > 0)
     cu = torch.tensor([0, 4], dtype=torch.int64)
     with pytest.raises(ValueError, match="int32"):
         torch.ops.rocm_attn.flash_attn_varlen(q[0], k[0], v[0], cu, cu, 4, 4, 0.1, True)
@@ -210,5 +284,8 @@ def test_opcheck():
     q, k, v = torch.randn(2, 4, 5, 16), torch.randn(2, 2, 7, 16), torch.randn(2, 2, 7, 16)
     mask = torch.rand(2, 1, 5, 7) > 0.2
     torch.library.opcheck(torch.ops.rocm_attn.flash_attention.default, (q, k, v, mask, 0.2, True, 0, 0.0))
+    valid = key_valid_case("holes", 2, 7)
+    torch.library.opcheck(torch.ops.rocm_attn.flash_attention.default,
+                          (q, k, v, None, 0.2, True, 0, 0.0, valid))
     q, k, v, cq, ck = varlen_case([3, 5], [4, 9], 4, 2, 16, 16, torch.float32)
     torch.library.opcheck(torch.ops.rocm_attn.flash_attn_varlen.default, (q, k, v, cq, ck, 5, 9, 0.2, True))
