@@ -118,17 +118,17 @@ def build_metadata(context_lens, query_lens, block_tables, block_size: int,
             raise ValueError(
                 f"rocm_attn.build_metadata: sequence {b} has {c + q} tokens and needs {need} blocks of "
                 f"{block_size}, but its block table lists {len(blocks)}")
-        if any(blk < 0 for blk in blocks[:need]):
+        if min(blocks[:need], default=0) < 0:
             raise ValueError(f"rocm_attn.build_metadata: sequence {b}: negative block id in {blocks[:need]}")
-        pos = range(c, c + q)
-        slots.extend(blocks[p // block_size] * block_size + p % block_size for p in pos)
+        # positions c .. c+q-1, one run of consecutive slots per block they touch (no loop over tokens)
+        for i in range(c // block_size, need):
+            lo, hi = max(c, i * block_size), min(c + q, (i + 1) * block_size)
+            base = (blocks[i] - i) * block_size  # slot of position p in block i: base + p
+            slots.extend(range(base + lo, base + hi))
     width = max((len(r) for r in block_tables), default=0)
     width = max(width, 1) if max_blocks is None else max_blocks
-    table = torch.zeros((len(block_tables), width), dtype=torch.int32)
-    for b, row in enumerate(block_tables):
-        row = row[:width]
-        if row:
-            table[b, : len(row)] = torch.tensor(row, dtype=torch.int32)
+    padded = [row[:width] + [0] * (width - len(row)) for row in block_tables]
+    table = torch.tensor(padded, dtype=torch.int32).reshape(len(block_tables), width)
     qsl = [0]
     for q in query_lens:
         qsl.append(qsl[-1] + q)
@@ -167,14 +167,8 @@ def build_metadata_from_allocator(allocator: BlockAllocator, seq_ids, query_lens
                          f"{len(query_lens)} query_lens")
     if len(set(seq_ids)) != len(seq_ids):
         raise ValueError("rocm_attn.build_metadata_from_allocator: a sequence appears twice in seq_ids")
-    context_lens = []
-    for s, q in zip(seq_ids, query_lens):
-        if s in allocator:
-            context_lens.append(allocator.seq_len(s))
-            allocator.append(s, q)
-        else:
-            context_lens.append(0)
-            allocator.allocate(s, q)
+    # grow(), not append(): append builds a slot tensor on the device per sequence (a copy and a sync each)
+    context_lens = [allocator.grow(s, q) for s, q in zip(seq_ids, query_lens, strict=True)]
     tables = [allocator.blocks(s) for s in seq_ids]
     return build_metadata(context_lens, query_lens, tables, allocator.block_size,
                           allocator.device if device is None else device, decode_threshold)

@@ -153,23 +153,34 @@ class BlockAllocator:
         if seq_id in self._blocks:
             raise ValueError(f"BlockAllocator.allocate: sequence {seq_id!r} already exists; use append()")
         self._check_count("allocate", num_tokens)
-        self._reserve(seq_id, [], num_tokens)  # raises before registering the sequence
-        self._blocks[seq_id] = []
-        self._lens[seq_id] = 0
-        return self.append(seq_id, num_tokens)
+        self.grow(seq_id, num_tokens)
+        return self._slots(seq_id, 0, num_tokens)
 
     def append(self, seq_id, num_new_tokens: int) -> torch.Tensor:
         self._check_known(seq_id)
         self._check_count("append", num_new_tokens)
-        blocks = self._blocks[seq_id]
-        start = self._lens[seq_id]
+        start = self.grow(seq_id, num_new_tokens)
+        return self._slots(seq_id, start, num_new_tokens)
+
+    def grow(self, seq_id, num_new_tokens: int) -> int:
+        """Add tokens to a sequence (starting it if new) without building their slot tensor (no
+        device copy: metadata builders make their own); returns its length before. Raises
+        CacheFullError and changes nothing when the blocks do not fit."""
+        self._check_count("grow", num_new_tokens)
+        blocks = self._blocks.get(seq_id, [])
+        start = self._lens.get(seq_id, 0)
         self._reserve(seq_id, blocks, start + num_new_tokens)
         need = -(-(start + num_new_tokens) // self.block_size) - len(blocks)
         for _ in range(need):
             blocks.append(self._free.pop())
+        self._blocks[seq_id] = blocks
         self._lens[seq_id] = start + num_new_tokens
-        pos = torch.arange(start, start + num_new_tokens)
-        table = torch.tensor(blocks, dtype=torch.int64)
+        return start
+
+    def _slots(self, seq_id, start: int, num_tokens: int) -> torch.Tensor:
+        """Slot ids of positions start .. start + num_tokens - 1 of a sequence, on the device."""
+        pos = torch.arange(start, start + num_tokens)
+        table = torch.tensor(self._blocks[seq_id], dtype=torch.int64)
         slots = table[pos // self.block_size] * self.block_size + pos % self.block_size
         return slots.to(self.device)
 

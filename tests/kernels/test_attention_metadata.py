@@ -69,3 +69,55 @@ def test_from_allocator_steps():
         build_metadata_from_allocator(alloc, ["c"], [100])
     with pytest.raises(ValueError, match="twice"):
         build_metadata_from_allocator(alloc, ["a", "a"], [1, 1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_build_metadata_slots_and_table_vs_per_token(seed):
+    """Random lengths (often on block edges, some empty queries) vs slots computed token by token."""
+    import random
+
+    rng = random.Random(seed)
+    bs = rng.choice([1, 4, 16])
+    ids = list(range(200))
+    rng.shuffle(ids)
+    context_lens, query_lens, tables = [], [], []
+    for _ in range(rng.randint(1, 8)):
+        c = rng.choice([0, bs, 2 * bs - 1, rng.randint(0, 5 * bs)])
+        q = rng.choice([0, 1, bs, rng.randint(1, 3 * bs)])
+        n = -(-(c + q) // bs) + rng.randint(0, 2)  # some rows list spare blocks
+        tables.append(ids[:n])
+        ids = ids[n:]
+        context_lens.append(c)
+        query_lens.append(q)
+    md = build_metadata(context_lens, query_lens, tables, bs)
+    want = [t[p // bs] * bs + p % bs for c, q, t in zip(context_lens, query_lens, tables, strict=True)
+            for p in range(c, c + q)]
+    assert md.slot_mapping.tolist() == want
+    width = max(max(len(t) for t in tables), 1)
+    assert md.block_table.tolist() == [t + [0] * (width - len(t)) for t in tables]
+    narrow = build_metadata(context_lens, query_lens, tables, bs, max_blocks=2)
+    assert narrow.block_table.tolist() == [t[:2] + [0] * (2 - len(t[:2])) for t in tables]
+    assert narrow.slot_mapping.tolist() == want
+
+
+def test_build_metadata_empty_batch():
+    md = build_metadata([], [], [], block_size=16)
+    assert md.block_table.shape == (0, 1) and md.slot_mapping.numel() == 0 and md.num_seqs == 0
+
+
+def test_from_allocator_adds_tokens_without_slot_tensors(monkeypatch):
+    """The builder grows sequences (no per-sequence slot tensor) and its slots match append()'s."""
+    alloc, twin = BlockAllocator(12, 4), BlockAllocator(12, 4)
+    monkeypatch.setattr(BlockAllocator, "_slots", lambda *a: pytest.fail("built a slot tensor per sequence"))
+    steps = [(["a", "b"], [5, 1]), (["b", "a", "c"], [1, 4, 9]), (["c"], [3])]
+    got = [build_metadata_from_allocator(alloc, ids, lens).slot_mapping.tolist() for ids, lens in steps]
+    monkeypatch.undo()
+    for (ids, lens), slots in zip(steps, got, strict=True):
+        want = []
+        for s, n in zip(ids, lens, strict=True):
+            want += (twin.append(s, n) if s in twin else twin.allocate(s, n)).tolist()
+        assert slots == want
+    assert [alloc.blocks(s) for s in "abc"] == [twin.blocks(s) for s in "abc"]
+    with pytest.raises(ValueError, match=">= 0"):
+        build_metadata_from_allocator(alloc, ["d"], [-1])
+    assert "d" not in alloc

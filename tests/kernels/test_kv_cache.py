@@ -140,3 +140,20 @@ def test_random_ops_never_share_blocks():
         for s, slots in live.items():
             assert alloc.seq_len(s) == len(slots)
             assert all(x // 8 in alloc.blocks(s) for x in slots)
+
+
+def test_grow_starts_and_extends_without_slots():
+    alloc = BlockAllocator(4, 4)
+    assert alloc.grow("a", 5) == 0 and alloc.seq_len("a") == 5 and len(alloc.blocks("a")) == 2
+    assert alloc.grow("a", 3) == 5 and alloc.seq_len("a") == 8 and len(alloc.blocks("a")) == 2
+    assert alloc.grow("a", 0) == 8 and alloc.num_free_blocks == 2
+    before = (alloc.blocks("a"), alloc.num_free_blocks)
+    with pytest.raises(CacheFullError):
+        alloc.grow("a", 9)
+    with pytest.raises(CacheFullError):
+        alloc.grow("b", 9)
+    assert (alloc.blocks("a"), alloc.num_free_blocks) == before and "b" not in alloc
+    with pytest.raises(ValueError, match=">= 0"):
+        alloc.grow("a", -1)
+    # append after grow continues at the grown length
+    assert alloc.append("a", 1).tolist() == [alloc.blocks("a")[2] * 4]

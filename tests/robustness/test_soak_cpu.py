@@ -6,6 +6,7 @@ import importlib.util
 import pathlib
 
 import pytest
+import torch
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "soak_attention.py"
 
@@ -15,7 +16,11 @@ def soak():
     spec = importlib.util.spec_from_file_location("soak_attention", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    # tiny steps are all overhead: one thread (two threads on a busy 2-core runner made it 20x slower)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield module
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
@@ -66,3 +71,34 @@ def test_soak_catches_a_leak_and_a_shared_block(soak, monkeypatch):
         or "slot twice" in (stats["error"] or "")
     )
     assert not stats["ok"]
+
+
+@pytest.mark.parametrize("layout, backend", [("standard", "TRITON_ATTN"), ("shuffled", "ROCM_AITER_FA")])
+def test_soak_check_catches_a_changed_cached_value(soak, layout, backend):
+    """A value written behind a live sequence's back (here: its first token's K) fails the cache check."""
+    args = ["--device", "cpu", "--tiny", "--dtype", "float32", "--layout", layout, "--backend", backend]
+    run = soak.Soak(soak.parse_args(args))
+    for _ in range(15):
+        run.step(check=False)
+    empty = torch.empty(0, run.args.kv_heads * run.args.group, run.args.head_dim)
+    run.check(empty, empty, [], 1.0)  # cache only (no batch to check)
+    assert run.stats["mismatches"] == 0
+    seq = next(iter(run.row))
+    k_hist, v_hist = run.history(seq)
+    slot = torch.tensor([run.alloc.blocks(seq)[0] * run.args.block_size])
+    torch.ops.rocm_attn.reshape_and_cache(
+        k_hist[:1] + 1, v_hist[:1], run.cache.k_cache, run.cache.v_cache, slot, layout
+    )
+    run.check(empty, empty, [], 1.0)
+    assert (
+        run.stats["mismatches"] == 1 and run.stats["max_cache_err"] == run.args.head_dim * run.args.kv_heads
+    )
+
+
+def test_soak_check_catches_a_wrong_output(soak, monkeypatch):
+    real = soak.rocm_attn.attention
+    monkeypatch.setattr(soak.rocm_attn, "attention", lambda *a, **k: real(*a, **k) * 1.001)
+    stats = soak.run(
+        ["--device", "cpu", "--tiny", "--steps", "10", "--check-every", "5", "--dtype", "float32"]
+    )
+    assert stats["mismatches"] == 2 and stats["max_rel_err"] > 5e-4 and not stats["ok"]
