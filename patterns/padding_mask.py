@@ -3,7 +3,7 @@
 transformers' masking_utils (sdpa_mask, non-vmap path; eager_mask wraps it) builds the mask from the 2-D
 ``attention_mask`` like this, and Dynamo records it node by node:
 
-    pm          = attention_mask.to(device, dtype=bool)   [F.pad(pm, (0, n)) when it is short]
+    pm          = attention_mask.to(device, dtype=bool)   [F.pad(pm, (0, n)) when short; GPT-2 .view()s first]
     b_idx       = arange(B)[:, None, None, None]
     q_idx       = (arange(Lq) + q_offset)[None, None, :, None]
     kv_idx      = (arange(Lk) + kv_offset)[None, None, None, :]
@@ -46,7 +46,7 @@ ALL = slice(None, None, None)
 
 @dataclass
 class KeyPadding:
-    attention_mask: fx.Node  # the 2-D attention_mask placeholder
+    attention_mask: fx.Node  # the attention_mask placeholder
     key_valid: fx.Node  # HF's own pm[b_idx, kv_idx]: bool [B, 1, 1, Sk]
     causal: bool
     sliding_window: int  # 0 = none
@@ -244,17 +244,16 @@ def _known_nonnegative(x) -> bool:
 
 
 def _placeholder_source(pm: fx.Node) -> fx.Node | str:
-    """The 2-D attention_mask placeholder behind HF's pm (through .to and a right F.pad)."""
+    """The attention_mask input behind HF's 2-D pm (through .to, .view / .reshape and a right F.pad)."""
     node = pm
     while True:
-        if is_method(node, "to"):
+        if is_method(node, "to", "view", "reshape"):
             node = node.args[0]
         elif is_call(node, F.pad) and len(node.args) == 2 and not node.kwargs and node.args[1][0] == 0:
             node = node.args[0]
         else:
             break
-    v = value(node)
-    if not (isinstance(node, fx.Node) and node.op == "placeholder" and v is not None and v.dim() == 2):
+    if not (isinstance(node, fx.Node) and node.op == "placeholder"):
         name = getattr(node, "name", node)
-        return f"the key-padding mask does not come from a 2-D attention_mask input ({name})"
+        return f"the key-padding mask does not come from an attention_mask input ({name})"
     return node
