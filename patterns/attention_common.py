@@ -16,7 +16,8 @@ MAX_HEAD_DIM = 256
 @dataclass
 class AttentionMatch:
     """torch.ops.rocm_attn.flash_attention(q, k, v, attn_mask, scale, causal, sliding_window, softcap)
-    replaces ``anchor``; ``chain`` are the nodes it makes dead (erased when unused)."""
+    replaces ``anchor``; ``chain`` are the nodes it makes dead (erased when unused). The rewrite may
+    swap attn_mask for key_valid + flags (patterns/padding_mask.py)."""
 
     pattern: str
     anchor: fx.Node

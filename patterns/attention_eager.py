@@ -7,7 +7,8 @@
     [p = dropout(p, p=0.0 | training=False)]
     out = torch.matmul(p, repeat_kv(v))
 
--> flash_attention(q, k, v, attention_mask, scaling, False, 0, softcap). A site is any matmul fed
+-> flash_attention(q, k, v, attention_mask, scaling, False, 0, softcap) (a mask padding_mask.py proves to
+be HF's padding mask becomes key_valid + flags in the rewrite). A site is any matmul fed
 by a softmax; when the rest of the chain is not exactly this, it stays and the reason is reported.
 """
 

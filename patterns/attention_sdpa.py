@@ -3,10 +3,11 @@
     [repeat_kv: k[:, :, None].expand(..).reshape(..)]   (or enable_gqa=True)
     F.scaled_dot_product_attention(q, k, v, attn_mask=mask | None, dropout_p=0.0, scale=s, is_causal=c)
 
--> flash_attention(q, k_unrepeated, v_unrepeated, mask, s, c). HF's own 4-D mask passes through
-unchanged, so padding (left or right), sliding windows and bidirectional masks keep their exact
-meaning. is_causal=True is only taken with Sq == Sk (SDPA aligns causal top-left, flash_attention
-bottom-right; HF slices K/V to Sq for causal prefill so they agree).
+-> flash_attention(q, k_unrepeated, v_unrepeated, mask, s, c). The rewrite turns the mask into a
+key_valid vector + causal / sliding_window flags where padding_mask.py proves it is HF's padding mask;
+otherwise HF's own 4-D mask passes through unchanged, keeping its exact meaning. is_causal=True is
+only taken with Sq == Sk (SDPA aligns causal top-left, flash_attention bottom-right; HF slices K/V to
+Sq for causal prefill so they agree).
 """
 
 from __future__ import annotations
