@@ -1,0 +1,217 @@
+"""Triton fused small-M kernel for ptpc_linear: per-token quant + PTPC GEMM in ONE launch.
+
+ptpc_linear at M <= 16 (decode) is two launches today: per_token_quant_fp8, then the small-M
+GEMM (ptpc_gemm_small_m.py). This kernel takes the bf16/fp16/fp32 activation itself:
+
+1. every program reads its rows' absmax over all of K (the M rows are at most 16 x K x 2 bytes
+   and sit in L2), in wide chunks (AMAX_BLOCK_K, a few iterations: the pass is latency bound);
+   scale = max(amax * INV_FP8_MAX, SCALE_FLOOR), exactly per_token_quant_fp8's scale;
+2. it streams its BLOCK_N weight channels over its slice of K, quantizes each activation tile
+   on the fly with per_token_quant_fp8's formula (q = fp8(clamp(div_rn(x, scale), +-fp8_max)),
+   IEEE division, the same bits as the quant kernel), and accumulates q @ w in fp32;
+3. the epilogue applies x_scale * w_scale (+ bias), as the small-M GEMM does.
+
+So the result equals per_token_quant_fp8 + ptpc_scaled_mm up to fp32 summation order.
+
+Two inner products: tl.dot on a BLOCK_M >= 16 tile (M = 5..16), or a broadcast multiply and sum
+(GEMV, BLOCK_M = next_pow2(M) <= GEMV_MAX_M) so that M = 1 does not quantize 15 padding rows.
+Split-K (SPLIT_K > 1) reduces partials with the small-M GEMM's last-arriver scheme and its
+per-(device, stream) counters (still one launch); every split program still reads the full
+rows for the amax. Programs for N = 4096: 128 at BLOCK_N = 32 (one wave on 132 SMs).
+
+Not timed yet (no GPU in the session that wrote it), so it is opt-in: ptpc_linear.FUSED_SMALL_M_MAX
+= 0 keeps the two launches; benchmarks/bench_linear.py's ptpc_linear_fused column times it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..per_token_quant import inv_fp8_max, scale_floor
+from ..platform import fp8_max, triton_interpret
+from .ptpc_gemm import PROMOTE_K
+from .ptpc_gemm_small_m import _counters
+
+MAX_M = 16
+GEMV_MAX_M = 4  # M <= this: broadcast-multiply GEMV (no padding rows to quantize); above: tl.dot
+AMAX_TILE = 8192  # elements of x per amax-pass iteration (64 fp32 per thread at 4 warps)
+
+
+def _config(block_n, block_k, split_k, warps, stages):
+    return triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k},
+                         num_warps=warps, num_stages=stages)
+
+
+# Candidates for the autotuner (never timed: the first GPU run picks among them).
+DOT_CONFIGS = [
+    _config(32, 256, 1, 4, 3),
+    _config(32, 256, 1, 4, 4),
+    _config(16, 256, 1, 4, 4),
+    _config(32, 512, 1, 4, 3),
+    _config(64, 256, 2, 4, 3),
+    _config(32, 256, 2, 4, 3),
+    _config(64, 256, 4, 4, 3),
+]
+# GEMV: BLOCK_M * BLOCK_N * BLOCK_K products live in registers at once; keep it <= 64 a thread.
+GEMV_CONFIGS = [
+    _config(32, 128, 1, 4, 3),
+    _config(16, 256, 1, 4, 3),
+    _config(32, 256, 1, 8, 3),
+    _config(64, 128, 1, 8, 3),
+    _config(32, 128, 2, 4, 3),
+    _config(64, 128, 4, 8, 3),
+]
+INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}
+
+
+@triton.jit
+def _ptpc_linear_small_m_kernel(
+    x_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, count_ptr,
+    M, N, K, M_BUCKET,
+    stride_xm, stride_wn, stride_om,
+    FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr, USE_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    AMAX_BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    x_row_base = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
+
+    # 1. the rows' amax over all of K (per_token_quant_fp8's scale; padding rows get the floor)
+    offs_a = tl.arange(0, AMAX_BLOCK_K)
+    amax = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K, AMAX_BLOCK_K):
+        a_ok = offs_a < K - k0
+        xa = tl.load(x_row_base + k0 + offs_a[None, :], mask=m_ok[:, None] & a_ok[None, :], other=0.0)
+        amax = tl.maximum(amax, tl.max(tl.abs(xa.to(tl.float32)), axis=1))
+    x_scale = tl.maximum(amax * INV_FP8_MAX, SCALE_FLOOR)
+
+    # 2. this program's slice of K: quantize x tiles on the fly, accumulate q @ w in fp32
+    cols = (offs_n % N).to(tl.int64)  # wrap: valid memory, discarded at the store
+    x_rows = x_row_base + offs_k[None, :]
+    w_cols = w_ptr + cols[None, :] * stride_wn + offs_k[:, None]
+    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_begin = pid_k * k_per_split
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_begin, k_begin + k_per_split, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_rows + k0, mask=m_ok[:, None], other=0.0)
+            w = tl.load(w_cols + k0)
+        else:
+            k_ok = offs_k < K - k0
+            x = tl.load(x_rows + k0, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_cols + k0, mask=k_ok[:, None], other=0.0)
+        xf = x.to(tl.float32)
+        q = tl.clamp(tl.math.div_rn(xf, tl.zeros_like(xf) + x_scale[:, None]), -FP8_MAX, FP8_MAX)
+        q = q.to(w_ptr.dtype.element_ty)
+        if USE_DOT:
+            acc = tl.dot(q, w, acc, max_num_imprecise_acc=IMPRECISE_K)
+        else:  # [BLOCK_M, BLOCK_K, 1] * [1, BLOCK_K, BLOCK_N], summed over K: fp8 products are exact in fp32
+            acc += tl.sum(q.to(tl.float32)[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
+
+    # 3. epilogue: scales and bias (split-K: the last program of this column tile reduces)
+    out_mask = m_ok[:, None] & n_ok[None, :]
+    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+    if SPLIT_K == 1:
+        w_scale = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
+        acc = acc * x_scale[:, None] * w_scale[None, :]
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        part_tile = offs_m[:, None] * N + offs_n[None, :]  # int32: SPLIT_K * M * N < 2^31
+        slice_size = M * N
+        tl.store(part_ptr + pid_k * slice_size + part_tile, acc, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for s in range(0, SPLIT_K):  # fixed order: deterministic
+                total += tl.load(part_ptr + s * slice_size + part_tile, mask=out_mask, other=0.0,
+                                 cache_modifier=".cg")
+            w_scale = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
+            total = total * x_scale[:, None] * w_scale[None, :]
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.atomic_xchg(count_ptr + pid_n, 0)  # ready for the next call / graph replay
+
+
+_heuristics = triton.heuristics({
+    "EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0,
+    "IMPRECISE_K": lambda args: min(PROMOTE_K, args["BLOCK_K"]),
+    "AMAX_BLOCK_K": lambda args: max(args["BLOCK_K"],
+                                     min(triton.next_power_of_2(args["K"]), AMAX_TILE // args["BLOCK_M"])),
+})
+_kernel_fixed = _heuristics(_ptpc_linear_small_m_kernel)
+_kernel_dot_tuned = triton.autotune(configs=DOT_CONFIGS, key=["N", "K", "M_BUCKET"])(
+    _heuristics(_ptpc_linear_small_m_kernel))
+_kernel_gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "M_BUCKET"])(
+    _heuristics(_ptpc_linear_small_m_kernel))
+
+
+def ptpc_linear_small_m_launch(x, wq, w_scale, bias=None, config: dict | None = None,
+                               use_dot: bool | None = None):
+    """ptpc_linear for M <= MAX_M rows in one launch: x [..., K] bf16/fp16/fp32, wq [N, K] fp8
+    (e4m3fn / e4m3fnuz), w_scale [N, 1] fp32, bias [N]? -> [..., N] in x's dtype.
+    config {"BLOCK_N", "BLOCK_K", "SPLIT_K"[, "num_warps", "num_stages"]} skips autotuning;
+    use_dot forces the tl.dot (True) or GEMV (False) inner product (default: GEMV at M <= GEMV_MAX_M)."""
+    if wq.dtype not in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
+        raise TypeError(f"ptpc_linear_small_m: wq must be e4m3 fp8, got {wq.dtype}")
+    K = x.shape[-1]
+    N = wq.shape[0]
+    if wq.shape[1] != K:
+        raise ValueError(f"ptpc_linear_small_m: x has K = {K} features but wq is {tuple(wq.shape)}")
+    x2 = x.reshape(math.prod(x.shape[:-1]), K)  # not -1: K may be 0
+    M = x2.shape[0]
+    if M > MAX_M:
+        raise ValueError(f"ptpc_linear_small_m takes M <= {MAX_M} rows, got M = {M}; "
+                         "use per_token_quant_fp8 + ptpc_scaled_mm above that")
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return out.reshape(*x.shape[:-1], N)
+    if K == 0:  # empty sum: the bias (or zeros)
+        out.copy_(bias.to(x.dtype).expand(M, N) if bias is not None else torch.zeros_like(out))
+        return out.reshape(*x.shape[:-1], N)
+    x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
+    wq = wq if wq.stride(-1) == 1 else wq.contiguous()
+    ws = w_scale.reshape(N).contiguous()
+    bias = bias.contiguous() if bias is not None else None
+
+    if use_dot is None:
+        use_dot = M > GEMV_MAX_M
+    block_m = max(16, triton.next_power_of_2(M)) if use_dot else triton.next_power_of_2(M)
+    if config is None and triton_interpret():
+        config = INTERPRET_CONFIG
+    tuned = _kernel_dot_tuned if use_dot else _kernel_gemv_tuned
+    max_split = max(c.kwargs["SPLIT_K"] for c in tuned.configs) if config is None else config["SPLIT_K"]
+    counters = _counters(x.device, triton.cdiv(N, 16)) if max_split > 1 else None
+    if max_split > 1 and counters is None:  # a CUDA-graph capture with no counters to spare: no split-K
+        config, max_split = {"BLOCK_N": 32, "BLOCK_K": 256 if use_dot else 128, "SPLIT_K": 1,
+                             "num_warps": 4, "num_stages": 3}, 1
+    partials = torch.empty((max_split, M, N), dtype=torch.float32, device=x.device) if max_split > 1 else out
+    fmax = fp8_max(wq.dtype)
+    args = (x2, wq, ws, bias if bias is not None else ws, out, partials,
+            counters if counters is not None else ws, M, N, K, block_m,
+            x2.stride(0), wq.stride(0), out.stride(0))
+    consts = dict(FP8_MAX=fmax, INV_FP8_MAX=inv_fp8_max(fmax), SCALE_FLOOR=scale_floor(fmax),
+                  HAS_BIAS=bias is not None, USE_DOT=use_dot, BLOCK_M=block_m)
+
+    def grid(meta):
+        return (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
+
+    if config is not None:
+        _kernel_fixed[grid](*args, **consts, **config)
+    else:
+        tuned[grid](*args, **consts)
+    return out.reshape(*x.shape[:-1], N)
