@@ -1,24 +1,39 @@
 """Triton MLA decode (absorbed form): split-KV over the paged latent cache, then a reduce.
 
-Stage 1: one program = one sequence x one split of its tokens x BLOCK_H heads. All BLOCK_H heads
-share each latent-row read (MQA: one latent row per token serves every head): scores =
-q_nope_lat @ kv_c^T + q_pe @ k_pe^T, then acc += p @ kv_c. The head-group axis is the fastest grid
-axis, so the programs that read the same rows run side by side and the rows come from L2 for all
-but the first. With one split the program writes the final output directly; otherwise it writes
-a partial (normalised fp32 output + log2-sum-exp) and stage 2 merges the splits of each head.
+Stage 1: one program = one sequence x one split of its tokens x BLOCK_H heads x one BLOCK_V-wide slice
+of the value (latent) dimension. All BLOCK_H heads share each latent-row read (MQA: one latent row per
+token serves every head): scores = q_nope_lat @ kv_c^T + q_pe @ k_pe^T over the full L + R, then
+acc += p @ kv_c[:, slice]. The (head group, value slice) axis is the fastest grid axis, so the programs
+that read the same rows run side by side and the rows come from L2 for all but the first. With one
+split the program writes the final output directly; otherwise it writes a partial (normalised fp32
+output + log2-sum-exp) and stage 2 merges the splits of each head.
 
-Shapes: L = kv_lora_rank (512), R = qk_rope_head_dim (64), both padded to powers of two.
-On the GPU the tile (heads per program, tokens per step, warps, stages) is autotuned once per
-(heads, L, R) over DECODE_CONFIGS; `benchmarks/bench_mla.py --tune` sweeps a wider grid.
+Two variants, one kernel (constexpr switches), chosen per config:
+  - classic (BLOCK_V = BLOCK_K = L): q_nope loaded once, one accumulator of BLOCK_H x L;
+  - value split (BLOCK_V < L): each program keeps only BLOCK_H x BLOCK_V of the accumulator (half the
+    registers at BLOCK_V = L/2, so 64 heads fit one warpgroup's wgmma tile) and recomputes the scores
+    (QK is ~half the flops: +50% flops at 2 slices);
+  - chunked q (BLOCK_K < L): q_nope is loaded per BLOCK_K-column chunk inside the loop and the scores
+    accumulate over chunks, so registers hold mainly the accumulator.
+
+Shapes: L = kv_lora_rank (512), R = qk_rope_head_dim (64), both padded to powers of two. On the GPU the
+config (tile, variant, warps, stages) is picked once per (heads, L, R, dtype) by timing stage 1 + the
+reduce for every entry of DECODE_CONFIGS, each with its own split count; `benchmarks/bench_mla.py --tune`
+sweeps a wider grid.
 """
 
 from __future__ import annotations
+
+import logging
+from typing import Callable, NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ..platform import triton_interpret
+
+log = logging.getLogger("rocm_attn")
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -34,65 +49,90 @@ def _mla_decode_split_kernel(
     stride_ml_b, stride_ml_h,
     stride_ob, stride_oh, stride_lse_h,
     qk_scale, num_heads,
-    BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
     L: tl.constexpr, R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
-    head_group = tl.program_id(0)
+    V_SLICES: tl.constexpr = BLOCK_L // BLOCK_V
+    head_group = tl.program_id(0) // V_SLICES
+    v_slice = tl.program_id(0) % V_SLICES
     split = tl.program_id(1)
+    num_splits = tl.num_programs(1)  # runtime: no recompile per split count
     b = tl.program_id(2)
     seq_len = tl.load(SEQ_LENS + b)
     # every split gets a whole number of BLOCK_N tiles
-    split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
 
     offs_h = head_group * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_l = tl.arange(0, BLOCK_L)
+    offs_v = v_slice * BLOCK_V + tl.arange(0, BLOCK_V)
     offs_r = tl.arange(0, BLOCK_R)
     offs_n = tl.arange(0, BLOCK_N)
     h_ok = offs_h < num_heads
     l_ok = offs_l < L
+    v_ok = offs_v < L
     r_ok = offs_r < R
 
     q_base = Q + b.to(tl.int64) * stride_qb + offs_h[:, None] * stride_qh
-    q_nope = tl.load(q_base + offs_l[None, :], mask=h_ok[:, None] & l_ok[None, :], other=0.0)
     q_pe = tl.load(q_base + L + offs_r[None, :], mask=h_ok[:, None] & r_ok[None, :], other=0.0)
+    if BLOCK_K == BLOCK_L:
+        q_nope = tl.load(q_base + offs_l[None, :], mask=h_ok[:, None] & l_ok[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_L], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_V], dtype=tl.float32)
     bt_row = BLOCK_TABLE + b.to(tl.int64) * stride_bt
     for n0 in range(start, end, BLOCK_N):
         pos = n0 + offs_n
         n_ok = pos < end
         blk = tl.load(bt_row + pos // BLOCK_SIZE, mask=n_ok, other=0).to(tl.int64)
         row = CACHE + blk * stride_cblk + (pos % BLOCK_SIZE) * stride_ctok  # [BLOCK_N] row pointers
-        kv = tl.load(row[:, None] + offs_l[None, :], mask=n_ok[:, None] & l_ok[None, :], other=0.0)
         k_pe = tl.load(row[:, None] + L + offs_r[None, :], mask=n_ok[:, None] & r_ok[None, :], other=0.0)
-        s = tl.dot(q_nope, tl.trans(kv), input_precision=DOT_PREC)
+        if BLOCK_K == BLOCK_L:
+            kv = tl.load(row[:, None] + offs_l[None, :], mask=n_ok[:, None] & l_ok[None, :], other=0.0)
+            s = tl.dot(q_nope, tl.trans(kv), input_precision=DOT_PREC)
+        else:
+            # q_nope chunk by chunk from L1/L2: registers hold the accumulator, not q
+            s = tl.zeros([BLOCK_H, BLOCK_N], dtype=tl.float32)
+            for k0 in tl.static_range(0, BLOCK_L, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                k_ok = offs_k < L
+                q_chunk = tl.load(q_base + offs_k[None, :], mask=h_ok[:, None] & k_ok[None, :], other=0.0)
+                kv_chunk = tl.load(row[:, None] + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :],
+                                   other=0.0)
+                s = tl.dot(q_chunk, tl.trans(kv_chunk), acc=s, input_precision=DOT_PREC)
         s = tl.dot(q_pe, tl.trans(k_pe), acc=s, input_precision=DOT_PREC)
         s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(kv.dtype), kv, input_precision=DOT_PREC)
+        if BLOCK_K == BLOCK_L and BLOCK_V == BLOCK_L:
+            v = kv
+        else:  # this program's value slice (same rows: an L2 hit)
+            v = tl.load(row[:, None] + offs_v[None, :], mask=n_ok[:, None] & v_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
 
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse2 = tl.where(seen, m_i + tl.log2(l_safe), float("-inf"))
-    if NUM_SPLITS == 1:
-        o_ptr = OUT + b.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh + offs_l[None, :]
-        tl.store(o_ptr, out.to(OUT.dtype.element_ty), mask=h_ok[:, None] & l_ok[None, :])
-        tl.store(LSE + offs_h * stride_lse_h + b, lse2 * 0.6931471805599453, mask=h_ok)
+    hv_ok = h_ok[:, None] & v_ok[None, :]
+    # the lse is the same in every value slice: slice 0 writes it
+    lse_ok = h_ok & (tl.zeros([BLOCK_H], dtype=tl.int32) + v_slice == 0)
+    if num_splits == 1:
+        o_ptr = OUT + b.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh + offs_v[None, :]
+        tl.store(o_ptr, out.to(OUT.dtype.element_ty), mask=hv_ok)
+        tl.store(LSE + offs_h * stride_lse_h + b, lse2 * 0.6931471805599453, mask=lse_ok)
     else:
         mo = (MID_O + b.to(tl.int64) * stride_mo_b + offs_h[:, None].to(tl.int64) * stride_mo_h
-              + split * stride_mo_s + offs_l[None, :])
-        tl.store(mo, out, mask=h_ok[:, None] & l_ok[None, :])
-        tl.store(MID_LSE + b.to(tl.int64) * stride_ml_b + offs_h * stride_ml_h + split, lse2, mask=h_ok)
+              + split * stride_mo_s + offs_v[None, :])
+        tl.store(mo, out, mask=hv_ok)
+        tl.store(MID_LSE + b.to(tl.int64) * stride_ml_b + offs_h * stride_ml_h + split, lse2, mask=lse_ok)
 
 
 @triton.jit
@@ -101,103 +141,183 @@ def _mla_decode_reduce_kernel(
     stride_mo_b, stride_mo_h, stride_mo_s,
     stride_ml_b, stride_ml_h,
     stride_ob, stride_oh, stride_lse_h,
-    NUM_SPLITS: tl.constexpr, L: tl.constexpr, BLOCK_L: tl.constexpr,
+    num_splits, num_heads,
+    L: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_HR: tl.constexpr,
 ):
-    h = tl.program_id(0)
+    offs_h = tl.program_id(0) * BLOCK_HR + tl.arange(0, BLOCK_HR)
     b = tl.program_id(1)
     offs_l = tl.arange(0, BLOCK_L)
-    l_ok = offs_l < L
-    lse_row = MID_LSE + b.to(tl.int64) * stride_ml_b + h * stride_ml_h
-    mo_row = MID_O + b.to(tl.int64) * stride_mo_b + h.to(tl.int64) * stride_mo_h
-    m = tl.full([1], float("-inf"), dtype=tl.float32)
-    for s in range(NUM_SPLITS):
-        m = tl.maximum(m, tl.load(lse_row + s + tl.zeros([1], dtype=tl.int32)))
+    h_ok = offs_h < num_heads
+    hl_ok = h_ok[:, None] & (offs_l < L)[None, :]
+    lse_row = MID_LSE + b.to(tl.int64) * stride_ml_b + offs_h * stride_ml_h  # [BLOCK_HR]
+    mo_row = (MID_O + b.to(tl.int64) * stride_mo_b + offs_h[:, None].to(tl.int64) * stride_mo_h
+              + offs_l[None, :])
+    m = tl.full([BLOCK_HR], float("-inf"), dtype=tl.float32)
+    for s in range(num_splits):
+        m = tl.maximum(m, tl.load(lse_row + s, mask=h_ok, other=float("-inf")))
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    total = tl.zeros([1], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_L], dtype=tl.float32)
-    for s in range(NUM_SPLITS):
-        w = tl.exp2(tl.load(lse_row + s + tl.zeros([1], dtype=tl.int32)) - m_safe)  # 0 for empty splits
-        o = tl.load(mo_row + s * stride_mo_s + offs_l, mask=l_ok, other=0.0)
-        o = tl.where(w > 0.0, o, 0.0)  # an empty split's partial is never read as a number
-        acc += w * o
+    total = tl.zeros([BLOCK_HR], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_HR, BLOCK_L], dtype=tl.float32)
+    for s in range(num_splits):
+        w = tl.exp2(tl.load(lse_row + s, mask=h_ok, other=float("-inf")) - m_safe)  # 0 for empty splits
+        o = tl.load(mo_row + s * stride_mo_s, mask=hl_ok, other=0.0)
+        o = tl.where(w[:, None] > 0.0, o, 0.0)  # an empty split's partial is never read as a number
+        acc += w[:, None] * o
         total += w
     seen = total > 0.0
     t_safe = tl.where(seen, total, 1.0)
-    tl.store(OUT + b.to(tl.int64) * stride_ob + h * stride_oh + offs_l, (acc / t_safe).to(OUT.dtype.element_ty),
-             mask=l_ok)
+    o_ptr = OUT + b.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh + offs_l[None, :]
+    tl.store(o_ptr, (acc / t_safe[:, None]).to(OUT.dtype.element_ty), mask=hl_ok)
     lse = tl.where(seen, (m_safe + tl.log2(t_safe)) * 0.6931471805599453, float("-inf"))
-    tl.store(LSE + h * stride_lse_h + b + tl.arange(0, 1), lse)
+    tl.store(LSE + offs_h * stride_lse_h + b, lse, mask=h_ok)
 
 
-# (BLOCK_H, BLOCK_N, num_warps, num_stages) tried once per (heads, L, R) on the GPU. More heads per
-# program = fewer re-reads of each latent tile from L2 (128 heads / 16 = 8 reads, / 64 = 2), at the price
-# of a bigger fp32 accumulator (BLOCK_H x 512) in registers.
-DECODE_CONFIGS = [(16, 32, 4, 2), (32, 32, 4, 2), (32, 32, 8, 2), (64, 32, 8, 2), (64, 16, 8, 3)]
-_autotuned = None
+class DecodeConfig(NamedTuple):
+    """One stage-1 tile. block_v / block_k None = the whole (padded) L: no value split / q loaded once."""
+
+    block_h: int
+    block_n: int
+    block_v: int | None = None
+    block_k: int | None = None
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @property
+    def name(self) -> str:
+        return (f"h{self.block_h} n{self.block_n} v{self.block_v or 'L'} k{self.block_k or 'L'} "
+                f"w{self.num_warps} s{self.num_stages}")
 
 
-def _autotuned_kernel():
-    global _autotuned
-    if _autotuned is None:
-        configs = [triton.Config({"BLOCK_H": h, "BLOCK_N": n}, num_warps=w, num_stages=s)
-                   for h, n, w, s in DECODE_CONFIGS]
-        _autotuned = triton.autotune(configs, key=["num_heads", "L", "R"])(_mla_decode_split_kernel)
-    return _autotuned
+# Timed on an H100 (session 3, 18-19% of copy at 64 x 4k..32k): more heads per program = fewer re-reads
+# of each latent tile from L2 (128 heads / 16 = 8 reads, / 64 = 2), at the price of a BLOCK_H x 512 fp32
+# accumulator in registers.
+CLASSIC_CONFIGS = [DecodeConfig(16, 32, None, None, 4, 2), DecodeConfig(32, 32, None, None, 4, 2),
+                   DecodeConfig(32, 32, None, None, 8, 2), DecodeConfig(64, 32, None, None, 8, 2),
+                   DecodeConfig(64, 16, None, None, 8, 3)]
+# NOT YET TIMED (issue 8): 64 heads in one warpgroup (wgmma M = 64) with half / a quarter of the
+# accumulator, or q chunked. Measure with `python benchmarks/bench_mla.py` (rows "classic" / "vsplit" /
+# picked) and `--tune`, then keep only the winners in DECODE_CONFIGS below.
+VSPLIT_CONFIGS = [DecodeConfig(64, 32, 256, None, 4, 2), DecodeConfig(64, 64, 256, None, 4, 2),
+                  DecodeConfig(64, 32, 256, 128, 4, 3), DecodeConfig(64, 32, 128, None, 4, 2),
+                  DecodeConfig(64, 32, None, 128, 8, 2), DecodeConfig(64, 64, None, 128, 8, 2),
+                  DecodeConfig(128, 32, 256, None, 8, 2)]
+DECODE_CONFIGS = CLASSIC_CONFIGS + VSPLIT_CONFIGS
+SMALL_CONFIG = DecodeConfig(16, 32, None, None, 4, 2)  # <= 16 heads: nothing to choose
+INTERPRET_CONFIG = DecodeConfig(16, 16, None, None, 4, 1)
+SPLIT_WAVES = 4  # stage-1 programs per SM that the split count aims for
+
+_tuned: dict = {}  # (heads, L, R, dtype, device, configs) -> the fastest DecodeConfig
 
 
-def _num_splits(batch: int, head_groups: int, device: torch.device) -> int:
-    """Enough programs to fill the GPU ~4 times over; the kernel clips each split to its sequence."""
-    if triton_interpret():
-        return 3  # exercise the reduce on CPU
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(64, triton.cdiv(4 * sms, batch * head_groups)))
+def num_splits_for(batch: int, heads: int, L: int, cfg: DecodeConfig, sms: int) -> int:
+    """Splits so that stage 1 has ~SPLIT_WAVES programs per SM, counting this config's programs."""
+    block_l = triton.next_power_of_2(L)
+    programs = triton.cdiv(heads, cfg.block_h) * (block_l // min(cfg.block_v or block_l, block_l))
+    return max(1, min(64, triton.cdiv(SPLIT_WAVES * sms, batch * programs)))
+
+
+def pick_config(key, configs, run: Callable[[DecodeConfig], None], timer: Callable) -> DecodeConfig:
+    """The config with the lowest time(run(config)); configs that fail (too big for this GPU) are skipped."""
+    if key not in _tuned:
+        timed = []
+        for cfg in configs:
+            try:
+                timed.append((timer(lambda cfg=cfg: run(cfg)), cfg))
+            except Exception as exc:  # out of shared memory / registers on this GPU
+                log.info("mla_decode config %s skipped: %s", cfg.name, exc)
+        if not timed:
+            raise RuntimeError(f"mla_decode: no config of {[c.name for c in configs]} runs here")
+        _tuned[key] = min(timed, key=lambda t: t[0])[1]
+        log.info("mla_decode %s: picked %s", key[:4], _tuned[key].name)
+    return _tuned[key]
+
+
+def tuned_config(q: torch.Tensor, kv_lora_rank: int, configs=None) -> DecodeConfig | None:
+    """The config picked for this q's (heads, L, R, dtype, device); None before the first call."""
+    return _tuned.get(_tune_key(q, kv_lora_rank, tuple(configs or DECODE_CONFIGS)))
+
+
+def _tune_key(q: torch.Tensor, L: int, configs: tuple) -> tuple:
+    return (q.shape[1], L, q.shape[2] - L, q.dtype, str(q.device), configs)
+
+
+def _check_config(cfg: DecodeConfig, block_l: int) -> None:
+    for name in ("block_h", "block_n", "block_v", "block_k"):
+        v = getattr(cfg, name)
+        if v is not None and (v < 16 or v & (v - 1)):
+            raise ValueError(f"mla_decode_launch: {name}={v} must be a power of two >= 16 (tl.dot tiles)")
+    for name in ("block_v", "block_k"):
+        v = getattr(cfg, name)
+        if v is not None and v > block_l:
+            raise ValueError(f"mla_decode_launch: {name}={v} is wider than the padded L={block_l}")
 
 
 def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank, num_splits=None,
-                      block_h=None, block_n=None, num_warps=None, num_stages=None):
-    """q [B,H,L+R], latent_cache [nb,bs,L+R] -> (out [B,H,L], lse [H,B] fp32). Tuning knobs for benchmarks."""
+                      config: DecodeConfig | None = None, configs=None, reduce_heads=1):
+    """q [B,H,L+R], latent_cache [nb,bs,L+R] -> (out [B,H,L], lse [H,B] fp32).
+
+    config: one fixed tile (benchmarks, tests); else the interpreter / <= 16 heads use a fixed tile and
+    the GPU picks the fastest of `configs` (default DECODE_CONFIGS) on the first call per
+    (heads, L, R, dtype). num_splits: override the split count. reduce_heads: heads per reduce program.
+    """
     q = q if q.stride(-1) == 1 else q.contiguous()
     B, H, width = q.shape
     L, R = kv_lora_rank, width - kv_lora_rank
-    bs = latent_cache.shape[1]
+    block_l = triton.next_power_of_2(L)
     out = torch.empty(B, H, L, dtype=q.dtype, device=q.device)
     lse = torch.empty(H, B, dtype=torch.float32, device=q.device)
-    interp = triton_interpret()
-    # explicit tiles (benchmark sweeps), the interpreter, or few heads: one fixed config; else autotuned
-    fixed = interp or block_h is not None or H <= 16
-    block_h = block_h or 16  # tl.dot needs M >= 16
-    block_n = block_n or (16 if interp else 32)
-    num_warps = num_warps or 4
-    num_stages = num_stages or (1 if interp else 2)
-    splits = num_splits or _num_splits(B, triton.cdiv(H, 16), q.device)
-    if splits > 1:
-        mid_o = torch.empty(B, H, splits, L, dtype=torch.float32, device=q.device)
-        mid_lse = torch.empty(B, H, splits, dtype=torch.float32, device=q.device)
-    else:
-        mid_o, mid_lse = out, lse  # unused
     seq_lens = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
     block_table = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
-    mo_strides = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2)) if splits > 1 else (0, 0, 0)
-    ml_strides = (mid_lse.stride(0), mid_lse.stride(1)) if splits > 1 else (0, 0)
-    dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    args = (q, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse,
-            q.stride(0), q.stride(1),
-            latent_cache.stride(0), latent_cache.stride(1),
-            block_table.stride(0),
-            *mo_strides, *ml_strides,
-            out.stride(0), out.stride(1), lse.stride(0),
-            float(scale) * LOG2E, H)
-    flags = dict(BLOCK_SIZE=bs, NUM_SPLITS=splits, L=L, R=R, BLOCK_L=triton.next_power_of_2(L),
-                 BLOCK_R=max(triton.next_power_of_2(R), 16), DOT_PREC=dot_prec)
-    if fixed:
-        _mla_decode_split_kernel[(triton.cdiv(H, block_h), splits, B)](
-            *args, **flags, BLOCK_H=block_h, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
-    else:
-        _autotuned_kernel()[lambda meta: (triton.cdiv(H, meta["BLOCK_H"]), splits, B)](*args, **flags)
+    if reduce_heads < 1 or reduce_heads & (reduce_heads - 1):
+        raise ValueError(f"mla_decode_launch: reduce_heads={reduce_heads} must be a power of two")
+    interp = triton_interpret()
+    sms = 0 if interp else torch.cuda.get_device_properties(q.device).multi_processor_count
+
+    def run(cfg: DecodeConfig) -> None:
+        _check_config(cfg, block_l)
+        splits = num_splits or (3 if interp else num_splits_for(B, H, L, cfg, sms))  # 3: exercise the reduce
+        _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, reduce_heads, out, lse)
+
+    if config is None and (interp or H <= 16):
+        config = INTERPRET_CONFIG if interp else SMALL_CONFIG
+    if config is None:
+        configs = tuple(configs or DECODE_CONFIGS)
+        timer = lambda fn: triton.testing.do_bench(fn, warmup=5, rep=20)  # noqa: E731
+        config = pick_config(_tune_key(q, L, configs), configs, run, timer)
+    run(config)
+    return out, lse
+
+
+def _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, reduce_heads, out, lse):
+    B, H, _ = q.shape
+    block_l = triton.next_power_of_2(L)
+    block_v = min(cfg.block_v or block_l, block_l)
+    block_k = min(cfg.block_k or block_l, block_l)
     if splits > 1:
-        _mla_decode_reduce_kernel[(H, B)](
+        # fp32 partials only when there is something to merge
+        mid_o = torch.empty(B, H, splits, L, dtype=torch.float32, device=q.device)
+        mid_lse = torch.empty(B, H, splits, dtype=torch.float32, device=q.device)
+        mo_strides = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2))
+        ml_strides = (mid_lse.stride(0), mid_lse.stride(1))
+    else:
+        mid_o, mid_lse, mo_strides, ml_strides = out, lse, (0, 0, 0), (0, 0)  # unused
+    _mla_decode_split_kernel[(triton.cdiv(H, cfg.block_h) * (block_l // block_v), splits, B)](
+        q, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse,
+        q.stride(0), q.stride(1),
+        latent_cache.stride(0), latent_cache.stride(1),
+        block_table.stride(0),
+        *mo_strides, *ml_strides,
+        out.stride(0), out.stride(1), lse.stride(0),
+        float(scale) * LOG2E, H,
+        BLOCK_SIZE=latent_cache.shape[1], L=L, R=R, BLOCK_L=block_l,
+        BLOCK_R=max(triton.next_power_of_2(R), 16),
+        BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, BLOCK_V=block_v, BLOCK_K=block_k,
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if splits > 1:
+        _mla_decode_reduce_kernel[(triton.cdiv(H, reduce_heads), B)](
             mid_o, mid_lse, out, lse, *mo_strides, *ml_strides,
             out.stride(0), out.stride(1), lse.stride(0),
-            NUM_SPLITS=splits, L=L, BLOCK_L=triton.next_power_of_2(L), num_warps=4,
+            splits, H, L=L, BLOCK_L=block_l, BLOCK_HR=reduce_heads, num_warps=4,
         )
-    return out, lse
