@@ -14,7 +14,7 @@ context is empty; else extend.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -49,6 +49,8 @@ class AttentionMetadata:
     num_prefills: int
     num_prefill_tokens: int
     block_size: int = 0
+    # split backends: SplitPlan per device, built on first use (init=False: dataclasses.replace starts empty)
+    _split_plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_seqs(self) -> int:
@@ -61,6 +63,21 @@ class AttentionMetadata:
     def split_counts(self) -> SplitCounts:
         return SplitCounts(self.num_decodes, self.num_decode_tokens, self.num_extends,
                            self.num_extend_tokens, self.num_prefills, self.num_prefill_tokens)
+
+    def split_plan(self, device: str | torch.device, workspace_tokens: int,
+                   sliding_window: int = 0) -> SplitPlan:
+        """The batch split of the split backends (ROCM_AITER_FA / ROCM_ATTN) from the host lists, built on
+        the first call and cached here: every layer of the step reuses it (no host->device copy, no sync).
+        The metadata is one step's: do not change its lists after the first attention call."""
+        device = torch.device(device)
+        plan = self._split_plans.get(device)
+        if plan is None:
+            plan = build_split_plan(self.query_lens, self.context_lens, device, workspace_tokens,
+                                    sliding_window)
+            self._split_plans[device] = plan
+        elif plan.extend.num_seqs and (workspace_tokens, sliding_window) not in plan.extend_rounds:
+            add_extend_rounds(plan, workspace_tokens, sliding_window)  # another window: one more copy
+        return plan
 
 
 def classify(query_len: int, context_len: int, decode_threshold: int = 1) -> str:
@@ -192,3 +209,181 @@ def metadata_from_tensors(query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
         num_prefills=counts.num_prefills, num_prefill_tokens=counts.num_prefill_tokens,
         block_size=block_size,
     )
+
+
+# ---------------------------------------------------------------- the split plan (split backends)
+
+SPLIT_KINDS = ("decode", "extend", "prefill")  # the kind order the split backends run in
+
+
+@dataclass
+class SplitPart:
+    """The sequences of one request kind (classify, threshold 1), in input order."""
+    seqs: list[int]
+    query_lens: list[int]
+    context_lens: list[int]
+    tokens: slice  # this kind's rows of q/k/v once they are in kind order
+    seq_index: slice | torch.Tensor  # this kind's rows of seq_lens / block_table (a slice when contiguous)
+    cu_seqlens: torch.Tensor | None  # [n+1] int32 cumulative query_lens (extend / prefill; None for decode)
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def max_query_len(self) -> int:
+        return max(self.query_lens, default=0)
+
+
+@dataclass
+class ContextRound:
+    """One round of the extends' cached context: piece j is tokens [starts[j], starts[j] + len_j) of
+    extend j."""
+    cu_seqlens_k: torch.Tensor  # [n+1] int32 cumulative piece lengths (rows of the workspace)
+    seq_starts: torch.Tensor  # [n] int32 first context position of each piece
+    q_pos_offsets: torch.Tensor | None  # [n] int32 each extend's first query position in its piece (window)
+    max_seqlen_k: int
+
+
+@dataclass
+class SplitPlan:
+    decode: SplitPart
+    extend: SplitPart
+    prefill: SplitPart
+    # [T] int32: input row of each token in kind order / kind-order row of each input token; None when the
+    # input already is in kind order (decodes, then extends, then prefills: no gather, no scatter)
+    token_order: torch.Tensor | None
+    input_order: torch.Tensor | None
+    # (workspace tokens, sliding window) -> the extends' context rounds and the workspace rows they need
+    extend_rounds: dict = field(default_factory=dict)
+    # (dtype, Hkv, D) -> (k, v) workspace of the extends, shared by every layer of the step
+    workspaces: dict = field(default_factory=dict)
+
+    def part(self, kind: str) -> SplitPart:
+        return getattr(self, kind)
+
+
+def device_int32(pieces: list[list[int]], device: torch.device) -> list[torch.Tensor]:
+    """Each list as an int32 tensor on ``device``, all from ONE host->device copy. Pieces start 16-byte
+    aligned, like fresh tensors (so Triton specializes its kernels for them as before)."""
+    if not pieces:
+        return []
+    flat, starts = [], []
+    for piece in pieces:
+        flat.extend([0] * (-len(flat) % 4))
+        starts.append(len(flat))
+        flat.extend(piece)
+    buf = torch.tensor(flat, dtype=torch.int32).to(device)
+    return [buf[s:s + len(piece)] for s, piece in zip(starts, pieces)]
+
+
+def _cumsum(lens: list[int]) -> list[int]:
+    cu = [0]
+    for n in lens:
+        cu.append(cu[-1] + n)
+    return cu
+
+
+def _is_run(ids: list[int]) -> bool:
+    return ids == list(range(ids[0], ids[0] + len(ids))) if ids else True
+
+
+def context_rounds(context_ranges: list[tuple[int, int]], budget: int) -> list[list[tuple[int, int]]]:
+    """Cut each extend's context range [start, end) into rounds of at most ``budget`` tokens in all:
+    round r gives every extend one piece (start, length), possibly empty. Greedy: every round but
+    the last is full, so the number of rounds is ceil(total / budget)."""
+    left = [end - start for start, end in context_ranges]
+    pos = [start for start, _ in context_ranges]
+    rounds = []
+    while any(left):
+        room, pieces = budget, []
+        for j in range(len(left)):
+            take = min(left[j], room)
+            pieces.append((pos[j], take))
+            pos[j] += take
+            left[j] -= take
+            room -= take
+        rounds.append(pieces)
+    return rounds
+
+
+def _round_lists(context_lens: list[int], workspace: int, window: int):
+    """Host lists of the context rounds: [(cu_k, starts, offsets | None)], and the workspace rows needed."""
+    # context a query can see: all of it, or under a window only keys >= first query position - W + 1
+    ranges = [(max(0, c - window + 1) if window else 0, c) for c in context_lens]
+    rounds = []
+    for pieces in context_rounds(ranges, workspace):
+        starts = [s for s, _ in pieces]
+        offsets = [c - s for c, s in zip(context_lens, starts)] if window else None
+        rounds.append((_cumsum([n for _, n in pieces]), starts, offsets))
+    rows = min(workspace, max((cu[-1] for cu, _, _ in rounds), default=0))
+    return rounds, rows
+
+
+def _context_rounds_on(device_lists, rounds) -> list[ContextRound]:
+    """ContextRounds from _round_lists' host rounds and their tensors (taken in order from device_lists)."""
+    out = []
+    for cu, _, offsets in rounds:
+        cu_k, starts = next(device_lists), next(device_lists)
+        offs = next(device_lists) if offsets is not None else None
+        out.append(ContextRound(cu_k, starts, offs, max(b - a for a, b in zip(cu, cu[1:]))))
+    return out
+
+
+def _round_pieces(rounds) -> list[list[int]]:
+    return [lst for cu, starts, offsets in rounds for lst in (cu, starts, offsets) if lst is not None]
+
+
+def add_extend_rounds(plan: SplitPlan, workspace: int, window: int) -> None:
+    rounds, rows = _round_lists(plan.extend.context_lens, workspace, window)
+    tensors = iter(device_int32(_round_pieces(rounds), plan.extend.cu_seqlens.device))
+    plan.extend_rounds[(workspace, window)] = (_context_rounds_on(tensors, rounds), rows)
+
+
+def build_split_plan(query_lens: list[int], context_lens: list[int], device: torch.device, workspace: int,
+                     window: int = 0, all_extend: bool = False) -> SplitPlan:
+    """Which sequences and token rows each kind has, and every index tensor the split backends need (for
+    the extends: under this workspace and window), in one host->device copy. Sequences without new tokens
+    belong to no kind. all_extend: every sequence is an extend (extend_forward called on its own)."""
+    if workspace < 1:
+        raise ValueError(f"rocm_attn.build_split_plan: workspace must be >= 1 tokens, got {workspace}")
+    seqs = {kind: [] for kind in SPLIT_KINDS}
+    first_token = _cumsum(query_lens)
+    for b, (ql, cl) in enumerate(zip(query_lens, context_lens)):
+        if all_extend:
+            seqs["extend"].append(b)
+        elif ql > 0:
+            seqs[classify(ql, cl)].append(b)
+    kind_order = [b for kind in SPLIT_KINDS for b in seqs[kind]]
+    in_order = all_extend or kind_order == [b for b, ql in enumerate(query_lens) if ql > 0]
+    pieces = {}  # name -> host list, sent in one copy
+    if not in_order:
+        order = [t for b in kind_order for t in range(first_token[b], first_token[b + 1])]
+        inverse = [0] * len(order)
+        for i, t in enumerate(order):
+            inverse[t] = i
+        pieces["token_order"], pieces["input_order"] = order, inverse
+    for kind in SPLIT_KINDS:
+        if not _is_run(seqs[kind]):
+            pieces[kind + "_seqs"] = seqs[kind]
+        if kind != "decode" and seqs[kind]:
+            pieces[kind + "_cu"] = _cumsum([query_lens[b] for b in seqs[kind]])
+    ext_context = [context_lens[b] for b in seqs["extend"]]
+    rounds, rows = _round_lists(ext_context, workspace, window) if seqs["extend"] else ([], 0)
+    names = list(pieces)
+    tensors = iter(device_int32([pieces[n] for n in names] + _round_pieces(rounds), device))
+    dev = {n: next(tensors) for n in names}
+    parts, start = {}, 0
+    for kind in SPLIT_KINDS:
+        ids = seqs[kind]
+        num_tokens = sum(query_lens[b] for b in ids)
+        seq_index = dev[kind + "_seqs"] if kind + "_seqs" in dev else slice(ids[0] if ids else 0,
+                                                                               (ids[-1] + 1) if ids else 0)
+        parts[kind] = SplitPart(ids, [query_lens[b] for b in ids], [context_lens[b] for b in ids],
+                                slice(start, start + num_tokens), seq_index, dev.get(kind + "_cu"))
+        start += num_tokens
+    plan = SplitPlan(parts["decode"], parts["extend"], parts["prefill"], dev.get("token_order"),
+                     dev.get("input_order"))
+    if seqs["extend"]:
+        plan.extend_rounds[(workspace, window)] = (_context_rounds_on(tensors, rounds), rows)
+    return plan

@@ -8,10 +8,17 @@ run each kind with the kernel made for it, and scatter the outputs back in input
   ``pa_fwd_asm`` on ROCm where its limits allow; ROCM_ATTN: the standard layout);
 - prefill -> ``flash_attn_varlen`` on the new tokens, causal (AITER's varlen flash on ROCm);
 - extend  -> the new tokens among themselves (causal, with LSE), then the cached context in rounds
-  gathered with ``gather_cache`` into one bounded workspace shared by all the extends of the batch
-  (extend_workspace_tokens, default 32768 tokens), each round attended without a causal mask (all
-  of it precedes the queries) with LSE and merged with ``merge_attn_states``; a final merge of the
-  context (prefix) and new-token (suffix) results.
+  gathered with ``gather_cache`` into one bounded workspace shared by all the extends of the batch and
+  allocated once per step (extend_workspace_tokens, default 32768 tokens), each round attended
+  without a causal mask (all of it precedes the queries) with LSE and merged with
+  ``merge_attn_states``; a final merge of the context (prefix) and new-token (suffix) results.
+
+The split comes from the metadata's host lists (query_lens / context_lens): AttentionMetadata.split_plan
+builds every index tensor of the step in ONE host->device copy on the first call and caches it, so the
+other layers of the step run with no host sync and no copy (and can be captured in a CUDA graph). A batch
+already in kind order (decodes, then extends, then prefills, as vLLM schedules it) is read through slices;
+an interleaved one is gathered into kind order with one index_select per tensor and the output put back with
+one more. A batch of one kind returns its kernel's output as is.
 
 ROCM_ATTN's multi-token path is this "flash kernel + gathered context" path (not a single
 prefix-prefill kernel): the same kernels as ROCM_AITER_FA, reading the standard layout.
@@ -35,7 +42,13 @@ from typing import Iterator
 import torch
 
 from .attention import register_attention_backend
-from .attention_metadata import AttentionMetadata, classify
+from .attention_metadata import (
+    AttentionMetadata,
+    SplitPlan,
+    build_split_plan,
+    classify,
+    context_rounds,  # noqa: F401  (re-exported: mla_attention, tests)
+)
 from .platform import get_platform
 
 DEFAULT_WORKSPACE_TOKENS = 32768
@@ -69,6 +82,8 @@ def workspace_tokens() -> int:
 
 # ---------------------------------------------------------------- the batch split
 
+# _index / _cu / _kind_rows: per-call helpers kept for mla_attention (the split backends use SplitPlan)
+
 
 def _index(rows: list[int], device) -> torch.Tensor | slice:
     """rows as a slice when they are one contiguous run (no gather copy), else an index tensor."""
@@ -95,72 +110,49 @@ def _kind_rows(md: AttentionMetadata, kind: str):
     return seqs, rows
 
 
-def _decode(q, kv_cache, seq_lens, block_table, scale, window, softcap, seqs, rows):
-    s = _index(seqs, q.device)
-    return torch.ops.rocm_attn.paged_decode(q[_index(rows, q.device)], kv_cache.k_cache, kv_cache.v_cache,
-                                            seq_lens[s], block_table[s], scale, kv_cache.layout, window, softcap)
+def _rows(t: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
+    """Rows of seq_lens / block_table: a view for a slice, one index_select otherwise."""
+    return t[index] if isinstance(index, slice) else t.index_select(0, index)
 
 
-def _prefill(q, k, v, scale, window, softcap, query_lens):
-    cu = _cu(query_lens, q.device)
-    mx = max(query_lens)
-    out, _ = torch.ops.rocm_attn.flash_attn_varlen(q, k, v, cu, cu, mx, mx, scale, True, window, softcap)
-    return out
-
-
-def context_rounds(context_ranges: list[tuple[int, int]], budget: int) -> list[list[tuple[int, int]]]:
-    """Cut each extend's context range [start, end) into rounds of at most ``budget`` tokens in all:
-    round r gives every extend one piece (start, length), possibly empty. Greedy: every round but
-    the last is full, so the number of rounds is ceil(total / budget)."""
-    left = [end - start for start, end in context_ranges]
-    pos = [start for start, _ in context_ranges]
-    rounds = []
-    while any(left):
-        room, pieces = budget, []
-        for j in range(len(left)):
-            take = min(left[j], room)
-            pieces.append((pos[j], take))
-            pos[j] += take
-            left[j] -= take
-            room -= take
-        rounds.append(pieces)
-    return rounds
+def _workspace(plan: SplitPlan, kv_cache, rows: int):
+    """The extends' (k, v) context workspace: allocated once per step (per cache shape); every layer of
+    the step reuses it."""
+    key = (kv_cache.dtype, kv_cache.num_kv_heads, kv_cache.head_dim)
+    ws = plan.workspaces.get(key)
+    if ws is None or ws[0].shape[0] < rows:
+        ws = tuple(torch.empty(rows, kv_cache.num_kv_heads, kv_cache.head_dim, dtype=kv_cache.dtype,
+                               device=kv_cache.k_cache.device) for _ in range(2))
+        plan.workspaces[key] = ws
+    return ws[0][:rows], ws[1][:rows]
 
 
 def extend_forward(q, k, v, kv_cache, block_table, context_lens, query_lens, scale, window, softcap,
-                   workspace: int):
+                   workspace: int, plan: SplitPlan | None = None):
     """Attention of the new tokens q/k/v [T, H, D] (sequences packed in order) of extend requests over
     their cached context (block_table rows, context_lens) and themselves -> out [T, Hq, D].
-    A sequence may have an empty context (then it is a plain causal prefill)."""
-    dev = q.device
-    cu_q = _cu(query_lens, dev)
-    mx_q = max(query_lens)
-    out, lse = torch.ops.rocm_attn.flash_attn_varlen(q, k, v, cu_q, cu_q, mx_q, mx_q, scale, True, window, softcap)
-    # context a query can see: all of it, or under a window only keys >= first query position - W + 1
-    ranges = [(max(0, c - window + 1) if window else 0, c) for c in context_lens]
-    rounds = context_rounds(ranges, workspace)
+    A sequence may have an empty context (then it is a plain causal prefill). ``plan``: the step's
+    SplitPlan (its index tensors are already on the device); without it one is built here."""
+    if plan is None:
+        plan = build_split_plan(query_lens, context_lens, q.device, workspace, window, all_extend=True)
+    part = plan.extend
+    cu_q, mx_q = part.cu_seqlens, part.max_query_len
+    attend = torch.ops.rocm_attn.flash_attn_varlen
+    out, lse = attend(q, k, v, cu_q, cu_q, mx_q, mx_q, scale, True, window, softcap)
+    rounds, rows = plan.extend_rounds[(workspace, window)]
     if not rounds:
         return out
-    hkv, d = kv_cache.num_kv_heads, kv_cache.head_dim
-    rows = min(workspace, max(sum(n for _, n in pieces) for pieces in rounds))
-    k_ws = torch.empty(rows, hkv, d, dtype=kv_cache.dtype, device=dev)
-    v_ws = torch.empty(rows, hkv, d, dtype=kv_cache.dtype, device=dev)
+    k_ws, v_ws = _workspace(plan, kv_cache, rows)
     prefix_out = prefix_lse = None
-    for pieces in rounds:
-        starts = [s for s, _ in pieces]
-        lens = [n for _, n in pieces]
-        cu_k = _cu(lens, dev)
-        torch.ops.rocm_attn.gather_cache(kv_cache.k_cache, kv_cache.v_cache, block_table, cu_k,
-                                         torch.tensor(starts, dtype=torch.int32, device=dev), k_ws, v_ws,
-                                         kv_cache.layout)
+    for r in rounds:
+        torch.ops.rocm_attn.gather_cache(kv_cache.k_cache, kv_cache.v_cache, block_table, r.cu_seqlens_k,
+                                         r.seq_starts, k_ws, v_ws, kv_cache.layout)
         if window:
-            # explicit positions: query i of sequence j is at context_lens[j] + i, the piece starts at starts[j]
-            offsets = torch.tensor([c - s for c, s in zip(context_lens, starts)], dtype=torch.int32, device=dev)
-            o, l = torch.ops.rocm_attn.flash_attn_varlen(q, k_ws, v_ws, cu_q, cu_k, mx_q, max(lens), scale, True,
-                                                          window, softcap, offsets)
+            # explicit positions: query i of extend j is at context_lens[j] + i, its piece starts at starts[j]
+            o, l = attend(q, k_ws, v_ws, cu_q, r.cu_seqlens_k, mx_q, r.max_seqlen_k, scale, True, window,
+                          softcap, r.q_pos_offsets)
         else:
-            o, l = torch.ops.rocm_attn.flash_attn_varlen(q, k_ws, v_ws, cu_q, cu_k, mx_q, max(lens), scale, False,
-                                                          0, softcap)
+            o, l = attend(q, k_ws, v_ws, cu_q, r.cu_seqlens_k, mx_q, r.max_seqlen_k, scale, False, 0, softcap)
         if prefix_out is None:
             prefix_out, prefix_lse = o, l
         else:
@@ -172,27 +164,35 @@ def extend_forward(q, k, v, kv_cache, block_table, context_lens, query_lens, sca
 def split_attention_forward(q, k, v, kv_cache, seq_lens, block_table, scale, sliding_window, softcap,
                             metadata: AttentionMetadata, workspace: int | None = None) -> torch.Tensor:
     """Decode / extend / prefill each with its own kernel; outputs in input order (see module doc).
-    The cache already holds the new tokens (attention() wrote them)."""
+    The cache already holds the new tokens (attention() wrote them). The split comes from the metadata's
+    host lists (metadata.split_plan, built once per step): no host sync, no host->device copy here."""
     window = int(sliding_window or 0)
     cap = float(softcap or 0.0)
     workspace = workspace_tokens() if workspace is None else workspace
-    out = q.new_empty(q.shape)
-    dev = q.device
-    seqs, rows = _kind_rows(metadata, "decode")
-    if seqs:
-        out[_index(rows, dev)] = _decode(q, kv_cache, seq_lens, block_table, scale, window, cap, seqs, rows)
-    seqs, rows = _kind_rows(metadata, "extend")
-    if seqs:
-        r = _index(rows, dev)
-        s = _index(seqs, dev)
-        out[r] = extend_forward(q[r], k[r], v[r], kv_cache, block_table[s],
-                                [metadata.context_lens[b] for b in seqs], [metadata.query_lens[b] for b in seqs],
-                                scale, window, cap, workspace)
-    seqs, rows = _kind_rows(metadata, "prefill")
-    if seqs:
-        r = _index(rows, dev)
-        out[r] = _prefill(q[r], k[r], v[r], scale, window, cap, [metadata.query_lens[b] for b in seqs])
-    return out
+    plan = metadata.split_plan(q.device, workspace, window)
+    if plan.token_order is not None:  # kinds interleaved: one gather each into kind order
+        q, k, v = (t.index_select(0, plan.token_order) for t in (q, k, v))
+    outs = []
+    dec = plan.decode
+    if dec.num_seqs:
+        lens, table = _rows(seq_lens, dec.seq_index), _rows(block_table, dec.seq_index)
+        outs.append(torch.ops.rocm_attn.paged_decode(q[dec.tokens], kv_cache.k_cache, kv_cache.v_cache, lens,
+                                                     table, scale, kv_cache.layout, window, cap))
+    ext = plan.extend
+    if ext.num_seqs:
+        outs.append(extend_forward(q[ext.tokens], k[ext.tokens], v[ext.tokens], kv_cache,
+                                   _rows(block_table, ext.seq_index), ext.context_lens, ext.query_lens, scale,
+                                   window, cap, workspace, plan))
+    pre = plan.prefill
+    if pre.num_seqs:
+        cu, mx, rows = pre.cu_seqlens, pre.max_query_len, pre.tokens
+        out, _ = torch.ops.rocm_attn.flash_attn_varlen(q[rows], k[rows], v[rows], cu, cu, mx, mx, scale, True,
+                                                       window, cap)
+        outs.append(out)
+    if not outs:
+        return q.new_empty(q.shape)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out if plan.input_order is None else out.index_select(0, plan.input_order)
 
 
 # ---------------------------------------------------------------- the two backends
