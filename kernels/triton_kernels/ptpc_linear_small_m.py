@@ -13,8 +13,10 @@ GEMM (ptpc_gemm_small_m.py). This kernel takes the bf16/fp16/fp32 activation its
 
 So the result equals per_token_quant_fp8 + ptpc_scaled_mm up to fp32 summation order.
 
-Two inner products: tl.dot on a BLOCK_M >= 16 tile (M = 5..16), or a broadcast multiply and sum
-(GEMV, BLOCK_M = next_pow2(M) <= GEMV_MAX_M) so that M = 1 does not quantize 15 padding rows.
+Two inner products (USE_DOT, a config key): tl.dot on a BLOCK_M >= 16 tile (its loads pipelined
+with cp.async; M = 1 quantizes 15 padding rows too), or a broadcast multiply and sum (GEMV,
+BLOCK_M = next_pow2(M), only at M <= GEMV_MAX_M; no cp.async pipelining, so it needs split-K or
+wide tiles to keep enough weight bytes in flight). The autotuner picks among both at small M.
 Split-K (SPLIT_K > 1) reduces partials with the small-M GEMM's last-arriver scheme and its
 per-(device, stream) counters (still one launch); every split program still reads the full
 rows for the amax. Programs for N = 4096: 128 at BLOCK_N = 32 (one wave on 132 SMs).
@@ -41,29 +43,33 @@ GEMV_MAX_M = 4  # M <= this: broadcast-multiply GEMV (no padding rows to quantiz
 AMAX_TILE = 8192  # elements of x per amax-pass iteration (64 fp32 per thread at 4 warps)
 
 
-def _config(block_n, block_k, split_k, warps, stages):
-    return triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k},
+GEMV_MAX_PRODUCTS = 128  # GEMV: BLOCK_M * BLOCK_N * BLOCK_K products a thread holds at most
+
+
+def _config(use_dot, block_n, block_k, split_k, warps, stages):
+    return triton.Config({"USE_DOT": use_dot, "BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k},
                          num_warps=warps, num_stages=stages)
 
 
-# Candidates for the autotuner (never timed: the first GPU run picks among them).
+# Candidates for the autotuner (never timed: the first GPU run picks among them). N = 4096:
+# BLOCK_N = 32 is 128 programs (one wave on 132 SMs); split-K multiplies that.
 DOT_CONFIGS = [
-    _config(32, 256, 1, 4, 3),
-    _config(32, 256, 1, 4, 4),
-    _config(16, 256, 1, 4, 4),
-    _config(32, 512, 1, 4, 3),
-    _config(64, 256, 2, 4, 3),
-    _config(32, 256, 2, 4, 3),
-    _config(64, 256, 4, 4, 3),
+    _config(True, 32, 256, 1, 4, 3),
+    _config(True, 32, 256, 1, 4, 4),
+    _config(True, 16, 256, 1, 4, 4),
+    _config(True, 32, 512, 1, 4, 3),
+    _config(True, 64, 256, 2, 4, 3),
+    _config(True, 32, 256, 2, 4, 3),
+    _config(True, 64, 256, 4, 4, 3),
 ]
-# GEMV: BLOCK_M * BLOCK_N * BLOCK_K products live in registers at once; keep it <= 64 a thread.
 GEMV_CONFIGS = [
-    _config(32, 128, 1, 4, 3),
-    _config(16, 256, 1, 4, 3),
-    _config(32, 256, 1, 8, 3),
-    _config(64, 128, 1, 8, 3),
-    _config(32, 128, 2, 4, 3),
-    _config(64, 128, 4, 8, 3),
+    _config(False, 32, 128, 1, 4, 3),
+    _config(False, 32, 512, 1, 8, 1),
+    _config(False, 16, 512, 2, 4, 1),
+    _config(False, 32, 256, 2, 8, 1),
+    _config(False, 16, 256, 4, 4, 1),
+    _config(False, 32, 128, 4, 4, 1),
+    _config(False, 64, 128, 4, 8, 1),
 ]
 INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}
 
@@ -147,17 +153,42 @@ def _ptpc_linear_small_m_kernel(
             tl.atomic_xchg(count_ptr + pid_n, 0)  # ready for the next call / graph replay
 
 
+def _block_m(M: int, use_dot: bool) -> int:
+    return max(16, triton.next_power_of_2(M)) if use_dot else triton.next_power_of_2(M)  # tl.dot: >= 16 rows
+
+
+def _prune(configs, named_args, **kwargs):
+    """GEMV configs only at M <= GEMV_MAX_M and within GEMV_MAX_PRODUCTS a thread."""
+    M = named_args["M"]
+
+    def fits(c):
+        if c.kwargs["USE_DOT"]:
+            return True
+        products = _block_m(M, False) * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] // (32 * c.num_warps)
+        return M <= GEMV_MAX_M and products <= GEMV_MAX_PRODUCTS
+
+    return [c for c in configs if fits(c)] or [c for c in configs if c.kwargs["USE_DOT"]]
+
+
 _heuristics = triton.heuristics({
+    "BLOCK_M": lambda args: _block_m(args["M"], args["USE_DOT"]),
     "EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0,
     "IMPRECISE_K": lambda args: min(PROMOTE_K, args["BLOCK_K"]),
     "AMAX_BLOCK_K": lambda args: max(args["BLOCK_K"],
                                      min(triton.next_power_of_2(args["K"]), AMAX_TILE // args["BLOCK_M"])),
 })
 _kernel_fixed = _heuristics(_ptpc_linear_small_m_kernel)
-_kernel_dot_tuned = triton.autotune(configs=DOT_CONFIGS, key=["N", "K", "M_BUCKET"])(
-    _heuristics(_ptpc_linear_small_m_kernel))
-_kernel_gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "M_BUCKET"])(
-    _heuristics(_ptpc_linear_small_m_kernel))
+# autotuned over: both inner products (use_dot=None), tl.dot only (True), GEMV only (False)
+TUNED_KERNELS = {
+    path: triton.autotune(configs=configs, key=["N", "K", "M_BUCKET"], prune_configs_by={"early_config_prune": _prune})(
+        _heuristics(_ptpc_linear_small_m_kernel))
+    for path, configs in ((None, DOT_CONFIGS + GEMV_CONFIGS), (True, DOT_CONFIGS), (False, GEMV_CONFIGS))
+}
+
+
+def autotuned_config(use_dot: bool | None = None) -> str:
+    """The config the autotuner picked last (benchmarks record which path won)."""
+    return str(getattr(TUNED_KERNELS[use_dot], "best_config", None))
 
 
 def ptpc_linear_small_m_launch(x, wq, w_scale, bias=None, config: dict | None = None,
@@ -165,7 +196,8 @@ def ptpc_linear_small_m_launch(x, wq, w_scale, bias=None, config: dict | None = 
     """ptpc_linear for M <= MAX_M rows in one launch: x [..., K] bf16/fp16/fp32, wq [N, K] fp8
     (e4m3fn / e4m3fnuz), w_scale [N, 1] fp32, bias [N]? -> [..., N] in x's dtype.
     config {"BLOCK_N", "BLOCK_K", "SPLIT_K"[, "num_warps", "num_stages"]} skips autotuning;
-    use_dot forces the tl.dot (True) or GEMV (False) inner product (default: GEMV at M <= GEMV_MAX_M)."""
+    use_dot: True / False restricts the autotuner (or a config without "USE_DOT") to the tl.dot /
+    GEMV inner product; None lets it choose (GEMV only at M <= GEMV_MAX_M; a config defaults to tl.dot)."""
     if wq.dtype not in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
         raise TypeError(f"ptpc_linear_small_m: wq must be e4m3 fp8, got {wq.dtype}")
     K = x.shape[-1]
@@ -188,24 +220,25 @@ def ptpc_linear_small_m_launch(x, wq, w_scale, bias=None, config: dict | None = 
     ws = w_scale.reshape(N).contiguous()
     bias = bias.contiguous() if bias is not None else None
 
-    if use_dot is None:
-        use_dot = M > GEMV_MAX_M
-    block_m = max(16, triton.next_power_of_2(M)) if use_dot else triton.next_power_of_2(M)
+    if use_dot is False and M > GEMV_MAX_M:
+        raise ValueError(f"ptpc_linear_small_m: the GEMV path takes M <= {GEMV_MAX_M}, got M = {M}")
     if config is None and triton_interpret():
         config = INTERPRET_CONFIG
-    tuned = _kernel_dot_tuned if use_dot else _kernel_gemv_tuned
+    if config is not None:
+        config = {"USE_DOT": use_dot is not False, **config}
+    tuned = TUNED_KERNELS[use_dot]
     max_split = max(c.kwargs["SPLIT_K"] for c in tuned.configs) if config is None else config["SPLIT_K"]
     counters = _counters(x.device, triton.cdiv(N, 16)) if max_split > 1 else None
     if max_split > 1 and counters is None:  # a CUDA-graph capture with no counters to spare: no split-K
-        config, max_split = {"BLOCK_N": 32, "BLOCK_K": 256 if use_dot else 128, "SPLIT_K": 1,
+        config, max_split = {"USE_DOT": True, "BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 1,
                              "num_warps": 4, "num_stages": 3}, 1
     partials = torch.empty((max_split, M, N), dtype=torch.float32, device=x.device) if max_split > 1 else out
     fmax = fp8_max(wq.dtype)
     args = (x2, wq, ws, bias if bias is not None else ws, out, partials,
-            counters if counters is not None else ws, M, N, K, block_m,
+            counters if counters is not None else ws, M, N, K, triton.next_power_of_2(M),
             x2.stride(0), wq.stride(0), out.stride(0))
     consts = dict(FP8_MAX=fmax, INV_FP8_MAX=inv_fp8_max(fmax), SCALE_FLOOR=scale_floor(fmax),
-                  HAS_BIAS=bias is not None, USE_DOT=use_dot, BLOCK_M=block_m)
+                  HAS_BIAS=bias is not None)
 
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])

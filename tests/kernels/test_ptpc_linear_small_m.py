@@ -56,8 +56,7 @@ def make(M, N, K, dtype, bias=True, special_rows=True):
     return x.to(dtype), wq, w_scale, b
 
 
-@pytest.mark.parametrize("use_dot", [False, True])
-@pytest.mark.parametrize("M", [1, 3, 16])
+@pytest.mark.parametrize("M,use_dot", [(1, False), (1, True), (3, False), (3, True), (16, True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_matches_quant_plus_scaled_mm(M, dtype, use_dot):
     """K = 100 (not a multiple of BLOCK_K), N = 17 (odd, not a multiple of BLOCK_N)."""
@@ -73,8 +72,8 @@ def test_grid_exact_rows_equal_torch_provider(use_dot):
     """Rows on the fp8 grid (amax = fp8_max * 2^-7): the interpreter's cast is exact, so the
     fused kernel matches the torch provider of ptpc_linear itself."""
     fmax = fp8_max()
-    x, wq, w_scale, b = make(5, 24, 72, torch.float32)
-    grid = (torch.randn(5, 72) * 64).clamp(-fmax, fmax).to(wq.dtype).float()
+    x, wq, w_scale, b = make(4, 24, 72, torch.float32)
+    grid = (torch.randn(4, 72) * 64).clamp(-fmax, fmax).to(wq.dtype).float()
     grid[:, 0] = fmax
     x = (grid * 2.0**-7).to(DEVICE)
     x[3] = 0.0
@@ -111,10 +110,11 @@ def test_exact_division_not_reciprocal(use_dot):
 
 
 @pytest.mark.parametrize("use_dot", [False, True])
-def test_amax_pass_loops_over_k(use_dot):
-    """K = 600 > the amax pass's chunk at 16 rows (512): rows whose maximum is in the last chunk."""
-    x, wq, w_scale, b = make(16, 17, 600, torch.float32)
-    x[:, 550] = 50.0 * torch.randn(16)
+def test_amax_pass_loops_over_k(use_dot, monkeypatch):
+    """The amax pass in chunks (AMAX_TILE // BLOCK_M columns): row maxima in the last chunk."""
+    monkeypatch.setattr(fused, "AMAX_TILE", 256)  # chunks of 64 (GEMV, 4 rows) / 32 (tl.dot, 16 rows)
+    x, wq, w_scale, b = make(3, 17, 200, torch.float32)
+    x[:, 190] = 50.0 * torch.randn(3)
     out = fused.ptpc_linear_small_m_launch(x, wq, w_scale, b, use_dot=use_dot)
     check_two_launch(out, x, wq, w_scale, b)
 
@@ -153,14 +153,16 @@ def test_empty_shapes():
     ("too many rows", ValueError, "M <= 16"),
     ("bf16 weight", TypeError, "e4m3 fp8"),
     ("K mismatch", ValueError, "K = 31"),
+    ("GEMV above its M", ValueError, "GEMV path takes M <= 4"),
 ])
 def test_bad_input(what, exc, msg):
     x, wq, w_scale, _ = make(2, 8, 32, torch.float32)
     args = {"too many rows": (torch.randn(17, 32), wq, w_scale),
             "bf16 weight": (x, wq.to(torch.bfloat16), w_scale),
-            "K mismatch": (torch.randn(2, 31), wq, w_scale)}[what]
+            "K mismatch": (torch.randn(2, 31), wq, w_scale),
+            "GEMV above its M": (torch.randn(5, 32), wq, w_scale)}[what]
     with pytest.raises(exc, match=msg):
-        fused.ptpc_linear_small_m_launch(*args)
+        fused.ptpc_linear_small_m_launch(*args, use_dot=False if what == "GEMV above its M" else None)
 
 
 def test_ptpc_linear_triton_provider_switch(monkeypatch):
@@ -178,3 +180,17 @@ def test_ptpc_linear_triton_provider_switch(monkeypatch):
         torch.ops.rocm_attn.ptpc_linear(torch.randn(17, 40, device=DEVICE), wq, w_scale, b)  # M > 16
         assert calls == [1]
     check_two_launch(out, x, wq, w_scale, b)
+
+
+def test_autotune_candidates():
+    """The autotuner (GPU) sees GEMV configs only at M <= GEMV_MAX_M and within the register
+    budget, and always some tl.dot configs; tl.dot tiles have >= 16 rows."""
+    at_1 = fused._prune(fused.DOT_CONFIGS + fused.GEMV_CONFIGS, {"M": 1})
+    at_4 = fused._prune(fused.DOT_CONFIGS + fused.GEMV_CONFIGS, {"M": 4})
+    at_5 = fused._prune(fused.DOT_CONFIGS + fused.GEMV_CONFIGS, {"M": 5})
+    assert len(at_1) == len(fused.DOT_CONFIGS + fused.GEMV_CONFIGS)
+    assert fused.DOT_CONFIGS[0] in at_4 and 0 < len(at_4) - len(fused.DOT_CONFIGS) < len(fused.GEMV_CONFIGS)
+    assert at_5 == fused.DOT_CONFIGS
+    assert fused._prune(fused.GEMV_CONFIGS, {"M": 5}) == []  # use_dot=False refuses M > 4 before this
+    assert [fused._block_m(m, True) for m in (1, 3, 16)] == [16, 16, 16]
+    assert [fused._block_m(m, False) for m in (1, 3, 4)] == [1, 4, 4]
