@@ -2,6 +2,7 @@
 
     python benchmarks/bench_attention.py --out results/bench_attention.json           # full, < 4 min (H100)
     python benchmarks/bench_attention.py --quick --out results/bench_attention.json   # subset, < 90 s
+    python benchmarks/bench_attention.py --mixes --out results/bench_mixes.json       # issue-4 mixes only
     python benchmarks/bench_attention.py --tune                                       # sweep unified configs
 
 GQA 32/8, D = 128, bf16, page 16. Every backend name (TRITON_ATTN, ROCM_AITER_UNIFIED_ATTN,
@@ -13,7 +14,10 @@ writing the step's new k/v into the cache (reshape_and_cache).
 Cases and what they are compared with:
   prefill S=4k/16k   one causal sequence; TFLOP/s (causal FLOPs) vs F.scaled_dot_product_attention
   decode B x ctx     64x4k, 256x2k, 16x32k; K/V GB/s read vs SDPA on contiguous K/V and vs a d2d copy
-  mixed              64 decodes (ctx 4k) + one 2k prefill chunk; 8 extends (512 on 4k) + 32 decodes
+  mixed              decode-heavy: 64 decodes (ctx 4k) + one 2k or 512-token prefill (in kind order, as
+                     vLLM schedules it; and the 512 one first, so the split backends must reorder);
+                     8 extends (512 on 4k) + 32 decodes. The table ends with the issue-4 ratio
+                     TRITON_ATTN ms / ROCM_AITER_FA ms per mix (target >= 1.15)
   seed extend        one request, 3616 new tokens on a 20000-token context (the seeds' case) vs SDPA
                      on the same Q over the full contiguous K/V (bottom-right causal if this torch has it)
 Targets (issue 3): unified prefill >= 0.8x SDPA-flash TFLOP/s at S >= 4k; decode >= 80% of copy GB/s.
@@ -138,7 +142,9 @@ def cases(quick: bool):
     prefill = [("prefill", f"S={s // 1024}k", [(0, s)], s) for s in ([4096] if quick else [4096, 16384])]
     decode = [("decode", f"{b}x{c // 1024}k", [(c - 1, 1)] * b, (b, c))
               for b, c in ([(64, 4096), (16, 32768)] if quick else [(64, 4096), (256, 2048), (16, 32768)])]
-    mixed = [("mixed", "64 dec(4k) + 2k prefill", [(4095, 1)] * 64 + [(0, 2048)], None)]
+    mixed = [("mixed", "64 dec(4k) + 2k prefill", [(4095, 1)] * 64 + [(0, 2048)], None),
+             ("mixed", "64 dec(4k) + 512 prefill", [(4095, 1)] * 64 + [(0, 512)], None),
+             ("mixed", "512 prefill + 64 dec(4k) (reordered)", [(0, 512)] + [(4095, 1)] * 64, None)]
     if not quick:
         mixed.append(("mixed", "8 ext(512 on 4k) + 32 dec(4k)", [(4096, 512)] * 8 + [(4095, 1)] * 32, None))
     seed = [("extend", "1 x 3616 new on 20000", [(20000, 3616)], (3616, 20000))]
@@ -192,16 +198,51 @@ def run_case(kind, name, specs, arg, copy_gbs, backends_info):
 def markdown(rows, copy_gbs, device):
     lines = [f"device: {device}; d2d copy {copy_gbs:.0f} GB/s; GQA {HQ}/{HKV}, D={D}, bf16, page {PAGE}; "
              "x = baseline time / ours (> 1: faster)", "",
-             "| case | layout | backend | ms | TFLOP/s | K/V GB/s (% copy) | baseline | baseline ms | x |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| case | layout | backend | ms | timing | TFLOP/s | K/V GB/s (% copy) | baseline | baseline ms "
+             "| x |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "ms" not in r:
-            lines.append(f"| {r['kind']} {r['case']} | {r['layout']} | {r['backend']} | {r['note']} | | | | | |")
+            lines.append(f"| {r['kind']} {r['case']} | {r['layout']} | {r['backend']} | {r['note']} "
+                         "| | | | | | |")
             continue
         base = f"{r['baseline_ms']:.3f}" if r.get("baseline_ms") else "-"
         x = f"{r['vs_baseline']:.2f}" if "vs_baseline" in r else "-"
-        lines.append(f"| {r['kind']} {r['case']} | {r['layout']} | {r['backend']} | {r['ms']:.3f} | {r['tflops']:.0f} "
-                     f"| {r['kv_gbs']:.0f} ({r['pct_copy']:.0f}%) | {r['baseline'] or '-'} | {base} | {x} |")
+        lines.append(f"| {r['kind']} {r['case']} | {r['layout']} | {r['backend']} | {r['ms']:.3f} "
+                     f"| {r['timing']} | {r['tflops']:.0f} | {r['kv_gbs']:.0f} ({r['pct_copy']:.0f}%) "
+                     f"| {r['baseline'] or '-'} | {base} | {x} |")
+    return "\n".join(lines)
+
+
+def mix_ratios(rows) -> list[dict]:
+    """Issue 4, per mixed case: TRITON_ATTN ms / ROCM_AITER_FA ms (shuffled), with TRITON_ATTN on each
+    layout (> 1: the split backend is faster; target >= 1.15)."""
+    ms = {(r["case"], r["layout"], r["backend"]): r["ms"] for r in rows if r["kind"] == "mixed" and "ms" in r}
+    out = []
+    for case in dict.fromkeys(r["case"] for r in rows if r["kind"] == "mixed"):
+        fa = ms.get((case, "shuffled", "ROCM_AITER_FA"))
+        rocm_attn = ms.get((case, "standard", "ROCM_ATTN"))
+        ratio = {"case": case, "rocm_aiter_fa_ms": fa, "rocm_attn_ms": rocm_attn}
+        for layout in LAYOUTS:
+            triton = ms.get((case, layout, "TRITON_ATTN"))
+            ratio[f"x_vs_triton_{layout}"] = triton / fa if fa and triton else None
+        out.append(ratio)
+    return out
+
+
+def ratio_markdown(ratios) -> str:
+    def f(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    lines = ["", "issue 4: TRITON_ATTN ms / ROCM_AITER_FA ms (target >= 1.15)", "",
+             "| mix | ROCM_AITER_FA ms | x vs TRITON_ATTN standard | x vs TRITON_ATTN shuffled "
+             "| ROCM_ATTN ms |",
+             "|---|---|---|---|---|"]
+    for r in ratios:
+        fa = "-" if r["rocm_aiter_fa_ms"] is None else f"{r['rocm_aiter_fa_ms']:.3f}"
+        ra = "-" if r["rocm_attn_ms"] is None else f"{r['rocm_attn_ms']:.3f}"
+        lines.append(f"| {r['case']} | {fa} | {f(r['x_vs_triton_standard'])} "
+                     f"| {f(r['x_vs_triton_shuffled'])} | {ra} |")
     return "\n".join(lines)
 
 
@@ -249,6 +290,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_attention.json", help="JSON results path")
     ap.add_argument("--quick", action="store_true", help="a subset that runs in < 90 s")
+    ap.add_argument("--mixes", action="store_true", help="only the mixed-batch cases (issue 4 ratio)")
     ap.add_argument("--tune", action="store_true", help="sweep the unified kernel's configs instead")
     args, _ = ap.parse_known_args(argv)
     if not torch.cuda.is_available():
@@ -264,13 +306,17 @@ def main(argv=None):
     info = registered()
     rows = []
     for kind, name, specs, arg in cases(args.quick):
+        if args.mixes and kind != "mixed":
+            continue
         rows += run_case(kind, name, specs, arg, copy_gbs, info)
     device = torch.cuda.get_device_name(0)
-    table = markdown(rows, copy_gbs, device)
+    ratios = mix_ratios(rows)
+    table = markdown(rows, copy_gbs, device) + "\n" + ratio_markdown(ratios)
     print(table)
+    flags = "".join(f" --{name}" for name in ("quick", "mixes") if getattr(args, name))
     result = {"device": device, "torch": torch.__version__, "copy_gbs": copy_gbs, "rows": rows,
-              "backends": info, "seconds": time.time() - start,
-              "command": "python benchmarks/bench_attention.py" + (" --quick" if args.quick else "")}
+              "mix_ratios": ratios, "backends": info, "seconds": time.time() - start,
+              "command": "python benchmarks/bench_attention.py" + flags}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1, default=str)
     print(f"\nwrote {args.out} in {result['seconds']:.0f} s")
