@@ -8,6 +8,10 @@ Columns (median times, CUDA-graph replay so Python dispatch does not swamp small
   scaled_mm   torch._scaled_mm rowwise alone (x already quantized)
   triton_mm   our Triton GEMM alone (the small-M kernel for M <= 64, the tiled GEMM above)
   ptpc_linear torch.ops.rocm_attn.ptpc_linear, auto providers: quant + GEMM, bf16 in and out
+  ptpc_linear_fused  (M <= 16) the one-launch quant + small-M GEMM kernel (ptpc_linear_small_m.py,
+              autotuned; the row records the config it chose and its max difference from
+              ptpc_linear). Opt-in today: if it beats ptpc_linear at M = 1 and 16, set
+              kernels/ptpc_linear.py FUSED_SMALL_M_MAX = 16 (then ptpc_linear runs it).
   norm_mm     rms_norm_quant_fp8 (the fused norm + quant) then ptpc_scaled_mm
   quant       per_token_quant_fp8 alone, as GB/s and % of a measured device-to-device copy
 Every variant (bf16 and ours alike) is timed rotating over copies of its inputs (weight and
@@ -67,9 +71,11 @@ def copy_bandwidth_gbs() -> float:
 
 
 def run_shape(K, N, M, copy_gbs):
-    import rocm_attn  # noqa: F401  (registers the ops)
     from rocm_attn.kernels import use_kernels
     from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
+    from rocm_attn.kernels.triton_kernels import ptpc_linear_small_m as fused
+
+    import rocm_attn  # noqa: F401  (registers the ops)
 
     ops = torch.ops.rocm_attn
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -98,6 +104,13 @@ def run_shape(K, N, M, copy_gbs):
         "norm_mm": bench_rotated(norm_mm, x, norm_w, wq, w_scale),
         "quant": bench_rotated(ops.per_token_quant_fp8, x),
     }
+    fused_info = {}
+    if M <= fused.MAX_M:
+        timings["ptpc_linear_fused"] = bench_rotated(fused.ptpc_linear_small_m_launch, x, wq, w_scale)
+        ref = ops.ptpc_linear(x, wq, w_scale).float()
+        diff = (fused.ptpc_linear_small_m_launch(x, wq, w_scale).float() - ref).abs().max()
+        fused_info = {"fused_config": fused.autotuned_config(),
+                      "fused_max_diff_rel": float(diff / ref.abs().max().clamp_min(1e-30))}
     t = {k: ms for k, (ms, _) in timings.items()}
     flop = 2.0 * M * N * K
     quant_bytes = M * K * (2 + 1) + 4 * M
@@ -107,7 +120,7 @@ def run_shape(K, N, M, copy_gbs):
            "quant_gbs": quant_bytes / t["quant"] / 1e6,
            "quant_pct_copy": 100.0 * quant_bytes / t["quant"] / 1e6 / copy_gbs,
            "weight_read_gbs_ptpc": N * K / t["ptpc_linear"] / 1e6,
-           "input_copies": {k: n for k, (_, n) in timings.items()}}
+           "input_copies": {k: n for k, (_, n) in timings.items()}, **fused_info}
     return row
 
 
@@ -116,15 +129,18 @@ def markdown(rows, copy_gbs, device):
              "x = bf16 time / ours",
              f"every variant rotates over copies of its weight and activations (>= {ROTATE_BYTES >> 20} MiB "
              "per variant, one CUDA graph over all copies, time / copies): HBM, not L2", "",
-             "| K | N | M | bf16 | scaled_mm | triton_mm | ptpc_linear | norm_mm | ptpc_linear x | scaled_mm x "
-             "| triton_mm x | quant GB/s (% copy) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| K | N | M | bf16 | scaled_mm | triton_mm | ptpc_linear | ptpc_linear_fused | norm_mm "
+             "| ptpc_linear x | ptpc_linear_fused x | scaled_mm x | triton_mm x | quant GB/s (% copy) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         us = {k: v * 1e3 for k, v in r["ms"].items()}
+        fused_us = f"{us['ptpc_linear_fused']:.1f}" if "ptpc_linear_fused" in us else "-"
+        fused_x = f"{r['vs_bf16']['ptpc_linear_fused']:.2f}" if "ptpc_linear_fused" in us else "-"
         lines.append(
-            f"| {r['K']} | {r['N']} | {r['M']} | {us['bf16']:.1f} | {us['scaled_mm']:.1f} | {us['triton_mm']:.1f} "
-            f"| {us['ptpc_linear']:.1f} | {us['norm_mm']:.1f} | {r['vs_bf16']['ptpc_linear']:.2f} "
-            f"| {r['vs_bf16']['scaled_mm']:.2f} | {r['vs_bf16']['triton_mm']:.2f} "
+            f"| {r['K']} | {r['N']} | {r['M']} | {us['bf16']:.1f} | {us['scaled_mm']:.1f} "
+            f"| {us['triton_mm']:.1f} | {us['ptpc_linear']:.1f} | {fused_us} | {us['norm_mm']:.1f} "
+            f"| {r['vs_bf16']['ptpc_linear']:.2f} | {fused_x} | {r['vs_bf16']['scaled_mm']:.2f} "
+            f"| {r['vs_bf16']['triton_mm']:.2f} "
             f"| {r['quant_gbs']:.0f} ({r['quant_pct_copy']:.0f}%) |")
     return "\n".join(lines)
 
@@ -147,8 +163,13 @@ def main(argv=None):
         for M in ms:
             rows.append(run_shape(K, N, M, copy_gbs))
             r = rows[-1]
+            fused_note = ""
+            if "ptpc_linear_fused" in r["ms"]:
+                fused_note = (f"; fused {r['vs_bf16']['ptpc_linear_fused']:.2f}x "
+                              f"({r['ms']['ptpc_linear_fused'] * 1e3:.1f} us, {r['fused_config']}, "
+                              f"max rel diff {r['fused_max_diff_rel']:.1e})")
             print(f"K={K} N={N} M={M}: ptpc_linear {r['vs_bf16']['ptpc_linear']:.2f}x bf16 "
-                  f"({r['ms']['ptpc_linear'] * 1e3:.1f} us)", flush=True)
+                  f"({r['ms']['ptpc_linear'] * 1e3:.1f} us){fused_note}", flush=True)
             torch.cuda.empty_cache()
     device = torch.cuda.get_device_name(0)
     table = markdown(rows, copy_gbs, device)

@@ -180,7 +180,8 @@ _heuristics = triton.heuristics({
 _kernel_fixed = _heuristics(_ptpc_linear_small_m_kernel)
 # autotuned over: both inner products (use_dot=None), tl.dot only (True), GEMV only (False)
 TUNED_KERNELS = {
-    path: triton.autotune(configs=configs, key=["N", "K", "M_BUCKET"], prune_configs_by={"early_config_prune": _prune})(
+    path: triton.autotune(configs=configs, key=["N", "K", "M_BUCKET"],
+                          prune_configs_by={"early_config_prune": _prune})(
         _heuristics(_ptpc_linear_small_m_kernel))
     for path, configs in ((None, DOT_CONFIGS + GEMV_CONFIGS), (True, DOT_CONFIGS), (False, GEMV_CONFIGS))
 }

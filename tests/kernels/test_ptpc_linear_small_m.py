@@ -12,12 +12,13 @@ from rocm_attn.kernels import ptpc_linear as ptpc_linear_mod
 from rocm_attn.kernels.per_token_quant import per_token_quant_fp8_torch
 from rocm_attn.kernels.ptpc_scaled_mm import ptpc_scaled_mm_torch
 from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
-from rocm_attn.kernels.triton_kernels import ptpc_linear_small_m as fused
 from rocm_attn.kernels.triton_kernels import ptpc_gemm_small_m
+from rocm_attn.kernels.triton_kernels import ptpc_linear_small_m as fused
 from rocm_attn.kernels.triton_kernels.per_token_quant import per_token_quant_fp8_launch
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if GPU else [])  # interpreter: no bf16
 EPS = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
@@ -57,7 +58,7 @@ def make(M, N, K, dtype, bias=True, special_rows=True):
 
 
 @pytest.mark.parametrize("M,use_dot", [(1, False), (1, True), (3, False), (3, True), (16, True)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_quant_plus_scaled_mm(M, dtype, use_dot):
     """K = 100 (not a multiple of BLOCK_K), N = 17 (odd, not a multiple of BLOCK_N)."""
     x, wq, w_scale, b = make(M, 17, 100, dtype, bias=M != 3)
@@ -90,7 +91,7 @@ def division_sensitive_row(K, amax=3.7):
     scale = per_token_quant_fp8_torch(torch.tensor([[amax]]))[1]
     grid = torch.arange(0, 127, dtype=torch.uint8).view(fp8).float()  # non-negative finite fp8 values
     near_mid = ((grid[1:] + grid[:-1]) / 2) * scale[0]
-    near_mid = torch.cat([near_mid, torch.nextafter(near_mid, near_mid + 1), torch.nextafter(near_mid, near_mid - 1)])
+    near_mid = torch.cat([near_mid, near_mid.nextafter(near_mid + 1), near_mid.nextafter(near_mid - 1)])
     near_mid = near_mid[near_mid < amax]
     differ = near_mid[(near_mid / scale[0]).to(fp8) != (near_mid * (1 / scale[0])).to(fp8)]
     row = torch.rand(K) * amax
@@ -124,7 +125,7 @@ def test_amax_pass_loops_over_k(use_dot, monkeypatch):
 def test_split_k(use_dot, split_k, K):
     """Split-K partials + last-arriver reduction in the same launch; counters back at zero.
     K = 64 with 3 splits of 32: the last slice is empty (masked)."""
-    config = {"BLOCK_N": 16, "BLOCK_K": 16, "SPLIT_K": split_k}
+    config = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": split_k}
     for bias in (True, False):
         x, wq, w_scale, b = make(4, 40, K, torch.float32, bias=bias)
         out = fused.ptpc_linear_small_m_launch(x, wq, w_scale, b, config=config, use_dot=use_dot)
