@@ -259,9 +259,6 @@ class SplitPlan:
     # (dtype, Hkv, D) -> (k, v) workspace of the extends, shared by every layer of the step
     workspaces: dict = field(default_factory=dict)
 
-    def part(self, kind: str) -> SplitPart:
-        return getattr(self, kind)
-
 
 def device_int32(pieces: list[list[int]], device: torch.device) -> list[torch.Tensor]:
     """Each list as an int32 tensor on ``device``, all from ONE host->device copy. Pieces start 16-byte
