@@ -2,12 +2,15 @@
 
     python benchmarks/bench_mla.py --out results/bench_mla.json            # < 2 min on an H100
     python benchmarks/bench_mla.py --tune --out results/bench_mla_tune.json # sweep the decode kernel's tiles
+    python benchmarks/bench_mla.py --resources   # no GPU needed: registers / spills / shared memory on sm_90
 
 128 heads, kv_lora_rank 512 + rope 64 (latent rows of 576 bf16 = 1152 bytes), nope 128, v 128, page 64.
 
 decode  B x ctx = 64/128 x 4k/8k/32k (128 x 32k skipped: 4.8 GB cache is fine, but it is left out to stay
         under 2 min): one mla_decode call (q already absorbed). GB/s = latent-cache bytes read / time,
         vs a device-to-device copy (read + write bytes / time). Target: >= 75% of copy.
+        Triton rows: the op (fastest of all DECODE_CONFIGS, picked config named), and the launcher limited to
+        the session-3 configs ("classic") or to the new value-split / chunked-q ones ("vsplit").
         Also the whole decode step (absorb q, mla_decode, W_UV) through mla_attention for B x ctx = 64 x 8k.
 prefill one causal sequence S = 4k / 8k on the up-projected problem (q, k [S,128,192], v [S,128,128]):
         our flash_attn_varlen vs F.scaled_dot_product_attention (whatever backend torch picks for
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
+import tempfile
 import time
 
 import torch
@@ -64,6 +69,7 @@ def decode_setup(batch, ctx, seed=0):
 
 def decode_rows(copy_gbs, cases, kernels):
     from rocm_attn.kernels import use_kernels
+    from rocm_attn.kernels.triton_kernels import mla_decode as md
 
     rows = []
     for batch, ctx in cases:
@@ -79,7 +85,19 @@ def decode_rows(copy_gbs, cases, kernels):
                 rows.append(dict(case="decode", batch=batch, ctx=ctx, impl=prov, note=f"{type(e).__name__}: {e}"[:120]))
                 continue
             gbs = nbytes / ms / 1e6
-            rows.append(dict(case="decode", batch=batch, ctx=ctx, impl=f"mla_decode[{prov}]", ms=ms, gbs=gbs,
+            picked = md.tuned_config(q, L) if prov == "triton" else None
+            impl = f"mla_decode[{prov}]" + (f" picked {picked.name}" if picked else "")
+            rows.append(dict(case="decode", batch=batch, ctx=ctx, impl=impl, ms=ms, gbs=gbs,
+                             frac_copy=gbs / copy_gbs))
+        # the launcher limited to one family of configs: which family wins, and by how much
+        for name, configs in (("classic", md.CLASSIC_CONFIGS), ("vsplit", md.VSPLIT_CONFIGS)):
+            def limited(configs=configs, q=q, cache=cache, lens=lens, table=table):
+                md.mla_decode_launch(q, cache.latent_cache, lens, table, 0.1352, L, configs=configs)
+
+            ms = bench(limited)
+            gbs = nbytes / ms / 1e6
+            impl = f"triton {name} configs, picked {md.tuned_config(q, L, configs).name}"
+            rows.append(dict(case="decode", batch=batch, ctx=ctx, impl=impl, ms=ms, gbs=gbs,
                              frac_copy=gbs / copy_gbs))
         del cache, q
         torch.cuda.empty_cache()
@@ -161,31 +179,106 @@ def prefill_rows(seqs):
     return rows
 
 
-def tune(copy_gbs):
-    """Sweep the Triton decode kernel's (BLOCK_H, BLOCK_N, warps, stages) at 64 x 8k and 128 x 4k."""
-    from rocm_attn.kernels.triton_kernels.mla_decode import mla_decode_launch
+def tune_grid():
+    """DecodeConfigs for --tune; value split / chunked q only at >= 64 heads."""
+    from rocm_attn.kernels.triton_kernels.mla_decode import DecodeConfig
+
+    grid = []
+    for bh in (16, 32, 64, 128):
+        for bn in (16, 32, 64):
+            for bv, bk in ((None, None), (256, None), (128, None), (None, 128), (256, 128)):
+                for w in (4, 8):
+                    for st in (2, 3):
+                        if bh * bn > 2048 or (bh < 64 and (bv or bk)) or (bh == 128 and w == 4):
+                            continue
+                        grid.append(DecodeConfig(bh, bn, bv, bk, w, st))
+    return grid
+
+
+def tune(copy_gbs, out_path):
+    """Every tune_grid() config at 64 x 8k (heuristic split count), then the 6 fastest at 64 x 8k and 128 x 4k
+    with split counts 1..8 and 1 or 4 heads per reduce program. Rows are saved after each one."""
+    from rocm_attn.kernels.triton_kernels import mla_decode as md
 
     rows = []
+
+    def measure(batch, ctx, cache, table, lens, q, cfg, splits=None, reduce_heads=1):
+        label = cfg.name + (f" splits{splits}" if splits else "")
+        label += f" r{reduce_heads}" if reduce_heads > 1 else ""
+        try:
+            ms = bench(lambda: md.mla_decode_launch(q, cache.latent_cache, lens, table, 0.1352, L, config=cfg,
+                                                    num_splits=splits, reduce_heads=reduce_heads))
+        except Exception as e:  # too big for this GPU
+            print(f"  skip {label}: {type(e).__name__}", file=sys.stderr)
+            return
+        gbs = batch * ctx * (L + R) * 2 / ms / 1e6
+        rows.append(dict(case="tune", batch=batch, ctx=ctx, impl=label, ms=ms, gbs=gbs,
+                         frac_copy=gbs / copy_gbs))
+        print(f"  {batch}x{ctx} {label}: {gbs:.0f} GB/s", file=sys.stderr)
+        with open(out_path, "w") as fh:
+            json.dump(dict(copy_gbs=copy_gbs, rows=rows), fh, indent=1)
+
+    setup = decode_setup(64, 8192)
+    for cfg in tune_grid():
+        measure(64, 8192, *setup, cfg)
+    best = {r["impl"]: r["gbs"] for r in rows}
+    top = sorted(tune_grid(), key=lambda c: -best.get(c.name, 0))[:6]
     for batch, ctx in ((64, 8192), (128, 4096)):
-        cache, table, lens, q = decode_setup(batch, ctx)
-        nbytes = batch * ctx * (L + R) * 2
-        for bh in (16, 32, 64):
-            for bn in (16, 32, 64):
-                for w in (4, 8):
-                    for st in (1, 2, 3):
-                        if bh * bn > 2048:
-                            continue
-                        try:
-                            ms = bench(lambda: mla_decode_launch(q, cache.latent_cache, lens, table, 0.1352, L,
-                                                                 block_h=bh, block_n=bn, num_warps=w, num_stages=st))
-                        except Exception as e:
-                            print(f"  skip h{bh} n{bn} w{w} s{st}: {type(e).__name__}", file=sys.stderr)
-                            continue
-                        gbs = nbytes / ms / 1e6
-                        rows.append(dict(case="tune", batch=batch, ctx=ctx, impl=f"h{bh} n{bn} w{w} s{st}", ms=ms,
-                                         gbs=gbs, frac_copy=gbs / copy_gbs))
-                        print(f"  {batch}x{ctx} h{bh} n{bn} w{w} s{st}: {gbs:.0f} GB/s", file=sys.stderr)
+        setup = decode_setup(batch, ctx)
+        for cfg in top:
+            for splits in (1, 2, 3, 4, 6, 8):
+                for reduce_heads in (1, 4) if splits > 1 else (1,):
+                    measure(batch, ctx, *setup, cfg, splits, reduce_heads)
+        del setup
+        torch.cuda.empty_cache()
     return sorted(rows, key=lambda r: -r["gbs"])
+
+
+def resources(configs=None):
+    """Compile each decode config for sm_90 here (no GPU: Triton's own ptxas) with the runtime's 16-byte
+    alignment hints; registers, spill bytes, shared memory (227 KB fit on an H100), wgmma or mma.sync."""
+    import re
+    import subprocess
+
+    import triton
+    from rocm_attn.kernels.triton_kernels import mla_decode as md
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = md._mla_decode_split_kernel
+    if not isinstance(kernel, triton.runtime.JITFunction):  # TRITON_INTERPRET=1 wraps it: compile the source
+        kernel = triton.runtime.JITFunction(kernel.fn)
+    ptrs = {"Q": "*bf16", "CACHE": "*bf16", "SEQ_LENS": "*i32", "BLOCK_TABLE": "*i32", "MID_O": "*fp32",
+            "MID_LSE": "*fp32", "OUT": "*bf16", "LSE": "*fp32"}
+    ints = [n for n in kernel.arg_names if n.startswith("stride_")] + ["num_heads"]
+    maybe_odd = {"stride_bt", "stride_ml_h"}  # block-table width, split count: not always a multiple of 16
+    cuobjdump = pathlib.Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    lines = ["| config | registers | spill bytes | shared KB | fits | MMA |", "|---|---|---|---|---|---|"]
+    for cfg in configs or md.DECODE_CONFIGS:
+        consts = dict(BLOCK_SIZE=PAGE, L=L, R=R, BLOCK_L=L, BLOCK_R=R, BLOCK_H=cfg.block_h,
+                      BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v or L, BLOCK_K=cfg.block_k or L,
+                      DOT_PREC="tf32")
+        sig = {**ptrs, **{n: "i32" for n in ints}, "qk_scale": "fp32", **{k: "constexpr" for k in consts}}
+        aligned = [n for n in [*ptrs, *ints] if n not in maybe_odd]
+        attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+        try:
+            k = triton.compile(ASTSource(kernel, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                               options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+        except Exception as e:
+            lines.append(f"| {cfg.name} | {type(e).__name__}: {str(e)[:60]} | | | | |")
+            continue
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            use = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name], capture_output=True,
+                                 text=True).stdout
+        regs, stack = re.search(r"REG:(\d+).*?STACK:(\d+)", use).groups()
+        smem = k.metadata.shared
+        mma = "wgmma" if "wgmma.mma_async" in k.asm["ptx"] else "mma.sync"
+        fits = "yes" if smem <= 232448 else "no"  # 227 KB per block on sm_90
+        lines.append(f"| {cfg.name} | {regs} | {stack} | {smem / 1024:.0f} | {fits} | {mma} |")
+        print(lines[-1], file=sys.stderr)
+    return "\n".join(lines)
 
 
 def markdown(rows, copy_gbs, device, command):
@@ -207,18 +300,25 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_mla.json", help="JSON results path")
     ap.add_argument("--tune", action="store_true", help="sweep the Triton decode kernel's tiles instead")
+    ap.add_argument("--resources", action="store_true",
+                    help="no GPU: registers / spills / shared memory of each decode config built for sm_90")
+    ap.add_argument("--grid", action="store_true", help="with --resources: the --tune grid")
     args = ap.parse_args(argv)
+    if args.resources:
+        print(resources(tune_grid() if args.grid else None))
+        return
     if not torch.cuda.is_available():
         sys.exit("bench_mla.py needs a GPU")
-    import rocm_attn
     from rocm_attn.kernels import get_platform
+
+    import rocm_attn
 
     t0 = time.time()
     device = torch.cuda.get_device_name(0)
     copy_gbs = copy_bandwidth_gbs()
     command = "python benchmarks/bench_mla.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.tune:
-        rows = tune(copy_gbs)
+        rows = tune(copy_gbs, args.out)
     else:
         kernels = ["triton"] + (["aiter"] if get_platform().aiter_available else [])
         rows = decode_rows(copy_gbs, [(64, 4096), (64, 8192), (64, 32768), (128, 4096), (128, 8192)], kernels)

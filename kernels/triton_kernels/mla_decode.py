@@ -54,9 +54,8 @@ def _mla_decode_split_kernel(
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    V_SLICES: tl.constexpr = BLOCK_L // BLOCK_V
-    head_group = tl.program_id(0) // V_SLICES
-    v_slice = tl.program_id(0) % V_SLICES
+    head_group = tl.program_id(0) // (BLOCK_L // BLOCK_V)
+    v_slice = tl.program_id(0) % (BLOCK_L // BLOCK_V)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)  # runtime: no recompile per split count
     b = tl.program_id(2)
@@ -188,19 +187,21 @@ class DecodeConfig(NamedTuple):
                 f"w{self.num_warps} s{self.num_stages}")
 
 
-# Timed on an H100 (session 3, 18-19% of copy at 64 x 4k..32k): more heads per program = fewer re-reads
-# of each latent tile from L2 (128 heads / 16 = 8 reads, / 64 = 2), at the price of a BLOCK_H x 512 fp32
-# accumulator in registers.
+# The session-3 list (autotuned on an H100: 18-19% of copy at 64 x 4k..32k): more heads per program = fewer
+# re-reads of each latent tile from L2 (128 heads / 16 = 8 reads, / 64 = 2), at the price of a BLOCK_H x 512
+# fp32 accumulator in registers.
 CLASSIC_CONFIGS = [DecodeConfig(16, 32, None, None, 4, 2), DecodeConfig(32, 32, None, None, 4, 2),
                    DecodeConfig(32, 32, None, None, 8, 2), DecodeConfig(64, 32, None, None, 8, 2),
                    DecodeConfig(64, 16, None, None, 8, 3)]
-# NOT YET TIMED (issue 8): 64 heads in one warpgroup (wgmma M = 64) with half / a quarter of the
-# accumulator, or q chunked. Measure with `python benchmarks/bench_mla.py` (rows "classic" / "vsplit" /
-# picked) and `--tune`, then keep only the winners in DECODE_CONFIGS below.
-VSPLIT_CONFIGS = [DecodeConfig(64, 32, 256, None, 4, 2), DecodeConfig(64, 64, 256, None, 4, 2),
-                  DecodeConfig(64, 32, 256, 128, 4, 3), DecodeConfig(64, 32, 128, None, 4, 2),
-                  DecodeConfig(64, 32, None, 128, 8, 2), DecodeConfig(64, 64, None, 128, 8, 2),
-                  DecodeConfig(128, 32, 256, None, 8, 2)]
+# NOT YET TIMED (issue 8). Compiled for sm_90 on CPU (`python benchmarks/bench_mla.py --resources`): all fit
+# 227 KB of shared memory with no register spills (the classic 64-head tiles spill 40-80 bytes; 64-head
+# tiles with BLOCK_N 64 or 128 x 32 do not fit). 64 heads per program run on wgmma (M = 64), 16/32 on
+# mma.sync. Measure: `python benchmarks/bench_mla.py` (rows classic / vsplit / picked) and `--tune`, then
+# keep only the winners in DECODE_CONFIGS below (the default the launcher times on first use).
+VSPLIT_CONFIGS = [DecodeConfig(64, 32, 256, None, 8, 3), DecodeConfig(64, 16, 256, None, 4, 3),
+                  DecodeConfig(64, 16, 128, None, 4, 3), DecodeConfig(128, 16, 256, None, 8, 2),
+                  DecodeConfig(64, 16, None, 128, 8, 3), DecodeConfig(64, 32, 256, 128, 8, 2),
+                  DecodeConfig(32, 32, None, None, 8, 3)]
 DECODE_CONFIGS = CLASSIC_CONFIGS + VSPLIT_CONFIGS
 SMALL_CONFIG = DecodeConfig(16, 32, None, None, 4, 2)  # <= 16 heads: nothing to choose
 INTERPRET_CONFIG = DecodeConfig(16, 16, None, None, 4, 1)

@@ -1,0 +1,51 @@
+"""Every mla_decode stage-1 config (classic and the untimed value-split / chunked-q ones) at DeepSeek-V3
+sizes vs the torch provider, one and several splits, 1 or 4 heads per reduce program; the launcher's pick.
+
+    python -m pytest tests/gpu/test_mla_decode_gpu.py -x
+"""
+
+import random
+
+import pytest
+import torch
+import triton
+
+import rocm_attn  # noqa: F401
+from rocm_attn.kernels.mla import mla_decode_torch
+from rocm_attn.kernels.triton_kernels import mla_decode as md
+from rocm_attn.testing import make_mla_batch, rel_err
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+def decode_args(batch, heads, max_len, block_size=64, seed=0):
+    rng = random.Random(seed)
+    lens = [1, block_size - 1, block_size + 1, max_len] + [rng.randint(1, max_len) for _ in range(batch - 4)]
+    b = make_mla_batch([(n - 1, 1) for n in lens], heads, block_size=block_size, dtype=torch.bfloat16,
+                       device="cuda")
+    cache = b.mla_cache.latent_cache
+    torch.ops.rocm_attn.mla_reshape_and_cache(b.kv_c, b.k_pe, cache, b.metadata.slot_mapping)
+    q = torch.randn(len(lens), heads, 576, device="cuda", dtype=torch.bfloat16)
+    return q, cache, b.metadata.seq_lens, b.metadata.block_table, 0.1352, 512
+
+
+@pytest.mark.parametrize("cfg", md.DECODE_CONFIGS, ids=lambda c: c.name.replace(" ", "-"))
+@pytest.mark.parametrize("splits, reduce_heads", [(1, 1), (None, 1), (5, 4)])
+def test_config_vs_torch(cfg, splits, reduce_heads):
+    args = decode_args(6, 128, 3000)
+    ref, ref_lse = mla_decode_torch(*args)
+    try:
+        out, lse = md.mla_decode_launch(*args, num_splits=splits, config=cfg, reduce_heads=reduce_heads)
+    except triton.runtime.errors.OutOfResources as exc:
+        pytest.skip(f"{cfg.name} does not fit this GPU: {exc}")
+    assert rel_err(out, ref.float()) < 1e-2
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-3, atol=1e-2)
+
+
+def test_launcher_picks_one_of_its_configs_and_heads_not_a_multiple_of_the_tile():
+    args = decode_args(5, 40, 900, block_size=16, seed=1)
+    out, lse = md.mla_decode_launch(*args)
+    assert md.tuned_config(args[0], 512) in md.DECODE_CONFIGS
+    ref, ref_lse = mla_decode_torch(*args)
+    assert rel_err(out, ref.float()) < 1e-2
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-3, atol=1e-2)
