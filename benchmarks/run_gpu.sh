@@ -67,5 +67,8 @@ if [ "$what" = tune ]; then
     timeout 200 python3 "benchmarks/$t.py" --out "$out/$t.json" "$@" > "$out/$t.txt" 2>&1
     tail -30 "$out/$t.txt"
   done
+  # the MLA decode sweep (classic + value-split configs; saves after each row, 5-8 min)
+  timeout 480 python3 benchmarks/bench_mla.py --tune --out "$out/bench_mla_tune.json" > "$out/bench_mla_tune.txt" 2>&1
+  tail -30 "$out/bench_mla_tune.txt"
 fi
 if [ -n "${OUT:-}" ]; then tar czf "$OUT/$what.tgz" -C "$OUT" "$what" && rm -rf "${OUT:?}/$what"; fi
