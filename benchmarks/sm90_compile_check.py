@@ -34,7 +34,7 @@ def flash(bm, bn, w, s, causal=True, **extra):
     names = fn.arg_names
     cexpr = dict(GROUP=4, HEAD_D=128, HEAD_DV=128, BLOCK_D=128, BLOCK_DV=128, BLOCK_M=bm, BLOCK_N=bn,
                  IS_VARLEN=True, HAS_QPOS=False, STORE_LSE=True, CAUSAL=causal, WINDOW=False, SOFTCAP=False,
-                 HAS_MASK=False, BOOL_MASK=False, DOT_PREC="tf32")
+                 HAS_MASK=False, BOOL_MASK=False, HAS_KEY_VALID=False, DOT_PREC="tf32")
     cexpr.update(extra)
     cexpr = {k: v for k, v in cexpr.items() if k in names}
     sig, attrs = {}, {}
@@ -43,6 +43,7 @@ def flash(bm, bn, w, s, causal=True, **extra):
         elif n in ("Q", "K", "V", "O"): sig[n] = "*bf16"; attrs[(i,)] = [["tt.divisibility", 16]]
         elif n in ("LSE",): sig[n] = "*fp32"; attrs[(i,)] = [["tt.divisibility", 16]]
         elif n in ("MASK",): sig[n] = "*bf16"
+        elif n in ("KEY_VALID",): sig[n] = "*i1"
         elif n in ("CU_Q", "CU_K", "QPOS"): sig[n] = "*i32"; attrs[(i,)] = [["tt.divisibility", 16]]
         elif n in ("qk_scale", "softcap_scale", "softcap_out"): sig[n] = "fp32"
         else:
@@ -77,6 +78,9 @@ def unified(shuffled, bm=128, tile=64, w=8, s=3, label=""):
 if __name__ == "__main__":
     for cfg in [(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3)]:
         flash(*cfg)
+    # HF padding as a [B, Sk] key-valid vector (dense layout, as the compiled graphs call it)
+    flash(128, 64, 8, 3, IS_VARLEN=False, STORE_LSE=False, HAS_KEY_VALID=True)
+    flash(128, 64, 8, 3, IS_VARLEN=False, STORE_LSE=False, HAS_MASK=True, BOOL_MASK=True)
     for shuffled in (False, True):
         for bm, tile, w, s in [(128, 64, 8, 3), (128, 128, 8, 2)]:
             unified(shuffled, bm, tile, w, s)
