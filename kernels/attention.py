@@ -190,9 +190,24 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCac
 
 def _unified_ours(q, k, v, kv_cache, query_start_loc, seq_lens, block_table, scale, sliding_window, softcap,
                   metadata):
+    if _prefill_only(q, kv_cache, metadata):
+        # Nothing cached before this step: the keys are exactly this call's k/v, so the contiguous varlen
+        # flash kernel serves it without reading pages (H100, S=4k causal: 0.337 ms vs the unified kernel's
+        # 0.471 ms standard / 0.889 ms shuffled, benchmarks/tune_prefill.py). The cache was written above.
+        out, _ = torch.ops.rocm_attn.flash_attn_varlen(
+            q, k, v, query_start_loc, query_start_loc, int(metadata.max_query_len), int(metadata.max_query_len),
+            scale, True, int(sliding_window or 0), float(softcap or 0.0))
+        return out
     return torch.ops.rocm_attn.unified_attention(
         q, kv_cache.k_cache, kv_cache.v_cache, query_start_loc, seq_lens, block_table, scale, kv_cache.layout,
         int(sliding_window or 0), float(softcap or 0.0), int(metadata.max_query_len), int(metadata.max_seq_len))
+
+
+def _prefill_only(q, kv_cache, metadata) -> bool:
+    """A batch of fresh prompts only (host lists, no sync), with the cache in q's dtype (an fp8 cache would
+    make the cached keys differ from k/v)."""
+    return (kv_cache.k_cache.dtype == q.dtype and metadata.max_query_len > 1
+            and all(c == 0 for c in metadata.context_lens))
 
 
 def _aiter_unified_fn():
@@ -224,7 +239,9 @@ def _describe_ours() -> str:
     plat = get_platform()
     if plat.kind == "cpu":
         return "rocm_attn unified kernel (torch reference on CPU; Triton with TRITON_INTERPRET=1 + use_kernels)"
-    return "rocm_attn Triton unified kernel" if plat.triton_available else f"torch reference ({plat.triton_reason})"
+    if not plat.triton_available:
+        return f"torch reference ({plat.triton_reason})"
+    return "rocm_attn Triton unified kernel (fresh-prompt-only batches: varlen flash)"
 
 
 def _describe_aiter() -> str:

@@ -191,3 +191,31 @@ def test_input_errors():
         _call(b, slot_mapping=b.slot_mapping + 10_000)
     with pytest.raises(TypeError, match="int32"):
         _call(b, seq_lens=b.seq_lens.float())
+
+
+class _OpNames(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the names of the rocm_attn ops a call runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "rocm_attn":
+            self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kinds, fresh", [(["prefill"] * 3, True), (["prefill", "decode", "extend"], False)])
+def test_prefill_only_batch_takes_the_varlen_flash_kernel(kinds, fresh):
+    """TRITON_ATTN on a batch of fresh prompts reads this call's k/v with flash_attn_varlen (no pages);
+    any batch with cached context stays on the unified kernel. Both match the reference."""
+    b = make_mixed_batch(random_specs(kinds, 16, random.Random(3)), 2, 4, 64, 16, torch.float32, "shuffled")
+    rec = _OpNames()
+    with use_kernels("torch"), rec:
+        out = run_attention(b, window=5 if fresh else None)
+    ran = set(rec.names)
+    assert ("rocm_attn::flash_attn_varlen" in ran) == fresh
+    assert ("rocm_attn::unified_attention" in ran) == (not fresh)
+    ref = reference_attention(b.q, b.k_full, b.v_full, b.query_lens, b.scale, 5 if fresh else None, None)
+    assert rel_err(out, ref) < TOL[torch.float32]

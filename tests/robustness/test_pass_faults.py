@@ -118,7 +118,7 @@ def test_graph_break_inside_a_decoder_layer_still_rewrites():
     assert rel_err(run_compiled(m, x), ref) < FP8_BUDGET
 
 
-def test_recompiles_are_counted_and_bounded(monkeypatch):
+def test_recompiles_are_counted_and_bounded():
     """Every compile leaves one report in rocm_attn.passes.report.recent. With dynamic shapes: one
     automatic-dynamic recompile, then none. With static shapes: at most recompile_limit compiles,
     after which Dynamo runs the frame eagerly (still correct)."""
@@ -134,14 +134,16 @@ def test_recompiles_are_counted_and_bounded(monkeypatch):
     assert len(report_mod.recent) == 2  # static first shape, then one dynamic graph for the rest
     assert all(r.attention_rewritten == 1 for r in report_mod.recent)
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    # config.patch, not monkeypatch: monkeypatch's undo deletes a config entry it did not see in __dict__,
+    # and every later torch.compile in the session then fails on the missing recompile_limit
     report_mod.recent.clear()
     torch._dynamo.reset()
-    compiled = torch.compile(m, backend="rocm_attn", dynamic=False, options={"quantization": "none"})
-    with torch.no_grad():
-        for s in lengths:
-            x = torch.randn(1, s, 32)
-            assert rel_err(compiled(x), m(x)) < 1e-5
+    with torch._dynamo.config.patch(recompile_limit=2):
+        compiled = torch.compile(m, backend="rocm_attn", dynamic=False, options={"quantization": "none"})
+        with torch.no_grad():
+            for s in lengths:
+                x = torch.randn(1, s, 32)
+                assert rel_err(compiled(x), m(x)) < 1e-5
     assert len(report_mod.recent) == 2  # bounded by the limit; the later shapes run eagerly
 
     # the list of recent reports is itself bounded
