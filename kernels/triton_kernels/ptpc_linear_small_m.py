@@ -36,7 +36,7 @@ import triton.language as tl
 from ..per_token_quant import inv_fp8_max, scale_floor
 from ..platform import fp8_max, triton_interpret
 from .ptpc_gemm import PROMOTE_K
-from .ptpc_gemm_small_m import _counters
+from .ptpc_gemm_small_m import _counters, scaled_tile_epilogue
 
 MAX_M = 16
 GEMV_MAX_M = 4  # M <= this: broadcast-multiply GEMV (no padding rows to quantize); above: tl.dot
@@ -126,32 +126,8 @@ def _ptpc_linear_small_m_kernel(
             acc += tl.sum(q.to(tl.float32)[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
 
     # 3. epilogue: scales and bias (split-K: the last program of this column tile reduces)
-    out_mask = m_ok[:, None] & n_ok[None, :]
-    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
-    if SPLIT_K == 1:
-        w_scale = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
-        acc = acc * x_scale[:, None] * w_scale[None, :]
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
-    else:
-        part_tile = offs_m[:, None] * N + offs_n[None, :]  # int32: SPLIT_K * M * N < 2^31
-        slice_size = M * N
-        tl.store(part_ptr + pid_k * slice_size + part_tile, acc, mask=out_mask)
-        tl.debug_barrier()  # every thread's partial is written before the counter moves
-        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
-            total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            for s in range(0, SPLIT_K):  # fixed order: deterministic
-                total += tl.load(part_ptr + s * slice_size + part_tile, mask=out_mask, other=0.0,
-                                 cache_modifier=".cg")
-            w_scale = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
-            total = total * x_scale[:, None] * w_scale[None, :]
-            if HAS_BIAS:
-                total += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
-            tl.atomic_xchg(count_ptr + pid_n, 0)  # ready for the next call / graph replay
-
+    scaled_tile_epilogue(acc, x_scale, offs_m, offs_n, m_ok, n_ok, M, N, stride_om, ws_ptr, bias_ptr, out_ptr,
+                         part_ptr, count_ptr, pid_n, pid_k, SPLIT_K, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 def _block_m(M: int, use_dot: bool) -> int:
     return max(16, triton.next_power_of_2(M)) if use_dot else triton.next_power_of_2(M)  # tl.dot: >= 16 rows
