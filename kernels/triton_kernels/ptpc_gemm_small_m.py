@@ -66,9 +66,9 @@ def scaled_tile_epilogue(acc, x_scale, offs_m, offs_n, m_ok, n_ok, M, N, stride_
                          part_ptr, count_ptr, pid_n, pid_k,
                          SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr):
-    """out = acc * x_scale * w_scale (+ bias) for one [BLOCK_M, BLOCK_N] tile. Split-K: each program stores its
-    fp32 partial ([SPLIT_K, M, N]) and the last one to arrive at this column tile reduces them in a fixed order
-    (shared by the small-M GEMM and the fused small-M linear)."""
+    """out = acc * x_scale * w_scale (+ bias) for one [BLOCK_M, BLOCK_N] tile. Split-K: each program
+    stores its fp32 partial ([SPLIT_K, M, N]) and the last one to arrive at this column tile reduces
+    them in a fixed order (shared by the small-M GEMM and the fused small-M linear)."""
     out_mask = m_ok[:, None] & n_ok[None, :]
     out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
     if SPLIT_K == 1:
