@@ -233,3 +233,29 @@ def reference_mla(batch: MLABatch) -> torch.Tensor:
         s = s.masked_fill(diff < 0, float("-inf"))
         outs.append(torch.einsum("hqk,khd->qhd", torch.softmax(s, -1), kv[..., P:]))
     return torch.cat(outs)
+
+
+def capture_passes(fn, *args, **options):
+    """Run ``fn(*args)`` compiled (fullgraph, static shapes, no grad) with only rocm_attn's torch-level
+    rewrite passes, no Inductor, so the rewritten graph itself computes the output. ``options`` are
+    Config fields. Returns (output, rewritten GraphModule, GraphReport)."""
+    from rocm_attn.config import Config
+    from rocm_attn.passes import run_passes
+    from rocm_attn.passes.report import GraphReport
+
+    seen = {}
+
+    def backend(gm, example_inputs):
+        seen["report"] = GraphReport(0)
+        seen["gm"] = run_passes(gm, example_inputs, Config(**options), seen["report"])
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(fn, backend=backend, fullgraph=True, dynamic=False)(*args)
+    return out, seen["gm"], seen["report"]
+
+
+def count_calls(gm, *targets) -> int:
+    """How many call_function nodes of ``gm`` call one of ``targets``."""
+    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in targets)

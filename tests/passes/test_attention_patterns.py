@@ -10,29 +10,11 @@ from rocm_attn.passes import run_passes
 from rocm_attn.passes.report import GraphReport
 
 from rocm_attn import Config
+from rocm_attn.testing import capture_passes as capture
+from rocm_attn.testing import count_calls as count
 from rocm_attn.testing import rel_err
 
 FLASH = torch.ops.rocm_attn.flash_attention.default
-
-
-def capture(fn, *args, **options):
-    """Run fn compiled with only the rewrite passes; returns (output, graph module, graph report)."""
-    seen = {}
-
-    def backend(gm, example_inputs):
-        gr = GraphReport(0)
-        seen["gm"] = run_passes(gm, example_inputs, Config(**options), gr)
-        seen["report"] = gr
-        return gm.forward
-
-    torch._dynamo.reset()
-    with torch.no_grad():
-        out = torch.compile(fn, backend=backend, fullgraph=True, dynamic=False)(*args)
-    return out, seen["gm"], seen["report"]
-
-
-def count(gm, target):
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is target)
 
 
 def repeat_kv(x, n):

@@ -3,11 +3,10 @@
 import pytest
 import torch
 import torch.nn as nn
-from rocm_attn.passes import run_passes
-from rocm_attn.passes.report import GraphReport
 from transformers.pytorch_utils import Conv1D
 
-from rocm_attn import Config
+from rocm_attn.testing import capture_passes as capture
+from rocm_attn.testing import count_calls as count
 from rocm_attn.testing import rel_err
 
 OPS = torch.ops.rocm_attn
@@ -16,25 +15,6 @@ QUANT, MM, PER_TENSOR = (
     OPS.ptpc_scaled_mm.default,
     OPS.fp8_per_tensor_linear.default,
 )
-
-
-def capture(model, *args, **options):
-    seen = {}
-
-    def backend(gm, example_inputs):
-        gr = GraphReport(0)
-        seen["gm"] = run_passes(gm, example_inputs, Config(**options), gr)
-        seen["report"] = gr
-        return gm.forward
-
-    torch._dynamo.reset()
-    with torch.no_grad():
-        out = torch.compile(model, backend=backend, fullgraph=True, dynamic=False)(*args)
-    return out, seen["gm"], seen["report"]
-
-
-def count(gm, *targets):
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in targets)
 
 
 class Block(nn.Module):
@@ -151,8 +131,8 @@ def prim_to_local(t):  # the name Dynamo (torch 2.11) gives its to_local helper
 
 @pytest.mark.parametrize("form", ["call_method", "prim_to_local", "other_function"])
 def test_parameter_of_sees_the_local_shard_of_a_tp_weight(form):
-    from torch import fx
     from rocm_attn.patterns.graph_utils import parameter_of
+    from torch import fx
 
     weight = _ShardedParameter(torch.randn(8, 4))
     graph = fx.Graph()

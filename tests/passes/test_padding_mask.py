@@ -5,34 +5,17 @@ key_valid vector, the rest keep the 4-D mask. Outputs vs the uncompiled function
 import pytest
 import torch
 import torch.nn.functional as F
-from rocm_attn.passes import run_passes
-from rocm_attn.passes.report import GraphReport
 from transformers import masking_utils as mu
 
-from rocm_attn import Config
-from rocm_attn.testing import rel_err
+from rocm_attn.testing import capture_passes, rel_err
+from rocm_attn.testing import count_calls as count
 
 FLASH = torch.ops.rocm_attn.flash_attention.default
 B, HQ, HKV, S, D = 3, 4, 2, 9, 16
 
 
 def capture(fn, *args):
-    """fn compiled with only the rewrite passes (torch providers run it): (output, graph module, report)."""
-    seen = {}
-
-    def backend(gm, example_inputs):
-        seen["report"] = GraphReport(0)
-        seen["gm"] = run_passes(gm, example_inputs, Config(quantization="none"), seen["report"])
-        return gm.forward
-
-    torch._dynamo.reset()
-    with torch.no_grad():
-        out = torch.compile(fn, backend=backend, fullgraph=True, dynamic=False)(*args)
-    return out, seen["gm"], seen["report"]
-
-
-def count(gm, target):
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is target)
+    return capture_passes(fn, *args, quantization="none")
 
 
 def repeat_kv(x, n):
