@@ -21,31 +21,14 @@ import time
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")  # before torch: both compile cold
 
 import torch  # noqa: E402
-
-LLAMA_31_8B = dict(
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    vocab_size=128256,
-    max_position_embeddings=131072,
-    rms_norm_eps=1e-5,
-    rope_theta=500000.0,
-    rope_scaling={
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    },
-    tie_word_embeddings=False,
-)
+from bench_e2e import LLAMA_31_8B  # noqa: E402  (the one copy of the config; this script's folder is on sys.path)
 
 
 def build_model(layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**LLAMA_31_8B, num_hidden_layers=layers)
+    fields = {k: v for k, v in LLAMA_31_8B.items() if k != "model_type"}
+    config = LlamaConfig(**{**fields, "num_hidden_layers": layers})
     config._attn_implementation = "sdpa"
     torch.set_default_dtype(torch.bfloat16)
     try:
