@@ -177,6 +177,18 @@ class BlockAllocator:
         self._lens[seq_id] = start + num_new_tokens
         return start
 
+    def reserve(self, seq_id, num_tokens: int) -> None:
+        """Hold blocks for ``num_tokens`` tokens of a sequence (starting it, empty, if new) without
+        changing its length: later growth up to that size takes no block from the free list, so its
+        block table stays fixed (what a CUDA-graph decode step needs). CacheFullError when they do not fit."""
+        self._check_count("reserve", num_tokens)
+        blocks = self._blocks.get(seq_id, [])
+        self._reserve(seq_id, blocks, num_tokens)
+        for _ in range(-(-num_tokens // self.block_size) - len(blocks)):
+            blocks.append(self._free.pop())
+        self._blocks[seq_id] = blocks
+        self._lens.setdefault(seq_id, 0)
+
     def _slots(self, seq_id, start: int, num_tokens: int) -> torch.Tensor:
         """Slot ids of positions start .. start + num_tokens - 1 of a sequence, on the device."""
         pos = torch.arange(start, start + num_tokens)

@@ -18,6 +18,15 @@ from .per_token_quant import inv_fp8_max, per_token_quant_fp8_torch, scale_floor
 from .platform import fp8_dtype, fp8_max
 
 
+def _reserve_gemm_state(device: torch.device) -> None:
+    """A weight is quantized once, outside any CUDA graph: the moment to allocate the small-M GEMM's
+    persistent split-K counters on its device (see ptpc_gemm_small_m.reserve_counters)."""
+    if device.type == "cuda":
+        from .triton_kernels.ptpc_gemm_small_m import reserve_counters
+
+        reserve_counters(device)
+
+
 def _check_weight(op: str, w: torch.Tensor) -> None:
     check_float("w", op, w)
     check_rank("w", op, w, 2, "[N, K] (out_features x in_features, as nn.Linear.weight)")
@@ -27,6 +36,7 @@ def _check_weight(op: str, w: torch.Tensor) -> None:
 def quantize_weight_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K] -> (wq fp8 [N, K], w_scale fp32 [N, 1]); scale[n] = rowmax|w[n]| * fp32(1/fp8_max)."""
     _check_weight("quantize_weight_per_channel", w)
+    _reserve_gemm_state(w.device)
     wq, w_scale = per_token_quant_fp8_torch(w.detach())
     return wq.contiguous(), w_scale.contiguous()
 
@@ -35,6 +45,7 @@ def quantize_weight_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def quantize_weight_per_tensor(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K] -> (wq fp8 [N, K], w_scale fp32 [1]); scale = max|w| * fp32(1/fp8_max)."""
     _check_weight("quantize_weight_per_tensor", w)
+    _reserve_gemm_state(w.device)
     dtype = fp8_dtype()
     fmax = fp8_max(dtype)
     w32 = w.detach().float()

@@ -3,8 +3,9 @@
     torch.compile(model, backend="rocm_attn", options={"quantization": "ptpc_fp8"})
 
 Found through the ``torch_dynamo_backends`` entry point, so no import is needed. Options
-are the fields of ``rocm_attn.Config`` (or ROCM_ATTN_* variables); ``mode`` is passed on to
-Inductor ("reduce-overhead" gives CUDA graphs).
+are the fields of ``rocm_attn.Config`` (or ROCM_ATTN_* variables); ``mode`` (the argument, or an
+option key where the caller cannot pass both, as HF's CompileConfig) is passed on to Inductor
+("reduce-overhead" gives CUDA graphs).
 
 Per captured graph: the torch-level rewrite passes (attention -> flash_attention, linears ->
 FP8 with weights quantized once, here), then Inductor's compile_fx with our post-grad fusion
@@ -31,7 +32,10 @@ def rocm_attn_backend(gm: torch.fx.GraphModule, example_inputs, mode: str | None
     from .passes.pass_manager import run_passes
     from .passes.post_grad_fusion import PostGradFusion
 
-    config = Config.from_env(**(options or {}))
+    options = dict(options or {})
+    # torch.compile takes mode or options, not both; HF's CompileConfig passes both: accept it here
+    mode = options.pop("mode", mode)
+    config = Config.from_env(**options)
     report = report_mod.active_report()
     own_report = report is None
     if own_report:

@@ -9,18 +9,23 @@ Two paths, chosen per call by the attention function:
 
 - dense (no RocmAttnCache: no cache, DynamicCache, StaticCache): ``torch.ops.rocm_attn.flash_attention``
   on HF's K/V with HF's own 4-D mask (exactly SDPA's semantics).
-- paged (a RocmAttnCache): HF's ``update()`` only hands the new K/V through; the attention call packs
-  the real (non-padding) tokens of the batch, writes them into the paged ``KVCache`` and runs
-  ``rocm_attn.attention()``, so prefill, extend (a second turn on the same cache) and decode take
-  the library's path split (backend = ``Config.attention_backend``).
+- paged (a RocmAttnCache), two ways:
+  - host path (prefill, extend = a second turn on the same cache, any step of several new tokens):
+    HF's ``update()`` only hands the new K/V through; the attention call packs the real
+    (non-padding) tokens of the batch, writes them into the paged ``KVCache`` and runs
+    ``rocm_attn.attention()`` (the library's path split, backend = ``Config.attention_backend``).
+    It runs inside one opaque custom op (``rocm_attn::hf_paged_attention``) whose host-side
+    bookkeeping (block allocation, metadata) happens once per forward step, at the first layer.
+  - device path (decode: one new token per row, once the cache holds the prompt): ``decode_step``,
+    device tensors only. Every row holds the blocks for ``max_cache_len`` tokens from the start
+    (``decode_block_table``, fixed), and its length is its layer's position count (HF's
+    ``cumulative_length``, advanced by ``update()``) minus its padding (``decode_pad``, set by the last
+    host step). No host sync and fixed shapes, so generate()'s compiled decode step (patch() sets
+    ``mode="reduce-overhead"``) is one CUDA graph; the next host step catches the allocator up.
 
 How the attention function finds the cache: ``patch()`` installs a forward pre-hook that copies
 ``past_key_values`` into the kwarg ``rocm_attn_cache``, which HF models pass down to the attention
-function. The paged work runs inside one opaque custom op (``rocm_attn::hf_paged_attention``) whose
-host-side bookkeeping (block allocation, metadata) happens once per forward step, at the first layer.
-So a compiled decode graph (``generate()``'s compile) calls it like any op; CUDA graphs must stay off
-for that graph (the op is tagged cudagraph_unsafe where torch has the tag, and patch() compiles
-without "reduce-overhead").
+function.
 
 Padding: every row of the batch is one sequence; padding tokens (mask 0) are neither cached nor
 attended, their outputs are 0 (HF ignores them). Positions inside the paged cache skip padding, which
@@ -53,6 +58,13 @@ _LIVE_CACHES: "weakref.WeakValueDictionary[int, RocmAttnCache]" = weakref.WeakVa
 _NEXT_ID = itertools.count(1)
 
 
+def mark_static(t: torch.Tensor) -> None:
+    """Tell torch.compile that ``t`` keeps its address (CUDA graphs then read it in place, not copy it);
+    guard=False: a new cache does not recompile (a CUDA graph re-records on the new addresses)."""
+    if t.device.type == "cuda":
+        torch._dynamo.mark_static_address(t, guard=False)
+
+
 def layout_for_backend(backend: str) -> str:
     """The KV layout a backend needs: standard when it takes it, else shuffled (ROCM_AITER_FA)."""
     layouts = get_attention_backend(backend).layouts
@@ -82,6 +94,7 @@ class RocmAttnLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states, value_states) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.cumulative_length = self.cumulative_length.to(self.device)
+        mark_static(self.cumulative_length)
         self.is_initialized = True
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -131,10 +144,13 @@ class RocmAttnCache(Cache):
     blocks, allocated on the first forward (dtype and device from the model's K/V).
     backend: the rocm_attn attention backend (default: the one patch() chose, else TRITON_ATTN); it
     fixes the KV layout (standard, or shuffled for ROCM_AITER_FA).
+    device_decode: decode steps (one new token per row) run on device tensors only (see the module doc),
+    so a compiled decode step can be a CUDA graph; False sends them through the host-side path too.
     """
 
     def __init__(self, model=None, *, config=None, max_batch_size: int = 1, max_cache_len: int = 4096,
-                 backend: str | None = None, block_size: int = DEFAULT_BLOCK_SIZE):
+                 backend: str | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
+                 device_decode: bool = True):
         if config is None:
             if model is None:
                 raise ValueError("RocmAttnCache: pass the model (or config=) to size the cache")
@@ -166,6 +182,11 @@ class RocmAttnCache(Cache):
         self._batch = None
         self._step_layers: set[int] = set()
         self._step = None  # (metadata, token_index) of the current forward step
+        self.device_decode = bool(device_decode)
+        # device decode state (made with the pool): each row's blocks, all reserved up front, and its
+        # padding count (HF positions seen - tokens cached), so seq_len = cumulative_length - pad
+        self.decode_block_table: torch.Tensor | None = None
+        self.decode_pad: torch.Tensor | None = None
         self.last_split = None  # SplitCounts of the last step (for reports and tests)
         self.split_totals = {"decode": 0, "extend": 0, "prefill": 0}  # sequences per path, all steps
         self.cache_id = next(_NEXT_ID)
@@ -180,11 +201,13 @@ class RocmAttnCache(Cache):
         return self.layers[layer_idx].get_seq_length() if layer_idx < len(self.layers) else 0
 
     def reset(self):
+        """Empty every sequence; the pool (and the device tensors a CUDA graph holds) stays."""
         super().reset()
         if self.allocator is not None:
             for s in self.allocator.seq_ids():
                 self.allocator.free(s)
-        self._positions, self._batch, self._step_layers, self._step = 0, None, set(), None
+            self._reserve_rows()
+        self._positions, self._step_layers, self._step = 0, set(), None
 
     # the paged work, called from inside the hf_paged_attention op (eager Python)
     def _ensure_pool(self, batch: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -202,12 +225,31 @@ class RocmAttnCache(Cache):
         self.kv = [KVCache(blocks, self.block_size, self.num_kv_heads, self.head_dim, dtype, self.layout, device,
                            allocator=self.allocator) for _ in self.layers]
         self._batch = batch
+        if self.device_decode:
+            per_row = -(-self.pool_max_len // self.block_size)
+            self.decode_block_table = torch.zeros(batch, per_row, dtype=torch.int32, device=device)
+            self.decode_pad = torch.zeros(batch, dtype=torch.int32, device=device)
+            for t in [self.decode_block_table, self.decode_pad] + [t for kv in self.kv for t in (kv.k_cache,
+                                                                                              kv.v_cache)]:
+                mark_static(t)
+            self._reserve_rows()
 
-    def _begin_step(self, q: torch.Tensor, attn_mask: Optional[torch.Tensor]) -> None:
+    def _reserve_rows(self) -> None:
+        """Device decode: every row holds its blocks for pool_max_len tokens from the start, so its block
+        table never changes while it grows (written in place: a CUDA graph keeps reading the same tensor)."""
+        if self.decode_block_table is None:
+            return
+        per_row = self.decode_block_table.shape[1]
+        for b in range(self._batch):
+            self.allocator.reserve(b, per_row * self.block_size)
+        self.decode_block_table.copy_(self.allocator.block_table(range(self._batch), width=per_row))
+        self.decode_pad.zero_()
+
+    def _begin_step(self, q: torch.Tensor, attn_mask: Optional[torch.Tensor], layer_idx: int) -> None:
         """Which new tokens are real, their slots, and the packed metadata: once per forward step."""
         B, _, S, _ = q.shape
         self._ensure_pool(B, q.dtype, q.device)
-        past = self._positions
+        past = self._catch_up_device_steps(layer_idx, S)
         if attn_mask is None:
             real = torch.ones(B, S, dtype=torch.bool)
         else:
@@ -222,15 +264,53 @@ class RocmAttnCache(Cache):
         md = build_metadata_from_allocator(self.allocator, list(range(B)), query_lens, device=q.device)
         token_index = real.reshape(-1).nonzero().squeeze(1).to(q.device)
         self._positions = past + S
+        if self.decode_pad is not None:
+            pad = [self._positions - self.allocator.seq_len(b) for b in range(B)]
+            self.decode_pad.copy_(torch.tensor(pad, dtype=torch.int32))
         self._step = (md, token_index)
         self.last_split = md.split_counts()
         for kind in self.split_totals:
             self.split_totals[kind] += getattr(self.last_split, f"num_{kind}s")
 
+    def _catch_up_device_steps(self, layer_idx: int, new_positions: int) -> int:
+        """The host count of positions after device decode steps (which only the device saw): each added
+        one real token per row. Returns the positions before this step (one sync, on host-path steps only)."""
+        past = self._positions
+        if self.decode_pad is None or not self.layers[layer_idx].is_initialized:
+            return past
+        seen = int(self.layers[layer_idx].cumulative_length) - new_positions
+        if seen < past:
+            raise RuntimeError(f"RocmAttnCache: the cache saw {seen} positions but its host count is {past}")
+        if seen > past:
+            for b in range(self._batch):
+                self.allocator.grow(b, seen - past)  # within the reserved blocks: nothing allocated
+        return seen
+
+    def decode_step(self, q, k, v, layer_idx: int, scale: float, sliding_window: int, softcap: float):
+        """One new token per row, device tensors only (no host sync, fixed shapes: CUDA-graph safe):
+        q [B,Hq,1,D], k/v [B,Hkv,1,D] -> out [B,1,Hq,Dv]. The row's length is its layer's position count
+        (cumulative_length, already advanced by HF's update()) minus its padding."""
+        if q.shape[0] != self._batch:
+            raise ValueError(f"RocmAttnCache: this cache holds a batch of {self._batch} sequences; got "
+                             f"a batch of {q.shape[0]} (call cache.reset() or make a new cache)")
+        kv = self.kv[layer_idx]
+        seq_lens = (self.layers[layer_idx].cumulative_length - self.decode_pad).to(torch.int32)
+        pos = seq_lens.long() - 1
+        bs = self.block_size
+        slot = self.decode_block_table.gather(1, (pos // bs).unsqueeze(1)).squeeze(1).long() * bs + pos % bs
+        torch.ops.rocm_attn.reshape_and_cache(k[:, :, 0].contiguous(), v[:, :, 0].contiguous(), kv.k_cache,
+                                              kv.v_cache, slot, kv.layout)
+        out = torch.ops.rocm_attn.paged_decode(q[:, :, 0].contiguous(), kv.k_cache, kv.v_cache, seq_lens,
+                                               self.decode_block_table, scale, kv.layout, sliding_window,
+                                               softcap)
+        if not torch.compiler.is_compiling() and layer_idx == 0:
+            self.split_totals["decode"] += q.shape[0]  # host bookkeeping in eager runs only
+        return out.unsqueeze(1)
+
     def _attend(self, q, k, v, attn_mask, layer_idx, scale, sliding_window, softcap) -> torch.Tensor:
         if layer_idx in self._step_layers or self._step is None:
             self._step_layers = set()
-            self._begin_step(q, attn_mask)
+            self._begin_step(q, attn_mask, layer_idx)
         self._step_layers.add(layer_idx)
         md, token_index = self._step
         B, Hq, S, D = q.shape
@@ -286,6 +366,10 @@ def rocm_attn_attention(module, query, key, value, attention_mask, scaling=None,
                                       scaling=scaling, **kwargs)
     if isinstance(cache, RocmAttnCache):
         window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+        if query.shape[2] == 1 and cache.decode_block_table is not None:
+            # a decode step on a cache that already holds the prompt: the device path
+            out = cache.decode_step(query, key, value, int(module.layer_idx), scale, int(window or 0), softcap)
+            return out, None
         out = torch.ops.rocm_attn.hf_paged_attention(query, key, value, attention_mask, cache.cache_id,
                                                      int(module.layer_idx), scale, int(window or 0), softcap)
         return out, None

@@ -93,7 +93,7 @@ class PatchReport:
             f"  linear weights      {self.weight_bytes_before * mib:.1f} MiB -> {self.weight_bytes_after * mib:.1f} MiB",
             f"  attention layers    {self.attention_layers} -> rocm_attn ({self.attention_backend}, "
             f"{self.kv_layout} paged KV cache in generate)",
-            f"  compiled decode     {'backend=rocm_attn' if self.compile_decode else 'off'}",
+            f"  compiled decode     {'backend=rocm_attn (CUDA graphs)' if self.compile_decode else 'off'}",
         ]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -195,9 +195,11 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
     if compile and getattr(model, "generation_config", None) is not None:
         from transformers import CompileConfig
 
-        # no "reduce-overhead": the paged attention op does host-side work per step (no CUDA graphs)
+        # CUDA graphs: a decode step on the RocmAttnCache runs on device tensors only (hf_cache.decode_step).
+        # "mode" rides in the options: torch.compile refuses mode and options together (HF passes both).
         options_for_backend = {"quantization": config.quantization, "attention_backend": config.attention_backend,
-                               "kernels": config.kernels, "skip_modules": config.skip_modules}
+                               "kernels": config.kernels, "skip_modules": config.skip_modules,
+                               "mode": "reduce-overhead"}
         model.generation_config.compile_config = CompileConfig(backend="rocm_attn", mode=None,
                                                                options=options_for_backend)
         report.compile_decode = True
@@ -210,6 +212,22 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
     model.rocm_attn_report = report
     log.info("%s", report)
     return model
+
+
+def _generate_cache(model, config: Config, batch: int, max_len: int) -> RocmAttnCache:
+    """The cache for one generate() call. Like HF's static cache, the last one is kept on the model and
+    reset for the next call when it fits (same batch, long enough): its tensors keep their addresses, so
+    the compiled decode's CUDA graph replays instead of re-recording. A cache returned by generate()
+    (return_dict_in_generate) is therefore emptied by the next generate() that makes its own cache."""
+    cache = getattr(model, "_rocm_attn_generate_cache", None)
+    if (cache is not None and cache.pool_batch_size == batch and cache.pool_max_len >= max_len
+            and cache._batch in (None, batch) and cache.backend == config.attention_backend):
+        cache.reset()
+        return cache
+    cache = RocmAttnCache(model, max_batch_size=batch, max_cache_len=max_len,
+                          backend=config.attention_backend)
+    model._rocm_attn_generate_cache = cache
+    return cache
 
 
 def _install_cache_factory(model, config: Config) -> None:
@@ -232,8 +250,7 @@ def _install_cache_factory(model, config: Config) -> None:
         if made_by_hf and generation_config.cache_implementation is None:
             batch = int(bound.arguments.get("batch_size", 1))
             max_len = int(bound.arguments.get("max_cache_length", 0) or generation_config.max_length or 4096)
-            model_kwargs["past_key_values"] = RocmAttnCache(model, max_batch_size=batch, max_cache_len=max_len,
-                                                            backend=config.attention_backend)
+            model_kwargs["past_key_values"] = _generate_cache(model, config, batch, max_len)
         return result
 
     model._prepare_cache_for_generation = prepare

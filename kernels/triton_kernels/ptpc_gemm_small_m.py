@@ -180,6 +180,16 @@ def _new_zeros(device: torch.device, shape) -> torch.Tensor:
     return buf
 
 
+def reserve_counters(device: torch.device) -> None:
+    """Allocate a device's counter arena now, outside any CUDA graph. torch.compile's CUDA graphs
+    (cudagraph trees) run their warm-up call inside the graph's private memory pool: an arena
+    allocated there would outlive the call and fail the trees' check on untracked allocations."""
+    device = torch.device(device)
+    if device.type == "cuda" and not _FREE_SLOTS.get(device):
+        arena = _new_zeros(device, (SLOTS_PER_ARENA, COUNTERS_PER_SLOT))
+        _FREE_SLOTS.setdefault(device, []).extend(arena.unbind(0))
+
+
 def _counters(device: torch.device, n_tiles: int) -> torch.Tensor | None:
     """Zeroed counters for the current (device, stream), or None while a CUDA graph is being
     captured and none can be had without allocating (that would tie them to the graph's pool)."""

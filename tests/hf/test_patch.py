@@ -166,3 +166,65 @@ def test_compiled_decode_with_rocm_attn_backend():
     out = greedy(model, ids, mask, n=6)
     assert torch.equal(out, greedy(ref_model, ids, mask, n=6))
     assert hasattr(model, "_compiled_call")  # generate() did compile decode
+
+
+@pytest.mark.parametrize("family, backend", [("llama", "TRITON_ATTN"), ("gemma", "ROCM_AITER_FA")])
+def test_device_decode_equals_host_path(family, backend):
+    """Decode steps on the RocmAttnCache run on device tensors only (hf_cache.decode_step); the host path
+    (device_decode=False: per-step metadata from the allocator) gives the same tokens, padded batch."""
+    if not registered(backend):
+        pytest.skip(f"{backend} not registered in this build")
+    model = rocm_attn.patch(tiny(family), quantization="none", attention_backend=backend, compile=False)
+    ids, mask = prompts(3)
+    outs = {}
+    for device_decode in (True, False):
+        cache = RocmAttnCache(model, max_batch_size=3, max_cache_len=64, device_decode=device_decode)
+        outs[device_decode] = greedy(model, ids, mask, n=12, past_key_values=cache)
+        assert cache.split_totals == {"decode": 3 * 11, "extend": 0, "prefill": 3}
+        assert (cache.decode_block_table is not None) == device_decode
+    assert torch.equal(outs[True], outs[False])
+
+
+def test_device_decode_keeps_host_state_for_the_next_turn():
+    """After device decode steps (which only the device counts) a second turn's host step catches up:
+    the allocator holds each row's real length, and every row keeps its reserved blocks."""
+    model = rocm_attn.patch(tiny("llama"), quantization="none", compile=False)
+    ids, mask = prompts(2)
+    cache = RocmAttnCache(model, max_batch_size=2, max_cache_len=64)
+    greedy(model, ids, mask, n=6, past_key_values=cache)  # prefill 10 positions + 5 decode steps
+    real = mask.sum(1).tolist()
+    assert [cache.allocator.seq_len(b) for b in range(2)] == real  # not yet told of the device steps
+    assert cache.decode_pad.tolist() == [10 - r for r in real]
+    next_ids = torch.randint(1, 128, (2, 2))
+    with torch.no_grad():
+        model(next_ids, attention_mask=torch.ones(2, 17, dtype=torch.long), past_key_values=cache)
+    assert [cache.allocator.seq_len(b) for b in range(2)] == [r + 5 + 2 for r in real]
+    per_row = cache.decode_block_table.shape[1]
+    assert all(len(cache.allocator.blocks(b)) == per_row for b in range(2))
+
+
+def test_generate_reuses_its_cache_and_compiles_decode_once():
+    """generate() keeps its RocmAttnCache on the model and resets it for the next call that fits (as HF
+    does with its static cache): the compiled decode step does not recompile (nor re-record a CUDA
+    graph)."""
+    from torch._dynamo.utils import counters
+
+    ref_model = tiny("llama")
+    model = rocm_attn.patch(copy.deepcopy(ref_model), quantization="none", compile=True)
+    cc = model.generation_config.compile_config
+    assert cc.options["mode"] == "reduce-overhead"  # CUDA graphs on a GPU
+    cc._compile_all_devices = True  # HF compiles decode on GPUs only; force it on CPU for the test
+    ids, mask = prompts(2)
+    torch._dynamo.reset()
+    counters.clear()
+    first = greedy(model, ids, mask, n=6)
+    cache = model._rocm_attn_generate_cache
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    second = greedy(model, ids, mask, n=4)  # a shorter call fits the same cache
+    assert model._rocm_attn_generate_cache is cache
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompile
+    ref = greedy(ref_model, ids, mask, n=6)
+    assert torch.equal(first, ref) and torch.equal(second, ref[:, : ids.shape[1] + 4])
+    greedy(model, ids[:1], mask[:1], n=4)  # another batch size: a new cache
+    assert model._rocm_attn_generate_cache is not cache

@@ -4,7 +4,6 @@ import random
 
 import pytest
 import torch
-
 from rocm_attn.kernels.kv_cache import BlockAllocator, CacheFullError, KVCache, to_standard
 
 
@@ -157,3 +156,19 @@ def test_grow_starts_and_extends_without_slots():
         alloc.grow("a", -1)
     # append after grow continues at the grown length
     assert alloc.append("a", 1).tolist() == [alloc.blocks("a")[2] * 4]
+
+
+def test_allocator_reserve_holds_blocks_without_growing():
+    alloc = BlockAllocator(8, 4)
+    alloc.reserve("a", 10)  # 3 blocks, length 0
+    assert alloc.seq_len("a") == 0 and len(alloc.blocks("a")) == 3 and alloc.num_free_blocks == 5
+    blocks = alloc.blocks("a")
+    alloc.grow("a", 12)  # within the reserve: no block taken
+    assert alloc.blocks("a") == blocks and alloc.num_free_blocks == 5 and alloc.seq_len("a") == 12
+    alloc.grow("a", 1)  # past it: one more
+    assert alloc.num_free_blocks == 4
+    with pytest.raises(CacheFullError):
+        alloc.reserve("b", 17)  # 5 blocks, 4 free: nothing changes
+    assert "b" not in alloc and alloc.num_free_blocks == 4
+    alloc.free("a")
+    assert alloc.num_free_blocks == 8
