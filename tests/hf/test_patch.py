@@ -9,10 +9,14 @@ import torch
 from rocm_attn.kernels.attention import available_attention_backends
 from transformers import (
     DynamicCache,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     GemmaConfig,
     GemmaForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
 )
@@ -33,6 +37,11 @@ def tiny(family: str):
         return Qwen3ForCausalLM(Qwen3Config(**SMALL, head_dim=16)).eval()
     if family == "gemma":
         return GemmaForCausalLM(GemmaConfig(**SMALL, head_dim=16)).eval()
+    if family == "mistral":  # a window shorter than the prompts: decode steps slide
+        return MistralForCausalLM(MistralConfig(**SMALL, sliding_window=5)).eval()
+    if family == "gemma2":  # alternating sliding / full layers, attention soft-capping
+        return Gemma2ForCausalLM(Gemma2Config(**SMALL, head_dim=16, sliding_window=5, attn_logit_softcapping=20.0,
+                                              final_logit_softcapping=30.0)).eval()
     raise ValueError(family)
 
 
@@ -168,13 +177,16 @@ def test_compiled_decode_with_rocm_attn_backend():
     assert hasattr(model, "_compiled_call")  # generate() did compile decode
 
 
-@pytest.mark.parametrize("family, backend", [("llama", "TRITON_ATTN"), ("gemma", "ROCM_AITER_FA")])
+@pytest.mark.parametrize("family, backend", [("llama", "TRITON_ATTN"), ("gemma", "ROCM_AITER_FA"),
+                                             ("mistral", "TRITON_ATTN"), ("gemma2", "ROCM_AITER_FA")])
 def test_device_decode_equals_host_path(family, backend):
     """Decode steps on the RocmAttnCache run on device tensors only (hf_cache.decode_step); the host path
-    (device_decode=False: per-step metadata from the allocator) gives the same tokens, padded batch."""
+    (device_decode=False: per-step metadata from the allocator) gives the same tokens, padded batch, and both
+    equal the unpatched model (sliding window and soft-capping included)."""
     if not registered(backend):
         pytest.skip(f"{backend} not registered in this build")
-    model = rocm_attn.patch(tiny(family), quantization="none", attention_backend=backend, compile=False)
+    ref_model = tiny(family)
+    model = rocm_attn.patch(copy.deepcopy(ref_model), quantization="none", attention_backend=backend, compile=False)
     ids, mask = prompts(3)
     outs = {}
     for device_decode in (True, False):
@@ -183,6 +195,7 @@ def test_device_decode_equals_host_path(family, backend):
         assert cache.split_totals == {"decode": 3 * 11, "extend": 0, "prefill": 3}
         assert (cache.decode_block_table is not None) == device_decode
     assert torch.equal(outs[True], outs[False])
+    assert torch.equal(outs[True], greedy(ref_model, ids, mask, n=12))
 
 
 def test_device_decode_keeps_host_state_for_the_next_turn():
