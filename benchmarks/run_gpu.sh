@@ -7,8 +7,9 @@
 #   bash benchmarks/run_gpu.sh bench --quick    # kernel benchmarks (extra args go to each script)
 #   bash benchmarks/run_gpu.sh tune             # the tuning sweeps (paste their tables back into the kernels)
 #   bash benchmarks/run_gpu.sh multi            # 2 GPUs: tensor parallel check + bench, the two soaks side by side
-#   bash benchmarks/run_gpu.sh e2e              # end to end (8 layers of the 8B configs; 2 GPUs: one model each),
-#                                               # plus fused projections on/off; carry torchao as a wheel in .whl/
+#   bash benchmarks/run_gpu.sh e2e              # end to end, 8 layers of the 8B configs (2 GPUs: one model each)
+#   bash benchmarks/run_gpu.sh e2e-torchao      # inductor vs torchao rowwise, 4 layers; carry torchao's wheel in .whl/
+#   bash benchmarks/run_gpu.sh fuse             # fused projections on / off (bench_compile, 8 layers)
 # The device tool returns at most 8 files: with OUT set, the logs are packed into $OUT/<mode>.tgz at the end.
 set -uo pipefail
 what=${1:-all}; shift || true
@@ -49,14 +50,18 @@ if [ "$what" = multi ]; then
     --json "$out/soak_shuffled.json" > "$out/soak_shuffled.txt" 2>&1 & p2=$!
   wait $p1 $p2; tail -n 4 "$out/soak_standard.txt" "$out/soak_shuffled.txt"
 fi
-if [ "$what" = e2e ]; then
-  variants=inductor,torchao_fp8_rowwise,rocm_attn_ptpc:TRITON_ATTN,rocm_attn_ptpc:ROCM_AITER_FA
-  CUDA_VISIBLE_DEVICES=0 timeout 450 python3 benchmarks/bench_e2e.py --models llama --layers 8 --variants $variants \
-    --out "$out/e2e_llama.json" > "$out/e2e_llama.txt" 2>&1 & p1=$!
+if [ "$what" = e2e ] || [ "$what" = e2e-torchao ]; then
+  # torchao's FP8 compile autotunes for 3-4 min per shape on an H200: it gets its own call (e2e-torchao)
+  variants=inductor,rocm_attn_none,rocm_attn_ptpc:TRITON_ATTN,rocm_attn_ptpc:ROCM_AITER_FA; layers=8
+  [ "$what" = e2e-torchao ] && { variants=inductor,torchao_fp8_rowwise; layers=4; }
+  CUDA_VISIBLE_DEVICES=0 timeout 540 python3 benchmarks/bench_e2e.py --models llama --layers $layers \
+    --variants $variants --out "$out/e2e_llama.json" > "$out/e2e_llama.txt" 2>&1 & p1=$!
   second=1; [ "$(nvidia-smi -L | wc -l)" -lt 2 ] && { wait $p1; second=0; }
-  CUDA_VISIBLE_DEVICES=$second timeout 450 python3 benchmarks/bench_e2e.py --models qwen3 --layers 8 \
+  CUDA_VISIBLE_DEVICES=$second timeout 540 python3 benchmarks/bench_e2e.py --models qwen3 --layers $layers \
     --variants $variants --out "$out/e2e_qwen3.json" > "$out/e2e_qwen3.txt" 2>&1 & p2=$!
-  wait $p1 $p2 2>/dev/null; tail -n 30 "$out/e2e_llama.txt" "$out/e2e_qwen3.txt"
+  wait $p1 $p2 2>/dev/null; grep -h "^| " "$out/e2e_llama.txt" "$out/e2e_qwen3.txt"
+fi
+if [ "$what" = fuse ]; then
   for f in 0 1; do
     timeout 200 python3 benchmarks/bench_compile.py --layers 8 --fuse-projections $f --out "$out/compile_fuse$f.json" \
       > "$out/compile_fuse$f.txt" 2>&1; tail -n 8 "$out/compile_fuse$f.txt"

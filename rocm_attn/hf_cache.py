@@ -145,7 +145,8 @@ class RocmAttnCache(Cache):
     backend: the rocm_attn attention backend (default: the one patch() chose, else TRITON_ATTN); it
     fixes the KV layout (standard, or shuffled for ROCM_AITER_FA).
     device_decode: decode steps (one new token per row) run on device tensors only (see the module doc),
-    so a compiled decode step can be a CUDA graph; False sends them through the host-side path too.
+    so a compiled decode step can be a CUDA graph; False sends them through the host-side path too (host
+    syncs each step: compile such decode without CUDA graphs, i.e. drop "mode" from the CompileConfig options).
     """
 
     def __init__(self, model=None, *, config=None, max_batch_size: int = 1, max_cache_len: int = 4096,
