@@ -45,7 +45,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from .kernels.attention import attention as paged_attention
 from .kernels.attention import get_attention_backend
 from .kernels.attention_metadata import build_metadata_from_allocator
-from .kernels.kv_cache import BlockAllocator, KVCache
+from .kernels.kv_cache import BlockAllocator, CacheFullError, KVCache
 
 log = logging.getLogger("rocm_attn")
 
@@ -188,6 +188,7 @@ class RocmAttnCache(Cache):
         # padding count (HF positions seen - tokens cached), so seq_len = cumulative_length - pad
         self.decode_block_table: torch.Tensor | None = None
         self.decode_pad: torch.Tensor | None = None
+        self._decode_room = 0  # decode steps every row still has room for (host count; eager runs check it)
         self.last_split = None  # SplitCounts of the last step (for reports and tests)
         self.split_totals = {"decode": 0, "extend": 0, "prefill": 0}  # sequences per path, all steps
         self.cache_id = next(_NEXT_ID)
@@ -268,6 +269,8 @@ class RocmAttnCache(Cache):
         if self.decode_pad is not None:
             pad = [self._positions - self.allocator.seq_len(b) for b in range(B)]
             self.decode_pad.copy_(torch.tensor(pad, dtype=torch.int32))
+            capacity = self.decode_block_table.shape[1] * self.block_size
+            self._decode_room = min(capacity - self.allocator.seq_len(b) for b in range(B))
         self._step = (md, token_index)
         self.last_split = md.split_counts()
         for kind in self.split_totals:
@@ -294,6 +297,13 @@ class RocmAttnCache(Cache):
         if q.shape[0] != self._batch:
             raise ValueError(f"RocmAttnCache: this cache holds a batch of {self._batch} sequences; got "
                              f"a batch of {q.shape[0]} (call cache.reset() or make a new cache)")
+        if not torch.compiler.is_compiling() and layer_idx == 0:
+            # eager runs check the room on the host (a compiled step cannot without a sync; generate() sizes
+            # the cache to its max_length, and refuses a user cache that is too short, see patch.py)
+            if self._decode_room <= 0:
+                raise CacheFullError(f"RocmAttnCache: a sequence is at max_cache_len ({self.pool_max_len} "
+                                     "tokens); make the cache larger or start a new one")
+            self._decode_room -= 1
         kv = self.kv[layer_idx]
         seq_lens = (self.layers[layer_idx].cumulative_length - self.decode_pad).to(torch.int32)
         pos = seq_lens.long() - 1

@@ -246,6 +246,11 @@ def _install_cache_factory(model, config: Config) -> None:
         from transformers import DynamicCache
 
         cache = model_kwargs.get("past_key_values")
+        max_length = generation_config.max_length
+        if isinstance(cache, RocmAttnCache) and max_length and max_length > cache.pool_max_len:
+            raise ValueError(f"rocm_attn: this generate() call may reach {max_length} positions (prompt, "
+                             f"padding and new tokens) but the RocmAttnCache holds "
+                             f"max_cache_len={cache.pool_max_len}; make it larger")
         made_by_hf = type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False)
         if made_by_hf and generation_config.cache_implementation is None:
             batch = int(bound.arguments.get("batch_size", 1))

@@ -40,8 +40,8 @@ def tiny(family: str):
     if family == "mistral":  # a window shorter than the prompts: decode steps slide
         return MistralForCausalLM(MistralConfig(**SMALL, sliding_window=5)).eval()
     if family == "gemma2":  # alternating sliding / full layers, attention soft-capping
-        return Gemma2ForCausalLM(Gemma2Config(**SMALL, head_dim=16, sliding_window=5, attn_logit_softcapping=20.0,
-                                              final_logit_softcapping=30.0)).eval()
+        return Gemma2ForCausalLM(Gemma2Config(**SMALL, head_dim=16, sliding_window=5,
+                                              attn_logit_softcapping=20.0, final_logit_softcapping=30.0)).eval()
     raise ValueError(family)
 
 
@@ -186,7 +186,8 @@ def test_device_decode_equals_host_path(family, backend):
     if not registered(backend):
         pytest.skip(f"{backend} not registered in this build")
     ref_model = tiny(family)
-    model = rocm_attn.patch(copy.deepcopy(ref_model), quantization="none", attention_backend=backend, compile=False)
+    model = rocm_attn.patch(copy.deepcopy(ref_model), quantization="none", attention_backend=backend,
+                            compile=False)
     ids, mask = prompts(3)
     outs = {}
     for device_decode in (True, False):
@@ -241,3 +242,28 @@ def test_generate_reuses_its_cache_and_compiles_decode_once():
     assert torch.equal(first, ref) and torch.equal(second, ref[:, : ids.shape[1] + 4])
     greedy(model, ids[:1], mask[:1], n=4)  # another batch size: a new cache
     assert model._rocm_attn_generate_cache is not cache
+
+
+def test_a_full_cache_is_refused_not_overrun():
+    """generate() refuses a RocmAttnCache shorter than its max_length; a hand-driven decode loop past
+    max_cache_len gets CacheFullError before anything is written (the device path reserves a fixed block
+    table per row, so it must never index past it)."""
+    from rocm_attn.kernels.kv_cache import CacheFullError
+
+    model = rocm_attn.patch(tiny("llama"), quantization="none", compile=False)
+    ids, mask = prompts(2)
+    with pytest.raises(ValueError, match="max_cache_len=16"):
+        short = RocmAttnCache(model, max_batch_size=2, max_cache_len=16)
+        greedy(model, ids, mask, n=8, past_key_values=short)
+    cache = RocmAttnCache(model, max_batch_size=2, max_cache_len=16)  # one block of 16 per row
+    with torch.no_grad():
+        # 10 positions; the rows hold 10 and 7 tokens
+        out = model(ids, attention_mask=mask, past_key_values=cache)
+        step = out.logits[:, -1:].argmax(-1)
+        for i in range(6):  # row 0 reaches 16 tokens
+            full = torch.ones(2, 11 + i, dtype=torch.long)
+            step = model(step, attention_mask=full, past_key_values=cache).logits[:, -1:].argmax(-1)
+        k_before = cache.kv[0].k_cache.clone()
+        with pytest.raises(CacheFullError, match="max_cache_len"):
+            model(step, attention_mask=torch.ones(2, 17, dtype=torch.long), past_key_values=cache)
+    assert torch.equal(cache.kv[0].k_cache, k_before)
