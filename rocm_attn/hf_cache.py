@@ -190,7 +190,8 @@ class RocmAttnCache(Cache):
         self.decode_pad: torch.Tensor | None = None
         self._decode_room = 0  # decode steps every row still has room for (host count; eager runs check it)
         self.last_split = None  # SplitCounts of the last step (for reports and tests)
-        self.split_totals = {"decode": 0, "extend": 0, "prefill": 0}  # sequences per path, all steps
+        # sequences per path, all steps run eagerly (a compiled decode step runs no Python: not counted)
+        self.split_totals = {"decode": 0, "extend": 0, "prefill": 0}
         self.cache_id = next(_NEXT_ID)
         _LIVE_CACHES[self.cache_id] = self
 
