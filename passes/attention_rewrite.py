@@ -54,7 +54,8 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
                 mask_note = f"4-D {m.detail.get('mask', '')} tensor ({why})"
             else:
                 attn_mask, causal, window = None, padding.causal, padding.sliding_window
-                key_valid = _key_valid(graph, padding.key_valid, key_valid_of)
+                if padding.key_valid is not None:
+                    key_valid = _key_valid(graph, padding.key_valid, key_valid_of)
                 mask_note = padding.describe()
         with graph.inserting_before(m.anchor):
             new = graph.call_function(

@@ -16,7 +16,19 @@ with these terms, and no other:
     causal           kv_idx <= q_idx
     sliding window   kv_idx > q_idx - W          (only together with causal)
     bidirectional    q_idx >= 0                  (encoders)
-    key padding      pm[b_idx, kv_idx]           (exactly one)
+    key padding      pm[b_idx, kv_idx]           (at most one)
+
+Without an attention_mask and without a cache (a plain compiled forward), HF cannot tell under tracing
+whether position_ids hold packed sequences, so it adds two more forms, built on the position rows P:
+
+    packed sequences   psm[b_idx, q_idx] == psm[b_idx, kv_idx]
+                       with psm = cumsum(diff(P, prepend=P[:, :1] - 1) != 1)
+    remapped causal    P[b_idx, kv_idx] <= P[b_idx, q_idx]    (newer transformers; window: P[kv] > P[q] - W)
+
+When P is provably one contiguous run (arange(n) + c, unsqueezed / expanded over the batch: what the model
+makes from cache_position when the caller passes no position_ids), psm is all 0, so the packed term is always
+true, and P[j] = j + c turns the remapped terms into the plain ones. position_ids passed by the caller are a
+graph input, never proven: those masks keep the 4-D tensor.
 
 When every node on the way has exactly this form, the mask is "key j of row b is valid" AND the
 position rule, and flash_attention computes it from ``key_valid = pm[b_idx, kv_idx]`` (a [B, Sk] bool
@@ -46,8 +58,8 @@ ALL = slice(None, None, None)
 
 @dataclass
 class KeyPadding:
-    attention_mask: fx.Node  # the attention_mask placeholder
-    key_valid: fx.Node  # HF's own pm[b_idx, kv_idx]: bool [B, 1, 1, Sk]
+    attention_mask: fx.Node | None  # the attention_mask placeholder (None: no padding term)
+    key_valid: fx.Node | None  # HF's own pm[b_idx, kv_idx]: bool [B, 1, 1, Sk]; None: every key valid
     causal: bool
     sliding_window: int  # 0 = none
 
@@ -55,6 +67,8 @@ class KeyPadding:
         rule = "causal" if self.causal else "bidirectional"
         if self.sliding_window:
             rule += f", sliding window {self.sliding_window}"
+        if self.key_valid is None:
+            return f"no key padding ({rule}, proven from positions)"
         return f"key padding from attention_mask ({rule})"
 
 
@@ -82,13 +96,15 @@ def recognise(mask: fx.Node, q: fx.Node, k: fx.Node) -> KeyPadding | str:
         if isinstance(kind, str):
             return kind
         name, qi, ki = kind[0], kind[1], kind[2]
+        if name == "true":  # the packed-sequence term on one contiguous run: always true
+            continue
         kinds.append(kind)
         q_idx |= {qi} - {None}
         kv_idx |= {ki} - {None}
         if name == "padding":
             paddings.append(t)
-    if len(paddings) != 1:
-        return f"{len(paddings)} key-padding terms (exactly 1 expected)"
+    if len(paddings) > 1:
+        return f"{len(paddings)} key-padding terms (at most 1 expected)"
     if len(q_idx) > 1 or len(kv_idx) != 1:
         return "the terms index different query / key position vectors"
     names = sorted(k[0] for k in kinds if k[0] != "padding")
@@ -105,6 +121,8 @@ def recognise(mask: fx.Node, q: fx.Node, k: fx.Node) -> KeyPadding | str:
     if names[0] == "bidirectional" and not _known_nonnegative(q_off):
         return f"bidirectional term q_idx >= 0 with a query offset {q_off} not provably >= 0"
 
+    if not paddings:
+        return KeyPadding(None, None, names[0] == "causal", windows[0] if windows else 0)
     gather = paddings[0]
     source = _placeholder_source(gather.args[0])
     if isinstance(source, str):
@@ -184,6 +202,19 @@ def _term(t: fx.Node):
         return ("window", b.args[0], a, w)
     if is_call(t, operator.ge) and _is_index(a, 2) and b == 0 and not isinstance(b, bool):
         return ("bidirectional", a, None)
+    # the position-row forms (no attention_mask, no cache): see the module doc
+    if is_call(t, operator.le) and _position_at(a, 3) and _position_at(b, 2):
+        return ("causal", b.args[1][1], a.args[1][1])
+    if (is_call(t, operator.gt) and _position_at(a, 3) and is_call(b, operator.sub)
+            and _position_at(b.args[0], 2)):
+        w = b.args[1]
+        if not (isinstance(w, int) and not isinstance(w, bool) and w > 0):
+            return f"sliding-window term with window {w!r} (a positive int expected)"
+        return ("window", b.args[0].args[1][1], a.args[1][1], w)
+    if is_call(t, operator.eq, torch.eq) and _is_packed_lookup(a, 2) and _is_packed_lookup(b, 3):
+        if a.args[0] is b.args[0] and _one_run_packing(a.args[0]):
+            return ("true", None, None)
+        return "packed-sequence term on position_ids not proven to be one contiguous run"
     if (
         is_call(t, GETITEM)
         and isinstance(b, tuple)
@@ -197,6 +228,48 @@ def _term(t: fx.Node):
         return ("padding", None, b[1])
     what = t.target if t.op != "call_method" else f".{t.target}()"
     return f"a mask term of unknown form ({getattr(what, '__name__', what)}: {t.name})"
+
+
+def _positions_row(node) -> bool:
+    """P [B or 1, n] = arange(n) + c, unsqueezed to a row and maybe expanded over the batch: one run."""
+    if is_method(node, "expand") and len(node.args) == 3 and node.args[2] == -1:
+        node = node.args[0]
+    if not (is_method(node, "unsqueeze") and node.args[1:] == (0,)):
+        return False
+    return _arange(node.args[0]) is not None
+
+
+def _position_at(node, dim: int) -> bool:
+    """P[b_idx, q_idx] (dim 2) or P[b_idx, kv_idx] (dim 3) for a contiguous position row P."""
+    return _is_packed_lookup(node, dim) and _positions_row(node.args[0])
+
+
+def _is_packed_lookup(node, dim: int) -> bool:
+    """x[b_idx, q_idx] (dim 2) or x[b_idx, kv_idx] (dim 3), with HF's 4-D index views."""
+    if not (is_call(node, GETITEM) and isinstance(node.args[1], tuple) and len(node.args[1]) == 2):
+        return False
+    b, i = node.args[1]
+    return _is_index(b, 0) and _is_index(i, dim)
+
+
+def _one_run_packing(psm) -> bool:
+    """psm = cumsum(diff(P, prepend=P[:, :1] - 1, dim=-1) != 1, -1) over a contiguous position row P:
+    every diff is 1, so psm is all 0 (HF's find_packed_sequence_indices on unpacked positions)."""
+    if not (is_method(psm, "cumsum") and psm.args[1:] in ((-1,), (1,)) and not psm.kwargs):
+        return False
+    ne = psm.args[0]
+    if not (is_call(ne, operator.ne, torch.ne) and len(ne.args) == 2 and ne.args[1] == 1):
+        return False
+    diff = ne.args[0]
+    if not (is_call(diff, torch.diff) and len(diff.args) == 1 and diff.kwargs.get("dim") in (-1, 1)
+            and set(diff.kwargs) == {"dim", "prepend"}):
+        return False
+    rows, prepend = diff.args[0], diff.kwargs["prepend"]
+    if not (_positions_row(rows) and is_call(prepend, operator.sub) and prepend.args[1] == 1):
+        return False
+    first = prepend.args[0]
+    head = (ALL, slice(None, 1, None))
+    return is_call(first, GETITEM) and first.args[0] is rows and first.args[1] == head
 
 
 def _is_index(node, dim: int) -> bool:

@@ -83,3 +83,19 @@ def test_packed_sequences_keep_the_4d_path():
     notes = mask_notes(report)
     assert report.attention_rewritten == 2 and all(n.startswith("4-D bool tensor") for n in notes), notes
     assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3", "gemma2"])
+def test_no_mask_no_cache_is_plain_causal(name):
+    """No attention_mask and no cache (a plain compiled forward): under tracing HF cannot rule out packed
+    sequences, so its mask carries a packed-sequence term on the position rows it made from cache_position
+    (and, in newer transformers, causal on those positions). They are one contiguous run, so the mask is
+    plain causal [+ window]: flash_attention gets no mask at all (causal block skipping, no mask reads)."""
+    model, ids, _ = build(name)
+    out, ref, report = run_both(model, ids)
+    notes = mask_notes(report)
+    assert report.errors == [] and report.attention_rewritten == report.attention_total == 2
+    assert all(n.startswith("no key padding (causal") for n in notes), notes
+    if name == "gemma2":
+        assert any("sliding window 4" in n for n in notes), notes
+    assert rel_err(out, ref) < 1e-5

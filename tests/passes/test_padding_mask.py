@@ -132,7 +132,6 @@ NOT_PROVEN = {
     "or_mask": (hf_site(mu.or_masks(CAUSAL, lambda b, h, q, kv: kv == 0)), "or_masks"),
     "chunked": (hf_site(mu.chunked_causal_mask_function(4, torch.zeros(B, dtype=torch.long))), "unknown"),
     "extra_term": (hf_site(mu.and_masks(CAUSAL, lambda b, h, q, kv: kv != 1)), "unknown form"),
-    "no_padding": (site(_causal_only), "0 key-padding terms"),
 }
 
 
@@ -142,3 +141,11 @@ def test_other_masks_keep_the_4d_tensor(case):
     flash, site = check(fn, key_mask("left"))
     assert flash.args[3] is not None and flash.args[8] is None
     assert site.detail["mask"].startswith("4-D bool tensor") and why in site.detail["mask"], site.detail
+
+
+def test_causal_without_padding_needs_no_mask():
+    """sdpa_mask with no attention_mask: causal alone, so flash_attention takes no mask and no key_valid."""
+    flash, report_site = check(site(_causal_only), key_mask("left"))
+    q, k, v, attn_mask, scale, causal, window, softcap, key_valid = flash.args
+    assert attn_mask is None and key_valid is None and causal is True and window == 0
+    assert report_site.detail["mask"].startswith("no key padding (causal")
