@@ -232,8 +232,8 @@ class RocmAttnCache(Cache):
             per_row = -(-self.pool_max_len // self.block_size)
             self.decode_block_table = torch.zeros(batch, per_row, dtype=torch.int32, device=device)
             self.decode_pad = torch.zeros(batch, dtype=torch.int32, device=device)
-            for t in [self.decode_block_table, self.decode_pad] + [t for kv in self.kv for t in (kv.k_cache,
-                                                                                              kv.v_cache)]:
+            caches = [t for kv in self.kv for t in (kv.k_cache, kv.v_cache)]
+            for t in (self.decode_block_table, self.decode_pad, *caches):
                 mark_static(t)
             self._reserve_rows()
 
@@ -268,10 +268,9 @@ class RocmAttnCache(Cache):
         token_index = real.reshape(-1).nonzero().squeeze(1).to(q.device)
         self._positions = past + S
         if self.decode_pad is not None:
-            pad = [self._positions - self.allocator.seq_len(b) for b in range(B)]
-            self.decode_pad.copy_(torch.tensor(pad, dtype=torch.int32))
-            capacity = self.decode_block_table.shape[1] * self.block_size
-            self._decode_room = min(capacity - self.allocator.seq_len(b) for b in range(B))
+            lens = [self.allocator.seq_len(b) for b in range(B)]
+            self.decode_pad.copy_(torch.tensor([self._positions - n for n in lens], dtype=torch.int32))
+            self._decode_room = self.decode_block_table.shape[1] * self.block_size - max(lens)
         self._step = (md, token_index)
         self.last_split = md.split_counts()
         for kind in self.split_totals:
@@ -299,12 +298,14 @@ class RocmAttnCache(Cache):
             raise ValueError(f"RocmAttnCache: this cache holds a batch of {self._batch} sequences; got "
                              f"a batch of {q.shape[0]} (call cache.reset() or make a new cache)")
         if not torch.compiler.is_compiling() and layer_idx == 0:
-            # eager runs check the room on the host (a compiled step cannot without a sync; generate() sizes
-            # the cache to its max_length, and refuses a user cache that is too short, see patch.py)
+            # host bookkeeping in eager runs only: the room check (a compiled step cannot check without a
+            # sync; generate() sizes the cache to its max_length and refuses a user cache that is too short,
+            # see patch.py) and the path counts
             if self._decode_room <= 0:
                 raise CacheFullError(f"RocmAttnCache: a sequence is at max_cache_len ({self.pool_max_len} "
                                      "tokens); make the cache larger or start a new one")
             self._decode_room -= 1
+            self.split_totals["decode"] += q.shape[0]
         kv = self.kv[layer_idx]
         seq_lens = (self.layers[layer_idx].cumulative_length - self.decode_pad).to(torch.int32)
         pos = seq_lens.long() - 1
@@ -315,8 +316,6 @@ class RocmAttnCache(Cache):
         out = torch.ops.rocm_attn.paged_decode(q[:, :, 0].contiguous(), kv.k_cache, kv.v_cache, seq_lens,
                                                self.decode_block_table, scale, kv.layout, sliding_window,
                                                softcap)
-        if not torch.compiler.is_compiling() and layer_idx == 0:
-            self.split_totals["decode"] += q.shape[0]  # host bookkeeping in eager runs only
         return out.unsqueeze(1)
 
     def _attend(self, q, k, v, attn_mask, layer_idx, scale, sliding_window, softcap) -> torch.Tensor:
