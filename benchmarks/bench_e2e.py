@@ -263,6 +263,8 @@ def run_variant(family, variant, args, device) -> list[dict]:
         }
         try:
             row.update(measure_prefill(forward, model.config.vocab_size, batch, tokens, device, args.iters))
+            if variant.startswith("rocm_attn"):
+                row["attention_mask"] = attention_mask_notes()
         except Exception as exc:  # one case that cannot run (memory, an unsupported shape): say why, go on
             row["note"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
         rows.append(row)
@@ -288,6 +290,16 @@ def run_variant(family, variant, args, device) -> list[dict]:
     del forward, model
     gc.collect()
     return rows
+
+
+def attention_mask_notes() -> str:
+    """What the last rocm_attn compile did with the attention masks (the report's per-site notes)."""
+    from rocm_attn.passes import report as report_mod
+
+    if not report_mod.recent:
+        return "no rocm_attn compile report"
+    notes = [s.detail.get("mask", s.reason) for s in report_mod.recent[-1].sites("attention")]
+    return "; ".join(f"{n} x{notes.count(n)}" for n in dict.fromkeys(notes)) or "no attention sites"
 
 
 def rounded(row: dict) -> dict:
@@ -335,10 +347,14 @@ def parse_args(argv=None):
     ap.add_argument("--new-tokens", type=int, default=32, help="decode steps timed per generate")
     ap.add_argument("--iters", type=int, default=5, help="timed prefill calls (median)")
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile anywhere (eager everything)")
+    ap.add_argument("--phases", default="prefill,decode", help="comma-separated: prefill, decode (default both)")
     ap.add_argument(
         "--cpu-smoke", action="store_true", help="tiny config, tiny shapes, CPU: checks the code paths"
     )
     args = ap.parse_args(argv)
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if not phases or phases - {"prefill", "decode"}:
+        ap.error(f"--phases: choose from prefill, decode (got {args.phases!r})")
     args.prefill, args.batches, args.context = PREFILL_SHAPES, DECODE_BATCHES, DECODE_CONTEXT
     args.models = args.models or (None if args.cpu_smoke else "llama,qwen3")
     if args.cpu_smoke:
@@ -349,6 +365,10 @@ def parse_args(argv=None):
         )
         args.models = args.models or "llama"
         args.no_compile = True  # HF compiles decode on GPUs only; a CPU inductor compile would take minutes
+    if "prefill" not in phases:
+        args.prefill = []
+    if "decode" not in phases:
+        args.batches = []
     return args
 
 

@@ -99,3 +99,49 @@ def test_no_mask_no_cache_is_plain_causal(name):
     if name == "gemma2":
         assert any("sliding window 4" in n for n in notes), notes
     assert rel_err(out, ref) < 1e-5
+
+
+def run_patched(name, **kwargs):
+    """rocm_attn.patch()'s path: HF calls flash_attention itself, with the mask it built; the compile's
+    attention pass proves that mask as above (patterns/attention_patched.py). Reference: the unpatched
+    model in eager mode."""
+    import rocm_attn
+
+    model, ids, mask = build(name)
+    with torch.no_grad():
+        ref = model(input_ids=ids, use_cache=False, **kwargs)[0]
+    rocm_attn.patch(model, quantization="none", compile=False)
+    with torch.no_grad():
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="rocm_attn", options={"quantization": "none"}, dynamic=False)
+        out = compiled(input_ids=ids, use_cache=False, **kwargs)[0]
+    return out, ref, report_mod.recent[-1], mask
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2"])
+def test_patched_model_no_mask_is_plain_causal(name):
+    out, ref, report, _ = run_patched(name)
+    notes = mask_notes(report)
+    assert report.errors == [] and report.attention_rewritten == report.attention_total == 2, notes
+    assert all(n.startswith("no key padding (causal") for n in notes), notes
+    if name == "gemma2":
+        assert any("sliding window 4" in n for n in notes), notes
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_patched_model_left_padding_uses_key_padding():
+    _, _, mask = build("llama")
+    out, ref, report, _ = run_patched("llama", attention_mask=mask)
+    notes = mask_notes(report)
+    assert report.attention_rewritten == 2 and all(n.startswith("key padding from attention_mask") for n in notes)
+    keep = mask.bool()
+    assert rel_err(out[keep], ref[keep]) < 1e-5
+
+
+def test_patched_model_packed_sequences_keep_the_mask():
+    pos = torch.cat([torch.arange(4), torch.arange(S - 4)]).expand(B, S)
+    out, ref, report, _ = run_patched("llama", position_ids=pos)
+    sites = report.sites("attention")
+    assert len(sites) == 2 and not any(s.rewritten for s in sites)
+    assert all("4-D mask kept" in s.reason for s in sites), [s.reason for s in sites]
+    assert rel_err(out, ref) < 1e-5
