@@ -172,7 +172,7 @@ def _peel_to(node):
 def _and_terms(node) -> list | str:
     """The leaves of HF's and_masks tree (result & term.to(device) ...), the True seed dropped."""
     node = _peel_to(node)
-    if is_call(node, operator.and_):
+    if _is_op(node, operator.and_):
         left, right = _and_terms(node.args[0]), _and_terms(node.args[1])
         if isinstance(left, str):
             return left
@@ -182,36 +182,48 @@ def _and_terms(node) -> list | str:
         if seed_true:
             return []
         return "new_ones of an unknown form in the mask"
-    if is_call(node, operator.or_) or is_method(node, "new_zeros"):
+    if _is_op(node, operator.or_) or is_method(node, "new_zeros"):
         return "an or_masks term (not a plain padding mask)"
     if not isinstance(node, fx.Node):
         return f"a constant {node!r} in the mask"
     return [node]
 
 
+# Dynamo records `a == b` on tensors as operator.eq(a, b) or, in some torch versions (2.11), as the
+# method call a.__eq__(b): same arguments either way.
+_DUNDER = {operator.eq: "__eq__", operator.ne: "__ne__", operator.le: "__le__", operator.gt: "__gt__",
+           operator.ge: "__ge__", operator.and_: "__and__", operator.or_: "__or__", operator.sub: "__sub__",
+           operator.add: "__add__"}
+
+
+def _is_op(node, op, *also) -> bool:
+    """``node`` is the binary operator ``op`` (or one of ``also``), as a function or a dunder method call."""
+    return is_call(node, op, *also) or (is_method(node, _DUNDER[op]) and len(node.args) == 2)
+
+
 def _term(t: fx.Node):
     """(name, q_idx, kv_idx[, W]) for a known term, else why not."""
-    a = t.args[0] if t.op == "call_function" and t.args else None
-    b = t.args[1] if t.op == "call_function" and len(t.args) > 1 else None
-    if is_call(t, operator.le) and _is_index(a, 3) and _is_index(b, 2):
+    a = t.args[0] if t.op in ("call_function", "call_method") and t.args else None
+    b = t.args[1] if t.op in ("call_function", "call_method") and len(t.args) > 1 else None
+    if _is_op(t, operator.le) and _is_index(a, 3) and _is_index(b, 2):
         return ("causal", b, a)
-    if is_call(t, operator.gt) and _is_index(a, 3) and is_call(b, operator.sub) and _is_index(b.args[0], 2):
+    if _is_op(t, operator.gt) and _is_index(a, 3) and _is_op(b, operator.sub) and _is_index(b.args[0], 2):
         w = b.args[1]
         if not (isinstance(w, int) and not isinstance(w, bool) and w > 0):
             return f"sliding-window term with window {w!r} (a positive int expected)"
         return ("window", b.args[0], a, w)
-    if is_call(t, operator.ge) and _is_index(a, 2) and b == 0 and not isinstance(b, bool):
+    if _is_op(t, operator.ge) and _is_index(a, 2) and b == 0 and not isinstance(b, bool):
         return ("bidirectional", a, None)
     # the position-row forms (no attention_mask, no cache): see the module doc
-    if is_call(t, operator.le) and _position_at(a, 3) and _position_at(b, 2):
+    if _is_op(t, operator.le) and _position_at(a, 3) and _position_at(b, 2):
         return ("causal", b.args[1][1], a.args[1][1])
-    if (is_call(t, operator.gt) and _position_at(a, 3) and is_call(b, operator.sub)
+    if (_is_op(t, operator.gt) and _position_at(a, 3) and _is_op(b, operator.sub)
             and _position_at(b.args[0], 2)):
         w = b.args[1]
         if not (isinstance(w, int) and not isinstance(w, bool) and w > 0):
             return f"sliding-window term with window {w!r} (a positive int expected)"
         return ("window", b.args[0].args[1][1], a.args[1][1], w)
-    if is_call(t, operator.eq, torch.eq) and _is_packed_lookup(a, 2) and _is_packed_lookup(b, 3):
+    if _is_op(t, operator.eq, torch.eq) and _is_packed_lookup(a, 2) and _is_packed_lookup(b, 3):
         if a.args[0] is b.args[0] and _one_run_packing(a.args[0]):
             return ("true", None, None)
         return "packed-sequence term on position_ids not proven to be one contiguous run"
@@ -258,14 +270,14 @@ def _one_run_packing(psm) -> bool:
     if not (is_method(psm, "cumsum") and psm.args[1:] in ((-1,), (1,)) and not psm.kwargs):
         return False
     ne = psm.args[0]
-    if not (is_call(ne, operator.ne, torch.ne) and len(ne.args) == 2 and ne.args[1] == 1):
+    if not (_is_op(ne, operator.ne, torch.ne) and len(ne.args) == 2 and ne.args[1] == 1):
         return False
     diff = ne.args[0]
     if not (is_call(diff, torch.diff) and len(diff.args) == 1 and diff.kwargs.get("dim") in (-1, 1)
             and set(diff.kwargs) == {"dim", "prepend"}):
         return False
     rows, prepend = diff.args[0], diff.kwargs["prepend"]
-    if not (_positions_row(rows) and is_call(prepend, operator.sub) and prepend.args[1] == 1):
+    if not (_positions_row(rows) and _is_op(prepend, operator.sub) and prepend.args[1] == 1):
         return False
     first = prepend.args[0]
     head = (ALL, slice(None, 1, None))
@@ -296,7 +308,7 @@ def _size(x):
 def _arange(node):
     """(length, offset) of torch.arange(length[, device=...]) [+ offset], else None."""
     offset = 0
-    if is_call(node, operator.add) and len(node.args) == 2:
+    if _is_op(node, operator.add) and len(node.args) == 2:
         node, offset = node.args
         offset = _size(offset)
     if not (is_call(node, torch.arange) and len(node.args) == 1 and set(node.kwargs) <= {"device"}):

@@ -145,3 +145,51 @@ def test_patched_model_packed_sequences_keep_the_mask():
     assert len(sites) == 2 and not any(s.rewritten for s in sites)
     assert all("4-D mask kept" in s.reason for s in sites), [s.reason for s in sites]
     assert rel_err(out, ref) < 1e-5
+
+
+def _as_dunder_methods(gm) -> int:
+    """Rewrite operator.eq(a, b), operator.le(a, b), ... as a.__eq__(b), a.__le__(b): how torch 2.11's
+    Dynamo records some of HF's mask comparisons (seen on the GPU image; torch 2.13 records operators)."""
+    from rocm_attn.patterns.padding_mask import _DUNDER
+
+    changed = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in _DUNDER and len(node.args) == 2:
+            with gm.graph.inserting_before(node):
+                method = gm.graph.call_method(_DUNDER[node.target], node.args)
+            method.meta.update(node.meta)
+            node.replace_all_uses_with(method)
+            gm.graph.erase_node(node)
+            changed += 1
+    gm.recompile()
+    return changed
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"attention_mask": "left"}], ids=["no_mask", "left_padding"])
+def test_dunder_method_comparisons_are_proven(kwargs):
+    """The same proofs when the graph's comparisons and & are dunder method calls."""
+    from rocm_attn.config import Config
+    from rocm_attn.passes import run_passes
+    from rocm_attn.passes.report import GraphReport
+
+    model, ids, mask = build("llama")
+    if kwargs:
+        kwargs = {"attention_mask": mask}
+    seen = {}
+
+    def backend(gm, example_inputs):
+        seen["changed"] = _as_dunder_methods(gm)
+        seen["report"] = GraphReport(0)
+        run_passes(gm, example_inputs, Config(quantization="none"), seen["report"])
+        return gm.forward
+
+    with torch.no_grad():
+        ref = model(input_ids=ids, use_cache=False, **kwargs)[0]
+        torch._dynamo.reset()
+        out = torch.compile(model, backend=backend, dynamic=False)(input_ids=ids, use_cache=False, **kwargs)[0]
+    notes = [s.detail.get("mask", s.reason) for s in seen["report"].sites if s.kind == "attention"]
+    assert seen["changed"] > 0 and len(notes) == 2, notes
+    want = "key padding from attention_mask (causal)" if kwargs else "no key padding (causal"
+    assert all(n.startswith(want) for n in notes), notes
+    keep = mask.bool() if kwargs else torch.ones_like(mask, dtype=torch.bool)
+    assert rel_err(out[keep], ref[keep]) < 1e-5
