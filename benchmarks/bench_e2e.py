@@ -265,6 +265,9 @@ def run_variant(family, variant, args, device) -> list[dict]:
             row.update(measure_prefill(forward, model.config.vocab_size, batch, tokens, device, args.iters))
             if variant.startswith("rocm_attn"):
                 row["attention_mask"] = attention_mask_notes()
+            if args.profile:
+                row["profile"] = profile_prefill(forward, model.config.vocab_size, batch, tokens, device)
+                print(f"profile {family} {variant} {batch}x{tokens}\n{row['profile']}", flush=True)
         except Exception as exc:  # one case that cannot run (memory, an unsupported shape): say why, go on
             row["note"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
         rows.append(row)
@@ -290,6 +293,20 @@ def run_variant(family, variant, args, device) -> list[dict]:
     del forward, model
     gc.collect()
     return rows
+
+
+@torch.no_grad()
+def profile_prefill(forward, vocab: int, batch: int, tokens: int, device: str, top: int = 15) -> str:
+    """One prefill call under torch.profiler: the top CUDA kernels by total time, as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.randint(1, vocab, (batch, tokens), device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        forward(input_ids=ids, use_cache=False, logits_to_keep=1)
+        sync(device)
+    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=top, max_name_column_width=70)
 
 
 def attention_mask_notes() -> str:
@@ -347,7 +364,10 @@ def parse_args(argv=None):
     ap.add_argument("--new-tokens", type=int, default=32, help="decode steps timed per generate")
     ap.add_argument("--iters", type=int, default=5, help="timed prefill calls (median)")
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile anywhere (eager everything)")
-    ap.add_argument("--phases", default="prefill,decode", help="comma-separated: prefill, decode (default both)")
+    ap.add_argument("--phases", default="prefill,decode", help="comma-separated: prefill, decode")
+    ap.add_argument("--prefill-shapes", default=None, help="comma-separated BxS (default 1x8192,8x1024)")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing each prefill case, profile one call: top CUDA kernels into the row")
     ap.add_argument(
         "--cpu-smoke", action="store_true", help="tiny config, tiny shapes, CPU: checks the code paths"
     )
@@ -365,6 +385,12 @@ def parse_args(argv=None):
         )
         args.models = args.models or "llama"
         args.no_compile = True  # HF compiles decode on GPUs only; a CPU inductor compile would take minutes
+    if args.prefill_shapes and not args.cpu_smoke:
+        try:
+            shapes = args.prefill_shapes.split(",")
+            args.prefill = [tuple(int(x) for x in shape.split("x")) for shape in shapes]
+        except ValueError:
+            ap.error(f"--prefill-shapes: BxS pairs like 8x1024 expected (got {args.prefill_shapes!r})")
     if "prefill" not in phases:
         args.prefill = []
     if "decode" not in phases:

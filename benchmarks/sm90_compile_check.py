@@ -32,7 +32,7 @@ import triton
 def flash(bm, bn, w, s, causal=True, **extra):
     fn = fa._flash_attn_fwd_kernel
     names = fn.arg_names
-    cexpr = dict(GROUP=4, HEAD_D=128, HEAD_DV=128, BLOCK_D=128, BLOCK_DV=128, BLOCK_M=bm, BLOCK_N=bn,
+    cexpr = dict(GROUP=4, HEAD_D=128, HEAD_DV=128, BLOCK_D=128, BLOCK_D2=0, BLOCK_DV=128, BLOCK_M=bm, BLOCK_N=bn,
                  IS_VARLEN=True, HAS_QPOS=False, STORE_LSE=True, CAUSAL=causal, WINDOW=False, SOFTCAP=False,
                  HAS_MASK=False, BOOL_MASK=False, HAS_KEY_VALID=False, DOT_PREC="tf32")
     cexpr.update(extra)

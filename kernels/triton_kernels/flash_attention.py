@@ -8,8 +8,12 @@ diagonal / sequence end; blocks no query of the program can see are never visite
 mask (dense launcher) is loaded per tile through its broadcast strides; a key-validity vector
 (dense launcher, HAS_KEY_VALID: HF key padding) as one [BLOCK_N] slice per key block.
 
+A head dim D that is not a power of two is split in two power-of-two parts (BLOCK_D + BLOCK_D2, e.g. MLA
+prefill's 192 = 128 + 64) whose QK products accumulate into one score tile: padding 192 to 256 would waste a
+quarter of the QK MMA work and of the Q/K shared memory. The value dim is padded to a power of two.
+
 Hopper prefill config: BLOCK_M 128, BLOCK_N 64/128, 8 warps, 2-4 stages (autotuned over a
-few); short query blocks (decode against a cache) use BLOCK_M 16.
+few; D 129..256 with Dv <= 128 over D192_CONFIGS); short query blocks (decode against a cache) use BLOCK_M 16.
 """
 
 from __future__ import annotations
@@ -32,12 +36,12 @@ def _tanh(x):
 
 @triton.jit
 def _attend_block(
-    acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n,
+    acc, l_i, m_i, q, q2, k_ptrs, k2_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n,
     offs_m, offs_n, q_pos, seqlen_q, seqlen_k,
     stride_ks, stride_vs, stride_mn,
     qk_scale, softcap_scale, softcap_out, window,
-    offs_d, offs_dv, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
-    PAD_D: tl.constexpr, PAD_DV: tl.constexpr,
+    offs_d, offs_d2, offs_dv, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D2: tl.constexpr,
+    PAD_D: tl.constexpr, PAD_D2: tl.constexpr, PAD_DV: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, HAS_KEY_VALID: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -55,6 +59,19 @@ def _attend_block(
     else:
         k = tl.load(kp)
     qk = tl.dot(q, k, input_precision=DOT_PREC)
+    if BLOCK_D2 > 0:
+        # second part of a split head dim (columns [BLOCK_D, HEAD_D)), accumulated into the same scores
+        kp2 = k2_ptrs + start_n * stride_ks
+        if MASKED:
+            k2_mask = n[None, :] < seqlen_k
+            if PAD_D2:
+                k2_mask = k2_mask & (offs_d2[:, None] < HEAD_D)
+            k2 = tl.load(kp2, mask=k2_mask, other=0.0)
+        elif PAD_D2:
+            k2 = tl.load(kp2, mask=offs_d2[:, None] < HEAD_D, other=0.0)
+        else:
+            k2 = tl.load(kp2)
+        qk = tl.dot(q2, k2, qk, input_precision=DOT_PREC)
     if not (MASKED or SOFTCAP or HAS_MASK or HAS_KEY_VALID):
         # hot path: scale folded into one FMA with the max subtraction; every row sees a finite
         # score here, so m_new is finite and needs no -inf guard
@@ -119,8 +136,8 @@ def _flash_attn_fwd_kernel(
     seq_q, seq_k,
     qk_scale, softcap_scale, softcap_out, window,
     GROUP: tl.constexpr,
-    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D2: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_QPOS: tl.constexpr, STORE_LSE: tl.constexpr,
     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     HAS_MASK: tl.constexpr, BOOL_MASK: tl.constexpr, HAS_KEY_VALID: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -152,7 +169,9 @@ def _flash_attn_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    PAD_D: tl.constexpr = BLOCK_D != HEAD_D
+    # BLOCK_D2 > 0: head dim split as [0, BLOCK_D) + [BLOCK_D, HEAD_D); only the second part can be padded
+    PAD_D: tl.constexpr = BLOCK_D > HEAD_D
+    PAD_D2: tl.constexpr = BLOCK_D + BLOCK_D2 > HEAD_D
     PAD_DV: tl.constexpr = BLOCK_DV != HEAD_DV
     q_pos = q_pos0 + offs_m
 
@@ -165,6 +184,17 @@ def _flash_attn_fwd_kernel(
         q_mask = q_mask & (offs_d[None, :] < HEAD_D)
     q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=q_mask, other=0.0)
     k_ptrs = k_base + offs_n[None, :] * stride_ks + offs_d[:, None]
+    if BLOCK_D2 > 0:
+        offs_d2 = BLOCK_D + tl.arange(0, BLOCK_D2)
+        q2_mask = offs_m[:, None] < seqlen_q
+        if PAD_D2:
+            q2_mask = q2_mask & (offs_d2[None, :] < HEAD_D)
+        q2 = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d2[None, :], mask=q2_mask, other=0.0)
+        k2_ptrs = k_base + offs_n[None, :] * stride_ks + offs_d2[:, None]
+    else:  # no second part: placeholders, never read
+        offs_d2 = offs_d
+        q2 = q
+        k2_ptrs = k_ptrs
     v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_dv[None, :]
     if HAS_MASK:
         mask_ptrs = (MASK + b64 * stride_mb + head.to(tl.int64) * stride_mh
@@ -199,24 +229,24 @@ def _flash_attn_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for start_n in range(lo, full_lo, BLOCK_N):
         acc, l_i, m_i = _attend_block(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n, offs_m, offs_n, q_pos,
-            seqlen_q, seqlen_k,
+            acc, l_i, m_i, q, q2, k_ptrs, k2_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n, offs_m, offs_n,
+            q_pos, seqlen_q, seqlen_k,
             stride_ks, stride_vs, stride_mn, qk_scale, softcap_scale, softcap_out, window,
-            offs_d, offs_dv, HEAD_D, HEAD_DV, PAD_D, PAD_DV,
+            offs_d, offs_d2, offs_dv, HEAD_D, HEAD_DV, BLOCK_D2, PAD_D, PAD_D2, PAD_DV,
             True, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, HAS_KEY_VALID, DOT_PREC)
     for start_n in range(full_lo, full_hi, BLOCK_N):
         acc, l_i, m_i = _attend_block(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n, offs_m, offs_n, q_pos,
-            seqlen_q, seqlen_k,
+            acc, l_i, m_i, q, q2, k_ptrs, k2_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n, offs_m, offs_n,
+            q_pos, seqlen_q, seqlen_k,
             stride_ks, stride_vs, stride_mn, qk_scale, softcap_scale, softcap_out, window,
-            offs_d, offs_dv, HEAD_D, HEAD_DV, PAD_D, PAD_DV,
+            offs_d, offs_d2, offs_dv, HEAD_D, HEAD_DV, BLOCK_D2, PAD_D, PAD_D2, PAD_DV,
             False, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, HAS_KEY_VALID, DOT_PREC)
     for start_n in range(full_hi, hi, BLOCK_N):
         acc, l_i, m_i = _attend_block(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n, offs_m, offs_n, q_pos,
-            seqlen_q, seqlen_k,
+            acc, l_i, m_i, q, q2, k_ptrs, k2_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n, offs_m, offs_n,
+            q_pos, seqlen_q, seqlen_k,
             stride_ks, stride_vs, stride_mn, qk_scale, softcap_scale, softcap_out, window,
-            offs_d, offs_dv, HEAD_D, HEAD_DV, PAD_D, PAD_DV,
+            offs_d, offs_d2, offs_dv, HEAD_D, HEAD_DV, BLOCK_D2, PAD_D, PAD_D2, PAD_DV,
             True, CAUSAL, WINDOW, SOFTCAP, HAS_MASK, BOOL_MASK, HAS_KEY_VALID, DOT_PREC)
 
     # rows that saw no key: l = 0 -> out 0, lse -inf
@@ -235,20 +265,32 @@ def _flash_attn_fwd_kernel(
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried once per key on the GPU for long query blocks
 PREFILL_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 8, 4), (64, 64, 4, 3)]
-_autotuned = None
+# head dims 129..256 (MLA prefill: D 192, Dv 128): Q 128x192 bf16 is 48 KB, each stage of K 64x192 + V 64x128
+# another 40 KB, so fewer stages / narrower key blocks
+D192_CONFIGS = [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3)]
+_autotuned = {}
 
 
-def _prefill_kernel():
-    global _autotuned
-    if _autotuned is None:
-        configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                   for bm, bn, w, s in PREFILL_CONFIGS]
-        _autotuned = triton.autotune(
-            configs,
+def _prefill_kernel(configs):
+    key = tuple(configs)
+    if key not in _autotuned:
+        _autotuned[key] = triton.autotune(
+            [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+             for bm, bn, w, s in configs],
             key=["HEAD_D", "HEAD_DV", "IS_VARLEN", "CAUSAL", "WINDOW", "SOFTCAP", "HAS_MASK", "HAS_KEY_VALID",
                  "DOT_PREC"],
         )(_flash_attn_fwd_kernel)
-    return _autotuned
+    return _autotuned[key]
+
+
+def _head_dim_blocks(D):
+    """(BLOCK_D, BLOCK_D2). A power-of-two D (or D <= 16) is one block; any other D is split into the largest
+    power of two below it plus a power-of-two rest (192 = 128 + 64, 80 = 64 + 16, 112 = 64 + 64 masked to 48),
+    instead of padding it to the next power of two (192 -> 256: a quarter of the QK work and Q/K smem)."""
+    p = triton.next_power_of_2(D)
+    if D <= 16 or p == D:
+        return max(p, 16), 0
+    return p // 2, max(triton.next_power_of_2(D - p // 2), 16)
 
 
 def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, max_seqlen_q, batch, scale,
@@ -268,9 +310,10 @@ def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, ma
         key_valid.stride(0) if key_valid is not None else 0,
         seq_q, seq_k,
     ]
+    block_d, block_d2 = _head_dim_blocks(D)
     flags = dict(
         GROUP=hq // hkv, HEAD_D=D, HEAD_DV=Dv,
-        BLOCK_D=max(triton.next_power_of_2(D), 16), BLOCK_DV=max(triton.next_power_of_2(Dv), 16),
+        BLOCK_D=block_d, BLOCK_D2=block_d2, BLOCK_DV=max(triton.next_power_of_2(Dv), 16),
         IS_VARLEN=is_varlen, HAS_QPOS=qpos is not None, STORE_LSE=lse is not None,
         CAUSAL=bool(causal), WINDOW=sliding_window > 0, SOFTCAP=softcap > 0,
         HAS_MASK=mask is not None, BOOL_MASK=bool_mask, HAS_KEY_VALID=key_valid is not None,
@@ -291,23 +334,25 @@ def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, ma
         run(_flash_attn_fwd_kernel, bm, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
         return
     config = _fixed_config(max_seqlen_q, D, Dv, q.dtype)
+    configs = D192_CONFIGS if D > 128 else PREFILL_CONFIGS
     plain = not (flags["WINDOW"] or flags["SOFTCAP"] or flags["HAS_MASK"] or flags["HAS_KEY_VALID"])
     if config is None and plain:
         # the hot path (plain causal / non-causal prefill): autotuned once per key
-        _prefill_kernel()[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), hq, batch)](
+        _prefill_kernel(configs)[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), hq, batch)](
             *args, *scalars, **flags)
         return
-    bm, bn, warps, stages = config or PREFILL_CONFIGS[0]
+    bm, bn, warps, stages = config or configs[0]
     run(_flash_attn_fwd_kernel, bm, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
 
 
 def _fixed_config(max_seqlen_q, D, Dv, dtype):
-    """(BLOCK_M, BLOCK_N, warps, stages) for the cases the autotuned list does not cover, else None.
-    fp32 and head dims > 128 take smaller tiles to fit shared memory."""
-    big = max(D, Dv) > 128 or dtype == torch.float32
+    """(BLOCK_M, BLOCK_N, warps, stages) for the cases the autotuned lists do not cover, else None.
+    fp32 and head dims > 128 take smaller tiles to fit shared memory, except 16-bit D <= 256 with Dv <= 128
+    (MLA prefill, D 192 split as 128 + 64), which is autotuned over D192_CONFIGS."""
+    fp32 = dtype == torch.float32
     if max_seqlen_q <= 16:  # decode-like (HF decode, Sq = 1): short query blocks
-        return (16, 32 if big else 64, 4, 2)
-    if big:
+        return (16, 32 if fp32 or max(D, Dv) > 128 else 64, 4, 2)
+    if fp32 or D > 256 or Dv > 128:
         return (64, 32, 4, 2)
     if max_seqlen_q <= 64:
         return (64, 64, 4, 3)

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from rocm_attn.kernels import use_kernels
+
 from rocm_attn.testing import rel_err
 
 PROVIDERS = ["torch", "triton"]
@@ -253,6 +253,67 @@ def test_varlen_matches_sdpa_per_sequence():
         ref = F.scaled_dot_product_attention(q[s].transpose(0, 1), k[s].transpose(0, 1), v[s].transpose(0, 1),
                                              is_causal=True, scale=0.125, enable_gqa=True)
         assert rel_err(out[s].transpose(0, 1), ref) < 1e-5
+
+
+# ----------------------------------------------------------------------------- head dims split in two parts
+
+# D not a power of two: QK over two power-of-two parts, no padding to the next power of two
+SPLIT_DIMS = [(192, 128), (80, 80), (112, 112)]  # MLA prefill 128 + 64; 64 + 16; 64 + 64 masked to 48
+
+
+def test_head_dim_blocks_and_configs():
+    from rocm_attn.kernels.triton_kernels.flash_attention import _fixed_config, _head_dim_blocks
+
+    blocks = {d: _head_dim_blocks(d) for d in (8, 16, 64, 128, 256, 192, 80, 112, 24, 250)}
+    assert blocks == {8: (16, 0), 16: (16, 0), 64: (64, 0), 128: (128, 0), 256: (256, 0),
+                      192: (128, 64), 80: (64, 16), 112: (64, 64), 24: (16, 16), 250: (128, 128)}
+    assert _fixed_config(4096, 192, 128, torch.bfloat16) is None  # autotuned, not the small big-D tiles
+    assert _fixed_config(4096, 192, 128, torch.float32) == (64, 32, 4, 2)
+    assert _fixed_config(4096, 256, 256, torch.bfloat16) == (64, 32, 4, 2)
+    assert _fixed_config(1, 192, 128, torch.bfloat16) == (16, 32, 4, 2)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("d,dv", SPLIT_DIMS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_split_head_dim_vs_loop(provider, d, dv, causal):
+    B, hkv, group, sq, sk = 2, 2, 2, 19, 37  # GQA; partial query and key blocks
+    q = torch.randn(B, hkv * group, sq, d)
+    k, v = torch.randn(B, hkv, sk, d), torch.randn(B, hkv, sk, dv)
+    out = run(provider, torch.ops.rocm_attn.flash_attention, q, k, v, None, d ** -0.5, causal)
+    ref = torch.stack([loop_reference(q[b], k[b], v[b], d ** -0.5, causal)[0] for b in range(B)])
+    assert out.shape == ref.shape and rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("d,dv", SPLIT_DIMS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_split_head_dim_vs_loop(provider, d, dv, causal):
+    lq, lk = [23, 5, 31], [23, 37, 31]
+    q, k, v, cq, ck = varlen_case(lq, lk, 4, 2, d, dv, torch.float32)
+    scale = d ** -0.5
+    varlen = torch.ops.rocm_attn.flash_attn_varlen
+    out, lse = run(provider, varlen, q, k, v, cq, ck, max(lq), max(lk), scale, causal)
+    assert out.shape == (sum(lq), 4, dv)
+    for b in range(len(lq)):
+        q0, q1, k0, k1 = cq[b], cq[b + 1], ck[b], ck[b + 1]
+        ro, rl = loop_reference(q[q0:q1].transpose(0, 1), k[k0:k1].transpose(0, 1), v[k0:k1].transpose(0, 1),
+                                scale, causal)
+        assert rel_err(out[q0:q1].transpose(0, 1), ro) < 1e-5
+        torch.testing.assert_close(lse[:, q0:q1].double(), rl, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_varlen_split_head_dim_fp16_window_softcap(provider):
+    # MLA-like dims in 16 bits, through the masked / softcap path as well
+    lq, lk = [19, 7], [19, 29]
+    q, k, v, cq, ck = varlen_case(lq, lk, 4, 1, 192, 128, torch.float16)
+    out, _ = run(provider, torch.ops.rocm_attn.flash_attn_varlen, q, k, v, cq, ck, 19, 29, 0.1, True, 11, 2.5)
+    for b in range(2):
+        q0, q1, k0, k1 = cq[b], cq[b + 1], ck[b], ck[b + 1]
+        ro, _ = loop_reference(q[q0:q1].transpose(0, 1), k[k0:k1].transpose(0, 1), v[k0:k1].transpose(0, 1),
+                               0.1, True, 11, 2.5)
+        assert out.dtype == torch.float16 and rel_err(out[q0:q1].transpose(0, 1), ro) < 2e-3
 
 
 # ----------------------------------------------------------------------------- errors, opcheck
