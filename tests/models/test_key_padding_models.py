@@ -133,7 +133,8 @@ def test_patched_model_left_padding_uses_key_padding():
     _, _, mask = build("llama")
     out, ref, report, _ = run_patched("llama", attention_mask=mask)
     notes = mask_notes(report)
-    assert report.attention_rewritten == 2 and all(n.startswith("key padding from attention_mask") for n in notes)
+    assert report.attention_rewritten == 2
+    assert all(n.startswith("key padding from attention_mask") for n in notes), notes
     keep = mask.bool()
     assert rel_err(out[keep], ref[keep]) < 1e-5
 
@@ -168,9 +169,10 @@ def _as_dunder_methods(gm) -> int:
 @pytest.mark.parametrize("kwargs", [{}, {"attention_mask": "left"}], ids=["no_mask", "left_padding"])
 def test_dunder_method_comparisons_are_proven(kwargs):
     """The same proofs when the graph's comparisons and & are dunder method calls."""
-    from rocm_attn.config import Config
     from rocm_attn.passes import run_passes
     from rocm_attn.passes.report import GraphReport
+
+    from rocm_attn.config import Config
 
     model, ids, mask = build("llama")
     if kwargs:
@@ -186,7 +188,8 @@ def test_dunder_method_comparisons_are_proven(kwargs):
     with torch.no_grad():
         ref = model(input_ids=ids, use_cache=False, **kwargs)[0]
         torch._dynamo.reset()
-        out = torch.compile(model, backend=backend, dynamic=False)(input_ids=ids, use_cache=False, **kwargs)[0]
+        compiled = torch.compile(model, backend=backend, dynamic=False)
+        out = compiled(input_ids=ids, use_cache=False, **kwargs)[0]
     notes = [s.detail.get("mask", s.reason) for s in seen["report"].sites if s.kind == "attention"]
     assert seen["changed"] > 0 and len(notes) == 2, notes
     want = "key padding from attention_mask (causal)" if kwargs else "no key padding (causal"
