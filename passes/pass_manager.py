@@ -11,7 +11,7 @@ import warnings
 
 import torch.fx as fx
 
-from . import attention_rewrite, linear_rewrite
+from . import attention_rewrite, linear_rewrite, patched_linear_split
 from .dump import dump_graph
 from .report import GraphReport, PassRecord
 
@@ -22,6 +22,7 @@ log = logging.getLogger("rocm_attn")
 PASSES = [
     ("attention_rewrite", attention_rewrite.run),
     ("linear_rewrite", linear_rewrite.run),
+    ("patched_linear_split", patched_linear_split.run),  # patch()'s FP8 linears: share the activation quant
 ]
 
 
