@@ -16,6 +16,8 @@ Variants (--variants, comma-separated; default all):
   rocm_attn_none        rocm_attn.patch(quantization="none") (attention only, TRITON_ATTN) + compile
   rocm_attn_ptpc:<B>    rocm_attn.patch(quantization="ptpc_fp8", attention_backend=B) + compile, one per
                         registered attention backend B
+  rocm_attn_ptpc_fast_accum  as rocm_attn_ptpc:TRITON_ATTN with fast_accum=True (cuBLASLt FP8 GEMMs without
+                        fp32 promotion, as torchao's rowwise default)
   (rocm_attn variants: prefill is torch.compile(model, backend="rocm_attn"); decode is generate() on the
   paged RocmAttnCache with decode compiled by backend="rocm_attn", as patch(compile=True) sets up.)
 
@@ -127,7 +129,7 @@ def backends() -> list[str]:
 
 
 def all_variants() -> list[str]:
-    return ["eager", "inductor", "torchao_fp8_rowwise", "rocm_attn_none"] + [
+    return ["eager", "inductor", "torchao_fp8_rowwise", "rocm_attn_none", "rocm_attn_ptpc_fast_accum"] + [
         f"rocm_attn_ptpc:{b}" for b in backends()
     ]
 
@@ -149,12 +151,14 @@ def prepare(model, variant: str, compile: bool):
     if variant.startswith("rocm_attn"):
         import rocm_attn
 
+        fast_accum = variant == "rocm_attn_ptpc_fast_accum"
         if variant == "rocm_attn_none":
             quantization, backend = "none", "TRITON_ATTN"
         else:
-            quantization, backend = "ptpc_fp8", variant.partition(":")[2]
-        rocm_attn.patch(model, quantization=quantization, attention_backend=backend, compile=compile)
-        options = {"quantization": quantization, "attention_backend": backend}
+            quantization, backend = "ptpc_fp8", variant.partition(":")[2] or "TRITON_ATTN"
+        rocm_attn.patch(model, quantization=quantization, attention_backend=backend, compile=compile,
+                        fast_accum=fast_accum)
+        options = {"quantization": quantization, "attention_backend": backend, "fast_accum": fast_accum}
         prefill = torch.compile(model, backend="rocm_attn", options=options) if compile else model
         r = model.rocm_attn_report
         return prefill, f"{r.linears_replaced} linears fp8, {r.attention_layers} attention layers"

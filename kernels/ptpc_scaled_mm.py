@@ -125,24 +125,24 @@ def _scaled_mm_takes(xq, wq, out_dtype) -> bool:
     return True  # CPU torch takes any shape/dtype (tried; errors fall back)
 
 
-def _scaled_mm(xq, x_scale, wq, w_scale, bias, out_dtype):
+def _scaled_mm(xq, x_scale, wq, w_scale, bias, out_dtype, fast_accum=False):
     return torch._scaled_mm(
         xq.contiguous(), wq.contiguous().t(),  # wq [N,K] row-major = wq^T column-major
         scale_a=x_scale.contiguous(), scale_b=w_scale.contiguous().t(),
-        bias=bias, out_dtype=out_dtype,
+        bias=bias, out_dtype=out_dtype, use_fast_accum=fast_accum,
     )
 
 
-def ptpc_scaled_mm_torch(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
+def ptpc_scaled_mm_torch(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16, fast_accum=False):
     if _scaled_mm_takes(xq, wq, out_dtype):
         b = None if bias is None else bias.to(out_dtype)
         try:
-            return _scaled_mm(xq, x_scale, wq, w_scale, b, out_dtype)
+            return _scaled_mm(xq, x_scale, wq, w_scale, b, out_dtype, fast_accum)
         except (RuntimeError, NotImplementedError):
             pass  # this build does not take the shape/dtype (or the bias): try without bias
         if b is not None:
             try:
-                out = _scaled_mm(xq, x_scale, wq, w_scale, None, out_dtype)
+                out = _scaled_mm(xq, x_scale, wq, w_scale, None, out_dtype, fast_accum)
                 return (out.float() + bias.float()).to(out_dtype)
             except (RuntimeError, NotImplementedError):
                 pass
@@ -155,14 +155,16 @@ register_provider(OP, "torch")(ptpc_scaled_mm_torch)
 # ---- triton ---------------------------------------------------------------------------------
 
 
-def _triton_supports(xq=None, x_scale=None, wq=None, w_scale=None, bias=None, out_dtype=torch.bfloat16):
+def _triton_supports(xq=None, x_scale=None, wq=None, w_scale=None, bias=None, out_dtype=torch.bfloat16,
+                     fast_accum=False):
     if xq is not None and xq.dtype not in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
         return f"the Triton kernels take e4m3 fp8 inputs, got {xq.dtype}"
     return None
 
 
 @register_provider(OP, "triton", supports=_triton_supports)
-def ptpc_scaled_mm_triton(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
+def ptpc_scaled_mm_triton(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16, fast_accum=False):
+    # fast_accum is cuBLASLt's accumulation mode; the Triton GEMMs always accumulate in fp32
     if xq.shape[0] <= SMALL_M_MAX:  # the tiled GEMM at M <= 64 would waste most of a 128-row tile
         from .triton_kernels.ptpc_gemm_small_m import ptpc_gemm_small_m_launch
 
@@ -175,21 +177,23 @@ def ptpc_scaled_mm_triton(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.b
 # ---- aiter ----------------------------------------------------------------------------------
 
 
-def _aiter_supports(xq=None, x_scale=None, wq=None, w_scale=None, bias=None, out_dtype=torch.bfloat16):
+def _aiter_supports(xq=None, x_scale=None, wq=None, w_scale=None, bias=None, out_dtype=torch.bfloat16,
+                    fast_accum=False):
     if out_dtype not in (torch.bfloat16, torch.float16):
         return f"aiter.gemm_a8w8 writes bf16/fp16, not {out_dtype}"
     return None
 
 
 @register_provider(OP, "aiter", supports=_aiter_supports)
-def ptpc_scaled_mm_aiter(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
+def ptpc_scaled_mm_aiter(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16, fast_accum=False):
+    # fast_accum: cuBLASLt only (aiter's a8w8 GEMM has no such switch)
     import aiter
 
     b = None if bias is None else bias.to(out_dtype)
     return aiter.gemm_a8w8(xq.contiguous(), wq.contiguous(), x_scale, w_scale, b, dtype=out_dtype)
 
 
-def _auto_order(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
+def _auto_order(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16, fast_accum=False):
     if xq.device.type != "cuda":
         return ["torch"]
     choice = cuda_auto_choice(xq.shape[0], wq.shape[0], xq.shape[1])
@@ -212,13 +216,17 @@ def ptpc_scaled_mm(
     w_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
+    fast_accum: bool = False,
 ) -> torch.Tensor:
-    """(xq [M,K] fp8, x_scale [M,1] fp32, wq [N,K] fp8, w_scale [N,1] fp32, bias [N]?) -> [M, N]."""
+    """(xq [M,K] fp8, x_scale [M,1] fp32, wq [N,K] fp8, w_scale [N,1] fp32, bias [N]?) -> [M, N].
+    fast_accum: cuBLASLt (the torch provider on CUDA) accumulates without its periodic fp32 promotion
+    (torch._scaled_mm's use_fast_accum, torchao's rowwise default): faster, less accurate at long K;
+    the Triton and aiter GEMMs ignore it."""
     check_scaled_mm_inputs(OP, xq, x_scale, wq, w_scale, bias, out_dtype)
-    return dispatch(OP, xq.device, xq, x_scale, wq, w_scale, bias, out_dtype)
+    return dispatch(OP, xq.device, xq, x_scale, wq, w_scale, bias, out_dtype, fast_accum)
 
 
 @ptpc_scaled_mm.register_fake
-def _(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16):
+def _(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16, fast_accum=False):
     check_scaled_mm_inputs(OP, xq, x_scale, wq, w_scale, bias, out_dtype)
     return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)

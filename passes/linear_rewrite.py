@@ -78,6 +78,7 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
                     bias,
                     config.quantization,
                     f"fused_{members[0].module or members[0].anchor.name}",
+                    config.fast_accum,
                 )
                 outs = fused_projections.split(graph, wide, members)
             names = [m.module.rsplit(".", 1)[-1] or m.anchor.name for m in members]
@@ -103,6 +104,7 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
                 replaced.get(m.bias, m.bias),
                 config.quantization,
                 m.module or m.anchor.name,
+                config.fast_accum,
             )
         _replace(graph, m, out)
         replaced[m.anchor] = out

@@ -30,7 +30,7 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
             xq, xs = patched_linear.emit_quant(graph, x)
         for node, (_, wq, ws, bias) in calls:
             with graph.inserting_before(node):
-                out = patched_linear.emit_mm(graph, x, xq, xs, wq, ws, bias)
+                out = patched_linear.emit_mm(graph, x, xq, xs, wq, ws, bias, config.fast_accum)
             out.meta.update(node.meta)
             node.replace_all_uses_with(out)
             erase_if_unused(graph, [node])

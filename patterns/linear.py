@@ -116,6 +116,7 @@ def emit(
     bias: fx.Node | None,
     quantization: str,
     name: str,
+    fast_accum: bool = False,
 ) -> fx.Node:
     """Insert the quantized linear (before the current insertion point); returns the [..., N] output."""
     wq_node = graph.get_attr(add_constant(gm, f"{name}_wq", wq))
@@ -129,8 +130,9 @@ def emit(
     quant = graph.call_function(torch.ops.rocm_attn.per_token_quant_fp8.default, (x,))
     xq = graph.call_method("reshape", (graph.call_function(operator.getitem, (quant, 0)), -1, k))
     xs = graph.call_method("reshape", (graph.call_function(operator.getitem, (quant, 1)), -1, 1))
+    kwargs = {"out_dtype": out_dtype, **({"fast_accum": True} if fast_accum else {})}
     mm = graph.call_function(
-        torch.ops.rocm_attn.ptpc_scaled_mm.default, (xq, xs, wq_node, ws_node, bias), {"out_dtype": out_dtype}
+        torch.ops.rocm_attn.ptpc_scaled_mm.default, (xq, xs, wq_node, ws_node, bias), kwargs
     )
     if value(x).dim() == 2:
         return mm

@@ -51,11 +51,11 @@ def emit_quant(graph: fx.Graph, x: fx.Node) -> tuple[fx.Node, fx.Node]:
     return xq, xs
 
 
-def emit_mm(graph: fx.Graph, x: fx.Node, xq: fx.Node, xs: fx.Node, wq: fx.Node, ws: fx.Node, bias) -> fx.Node:
+def emit_mm(graph: fx.Graph, x: fx.Node, xq: fx.Node, xs: fx.Node, wq: fx.Node, ws: fx.Node, bias,
+            fast_accum: bool = False) -> fx.Node:
     """ptpc_scaled_mm back to x's leading shape: [..., N] in x's dtype."""
-    mm = graph.call_function(
-        torch.ops.rocm_attn.ptpc_scaled_mm.default, (xq, xs, wq, ws, bias), {"out_dtype": value(x).dtype}
-    )
+    kwargs = {"out_dtype": value(x).dtype, **({"fast_accum": True} if fast_accum else {})}
+    mm = graph.call_function(torch.ops.rocm_attn.ptpc_scaled_mm.default, (xq, xs, wq, ws, bias), kwargs)
     if value(x).dim() == 2:
         return mm
     lead = graph.call_function(operator.getitem, (graph.call_method("size", (x,)), slice(None, -1)))

@@ -30,6 +30,8 @@ class Config:
     strict: bool = False  # raise instead of falling back when a pass fails
     rewrite_attention: bool = True
     fuse_projections: bool = True  # q/k/v and gate/up sharing an input -> one GEMM
+    # PTPC GEMMs on cuBLASLt without fp32 promotion (torchao rowwise's default): faster, less accurate
+    fast_accum: bool = False
     extend_workspace_tokens: int = 32768
 
     def __post_init__(self):

@@ -137,6 +137,18 @@ def test_non_contiguous_operands(provider):
     check(out, reference(xq_strided, x_scale, wq, w_scale, b), torch.float32)
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_fast_accum_is_accepted_by_every_provider(provider):
+    """fast_accum changes cuBLASLt's accumulation only (the torch provider on CUDA); on CPU and in the
+    Triton kernels the result is the same fp32-accumulated one, within the usual budget."""
+    args = make(6, 32, 64)
+    with use_kernels(provider):
+        out = torch.ops.rocm_attn.ptpc_scaled_mm(*args, out_dtype=torch.float32, fast_accum=True)
+    check(out, reference(*args), torch.float32)
+    torch.library.opcheck(torch.ops.rocm_attn.ptpc_scaled_mm.default, args,
+                          {"out_dtype": torch.float32, "fast_accum": True}, test_utils=FP8_INPUT_OPCHECK)
+
+
 def test_default_out_dtype_is_bf16():
     out = torch.ops.rocm_attn.ptpc_scaled_mm(*make(2, 16, 32))
     assert out.dtype == torch.bfloat16

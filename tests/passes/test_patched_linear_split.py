@@ -49,7 +49,7 @@ def test_unpatched_graphs_are_untouched():
 @pytest.mark.slow
 def test_backend_fuses_the_shared_quants_into_the_norms():
     model, ids = patched_llama(torch.bfloat16)
-    # a fresh Inductor compile: an FX graph cache hit (same graph earlier in the session) skips the post-grad pass
+    # a fresh Inductor compile: an FX graph cache hit (same graph earlier) skips the post-grad pass
     with torch.no_grad(), torch._inductor.config.patch({"fx_graph_cache": False}):
         ref = model(input_ids=ids, use_cache=False).logits
         torch._dynamo.reset()
@@ -59,3 +59,19 @@ def test_backend_fuses_the_shared_quants_into_the_norms():
     assert fusions.get("rms_norm_quant_fp8", 0) + fusions.get("fused_add_rms_norm_quant_fp8", 0) == 2 * LAYERS
     assert fusions["shared_activation_quant"] == 3 * LAYERS
     assert rel_err(out, ref) < 3e-2  # bf16 + the fused norm quantizes its fp32 result: a few fp8 steps apart
+
+
+@pytest.mark.parametrize("fast_accum", [False, True])
+def test_fast_accum_reaches_every_gemm(fast_accum):
+    """Config.fast_accum: every ptpc_scaled_mm of the graph, patched (split) or unpatched (rewritten),
+    carries it; by default the kwarg is absent (graphs unchanged)."""
+    model, ids = patched_llama()
+    logits = lambda i: model(input_ids=i, use_cache=False).logits  # noqa: E731
+    _, gm, _ = capture_passes(logits, ids, fast_accum=fast_accum)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(32, 16)
+    _, gm2, _ = capture_passes(lin, torch.randn(3, 32), fast_accum=fast_accum)
+    for g, n in ((gm, 7 * LAYERS), (gm2, 1)):
+        mms = [node for node in g.graph.nodes if node.target is OPS.ptpc_scaled_mm.default]
+        assert len(mms) == n
+        assert all(node.kwargs.get("fast_accum", False) is fast_accum for node in mms)
