@@ -125,15 +125,24 @@ def emit(
         return graph.call_function(
             torch.ops.rocm_attn.fp8_per_tensor_linear.default, (x, wq_node, ws_node, bias)
         )
-    out_dtype = value(x).dtype
-    k = wq.shape[1]
+    xq, xs = emit_quant(graph, x)
+    return emit_mm(graph, x, xq, xs, wq_node, ws_node, bias, fast_accum)
+
+
+def emit_quant(graph: fx.Graph, x: fx.Node) -> tuple[fx.Node, fx.Node]:
+    """per_token_quant_fp8(x) as 2-D (xq [M, K], x_scale [M, 1]) nodes, inserted at the insertion point."""
+    k = value(x).shape[-1]
     quant = graph.call_function(torch.ops.rocm_attn.per_token_quant_fp8.default, (x,))
     xq = graph.call_method("reshape", (graph.call_function(operator.getitem, (quant, 0)), -1, k))
     xs = graph.call_method("reshape", (graph.call_function(operator.getitem, (quant, 1)), -1, 1))
-    kwargs = {"out_dtype": out_dtype, **({"fast_accum": True} if fast_accum else {})}
-    mm = graph.call_function(
-        torch.ops.rocm_attn.ptpc_scaled_mm.default, (xq, xs, wq_node, ws_node, bias), kwargs
-    )
+    return xq, xs
+
+
+def emit_mm(graph: fx.Graph, x: fx.Node, xq: fx.Node, xs: fx.Node, wq: fx.Node, ws: fx.Node, bias,
+            fast_accum: bool = False) -> fx.Node:
+    """ptpc_scaled_mm(xq, xs, wq, ws, bias) back to x's leading shape: [..., N] in x's dtype."""
+    kwargs = {"out_dtype": value(x).dtype, **({"fast_accum": True} if fast_accum else {})}
+    mm = graph.call_function(torch.ops.rocm_attn.ptpc_scaled_mm.default, (xq, xs, wq, ws, bias), kwargs)
     if value(x).dim() == 2:
         return mm
     lead = graph.call_function(operator.getitem, (graph.call_method("size", (x,)), slice(None, -1)))

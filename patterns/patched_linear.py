@@ -13,12 +13,13 @@ providers are quant + scaled_mm), so it is exact. The weights stay the module's 
 
 from __future__ import annotations
 
-import operator
-
 import torch
 import torch.fx as fx
 
 from .graph_utils import arg, is_call, value
+from .linear import emit_mm, emit_quant
+
+__all__ = ["NAME", "emit_mm", "emit_quant", "is_site", "operands"]
 
 NAME = "patched_linear"
 
@@ -40,23 +41,3 @@ def operands(node: fx.Node):
     if value(x).dim() < 2:
         return "ptpc_linear on a 1-D input"
     return x, wq, ws, bias
-
-
-def emit_quant(graph: fx.Graph, x: fx.Node) -> tuple[fx.Node, fx.Node]:
-    """per_token_quant_fp8(x) as 2-D (xq [M, K], x_scale [M, 1]) nodes, inserted at the insertion point."""
-    k = value(x).shape[-1]
-    quant = graph.call_function(torch.ops.rocm_attn.per_token_quant_fp8.default, (x,))
-    xq = graph.call_method("reshape", (graph.call_function(operator.getitem, (quant, 0)), -1, k))
-    xs = graph.call_method("reshape", (graph.call_function(operator.getitem, (quant, 1)), -1, 1))
-    return xq, xs
-
-
-def emit_mm(graph: fx.Graph, x: fx.Node, xq: fx.Node, xs: fx.Node, wq: fx.Node, ws: fx.Node, bias,
-            fast_accum: bool = False) -> fx.Node:
-    """ptpc_scaled_mm back to x's leading shape: [..., N] in x's dtype."""
-    kwargs = {"out_dtype": value(x).dtype, **({"fast_accum": True} if fast_accum else {})}
-    mm = graph.call_function(torch.ops.rocm_attn.ptpc_scaled_mm.default, (xq, xs, wq, ws, bias), kwargs)
-    if value(x).dim() == 2:
-        return mm
-    lead = graph.call_function(operator.getitem, (graph.call_method("size", (x,)), slice(None, -1)))
-    return graph.call_method("unflatten", (mm, 0, lead))
