@@ -35,6 +35,20 @@ def _tanh(x):
 
 
 @triton.jit
+def _load_k_part(ptrs, n, offs_d, seqlen_k, HEAD_D: tl.constexpr, MASKED: tl.constexpr, PAD: tl.constexpr):
+    """K transposed, [head-dim part, BLOCK_N]: keys past seqlen_k (MASKED) and padded columns (PAD) read 0."""
+    if MASKED:
+        mask = n[None, :] < seqlen_k
+        if PAD:
+            mask = mask & (offs_d[:, None] < HEAD_D)
+        return tl.load(ptrs, mask=mask, other=0.0)
+    elif PAD:
+        return tl.load(ptrs, mask=offs_d[:, None] < HEAD_D, other=0.0)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
 def _attend_block(
     acc, l_i, m_i, q, q2, k_ptrs, k2_ptrs, v_ptrs, mask_ptrs, key_valid_ptr, start_n,
     offs_m, offs_n, q_pos, seqlen_q, seqlen_k,
@@ -49,28 +63,11 @@ def _attend_block(
     # K is read transposed: [HEAD_D, BLOCK_N]
     kp = k_ptrs + start_n * stride_ks
     vp = v_ptrs + start_n * stride_vs
-    if MASKED:
-        k_mask = n[None, :] < seqlen_k
-        if PAD_D:
-            k_mask = k_mask & (offs_d[:, None] < HEAD_D)
-        k = tl.load(kp, mask=k_mask, other=0.0)
-    elif PAD_D:
-        k = tl.load(kp, mask=offs_d[:, None] < HEAD_D, other=0.0)
-    else:
-        k = tl.load(kp)
+    k = _load_k_part(kp, n, offs_d, seqlen_k, HEAD_D, MASKED, PAD_D)
     qk = tl.dot(q, k, input_precision=DOT_PREC)
     if BLOCK_D2 > 0:
         # second part of a split head dim (columns [BLOCK_D, HEAD_D)), accumulated into the same scores
-        kp2 = k2_ptrs + start_n * stride_ks
-        if MASKED:
-            k2_mask = n[None, :] < seqlen_k
-            if PAD_D2:
-                k2_mask = k2_mask & (offs_d2[:, None] < HEAD_D)
-            k2 = tl.load(kp2, mask=k2_mask, other=0.0)
-        elif PAD_D2:
-            k2 = tl.load(kp2, mask=offs_d2[:, None] < HEAD_D, other=0.0)
-        else:
-            k2 = tl.load(kp2)
+        k2 = _load_k_part(k2_ptrs + start_n * stride_ks, n, offs_d2, seqlen_k, HEAD_D, MASKED, PAD_D2)
         qk = tl.dot(q2, k2, qk, input_precision=DOT_PREC)
     if not (MASKED or SOFTCAP or HAS_MASK or HAS_KEY_VALID):
         # hot path: scale folded into one FMA with the max subtraction; every row sees a finite
