@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from ..patterns import patched_linear
+from ..patterns import linear, patched_linear
 from ..patterns.graph_utils import erase_if_unused
 from .report import GraphReport
 
@@ -27,10 +27,10 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
     split = 0
     for x, calls in by_input.items():
         with graph.inserting_before(calls[0][0]):  # the first reader of x: every later one sees the quant
-            xq, xs = patched_linear.emit_quant(graph, x)
+            xq, xs = linear.emit_quant(graph, x)
         for node, (_, wq, ws, bias) in calls:
             with graph.inserting_before(node):
-                out = patched_linear.emit_mm(graph, x, xq, xs, wq, ws, bias, config.fast_accum)
+                out = linear.emit_mm(graph, x, xq, xs, wq, ws, bias, config.fast_accum)
             out.meta.update(node.meta)
             node.replace_all_uses_with(out)
             erase_if_unused(graph, [node])

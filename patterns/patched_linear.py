@@ -7,8 +7,9 @@ quantizes that input again inside the op, where no fusion can reach it. Split in
                                    ptpc_scaled_mm(xq, xs, wq, ws, b, out_dtype=x.dtype)
 
 the quant is shared by every linear that reads x, and the post-grad norm_quant pass can then fuse it into
-the RMSNorm that produced x, as for an unpatched model. The split is what the op itself runs (its
-providers are quant + scaled_mm), so it is exact. The weights stay the module's buffers: no copy.
+the RMSNorm that produced x, as for an unpatched model (the nodes are linear.py's emit_quant / emit_mm).
+The split is what the op itself runs (its providers are quant + scaled_mm), so it is exact. The weights
+stay the module's buffers: no copy.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ import torch
 import torch.fx as fx
 
 from .graph_utils import arg, is_call, value
-from .linear import emit_mm, emit_quant
-
-__all__ = ["NAME", "emit_mm", "emit_quant", "is_site", "operands"]
 
 NAME = "patched_linear"
 
