@@ -16,8 +16,10 @@ Variants (--variants, comma-separated; default all):
   rocm_attn_none        rocm_attn.patch(quantization="none") (attention only, TRITON_ATTN) + compile
   rocm_attn_ptpc:<B>    rocm_attn.patch(quantization="ptpc_fp8", attention_backend=B) + compile, one per
                         registered attention backend B
-  rocm_attn_ptpc_fast_accum  as rocm_attn_ptpc:TRITON_ATTN with fast_accum=True (cuBLASLt FP8 GEMMs without
-                        fp32 promotion, as torchao's rowwise default)
+  rocm_attn_ptpc_fast_accum  as rocm_attn_ptpc:TRITON_ATTN with fast_accum=True (FP8 GEMMs without fp32
+                        promotion of the partial sums, as torchao's rowwise default)
+  rocm_attn_ptpc_lm_head  as rocm_attn_ptpc:TRITON_ATTN with the lm_head quantized too (skip_modules without
+                        "lm_head"; the default keeps it bf16); for the weight-memory row
   (rocm_attn variants: prefill is torch.compile(model, backend="rocm_attn"); decode is generate() on the
   paged RocmAttnCache with decode compiled by backend="rocm_attn", as patch(compile=True) sets up.)
 
@@ -26,7 +28,8 @@ Measured per (model, variant):
            compile_s = first call - a steady call (the compile time)
   decode   tokens/s at batch 1, 16, 64 on a 2048-token context: generate(1 + --new-tokens) minus generate(1)
            (same prompt), so the prefill cancels out; first_s = the first generate (compiles decode)
-  memory   weight bytes (parameters + buffers) and peak GPU memory of the variant (torch.cuda max allocated)
+  memory   weight bytes (parameters + buffers) and peak GPU memory of the variant (torch.cuda max allocated);
+           --phases weights: only this (one row per variant, nothing timed)
 Every case runs in try/except: a variant that cannot run a case gets a note, the rest go on.
 Writes JSON (--out) with rows and a markdown table.
 """
@@ -129,7 +132,8 @@ def backends() -> list[str]:
 
 
 def all_variants() -> list[str]:
-    return ["eager", "inductor", "torchao_fp8_rowwise", "rocm_attn_none", "rocm_attn_ptpc_fast_accum"] + [
+    return ["eager", "inductor", "torchao_fp8_rowwise", "rocm_attn_none", "rocm_attn_ptpc_fast_accum",
+            "rocm_attn_ptpc_lm_head"] + [
         f"rocm_attn_ptpc:{b}" for b in backends()
     ]
 
@@ -151,14 +155,19 @@ def prepare(model, variant: str, compile: bool):
     if variant.startswith("rocm_attn"):
         import rocm_attn
 
+        from rocm_attn.config import DEFAULT_SKIP_MODULES
+
         fast_accum = variant == "rocm_attn_ptpc_fast_accum"
+        skip = DEFAULT_SKIP_MODULES
+        if variant == "rocm_attn_ptpc_lm_head":
+            skip = tuple(m for m in DEFAULT_SKIP_MODULES if m != "lm_head")
         if variant == "rocm_attn_none":
             quantization, backend = "none", "TRITON_ATTN"
         else:
             quantization, backend = "ptpc_fp8", variant.partition(":")[2] or "TRITON_ATTN"
-        rocm_attn.patch(model, quantization=quantization, attention_backend=backend, compile=compile,
-                        fast_accum=fast_accum)
-        options = {"quantization": quantization, "attention_backend": backend, "fast_accum": fast_accum}
+        options = {"quantization": quantization, "attention_backend": backend, "fast_accum": fast_accum,
+                   "skip_modules": skip}
+        rocm_attn.patch(model, compile=compile, **options)
         prefill = torch.compile(model, backend="rocm_attn", options=options) if compile else model
         r = model.rocm_attn_report
         return prefill, f"{r.linears_replaced} linears fp8, {r.attention_layers} attention layers"
@@ -256,7 +265,7 @@ def run_variant(family, variant, args, device) -> list[dict]:
         "weight_vs_bf16": weight_bytes(model) / bf16_bytes,
         "setup": note,
     }
-    rows = []
+    rows = [] if (args.prefill or args.batches) else [{**common, "case": "weights", "phase": "weights"}]
     for batch, tokens in args.prefill:
         row = {
             **common,
@@ -341,9 +350,10 @@ def markdown(rows: list[dict]) -> str:
         return f"{r['tokens_per_s'] / base:.2f}" if base and r.get("tokens_per_s") else "-"
 
     for r in rows:
+        weights = f"{r['weight_gib']:.2f} ({r['weight_vs_bf16']:.3f})" if "weight_gib" in r else "-"
         if "tokens_per_s" not in r:
             lines.append(
-                f"| {r['model']} | {r['variant']} | {r['case']} | - | - | - | - | - | - | "
+                f"| {r['model']} | {r['variant']} | {r['case']} | - | - | - | - | {weights} | - | "
                 f"{r.get('note', '')} |"
             )
             continue
@@ -351,7 +361,7 @@ def markdown(rows: list[dict]) -> str:
         peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
         lines.append(
             f"| {r['model']} | {r['variant']} | {r['case']} | {r['tokens_per_s']:.0f} | {ratio(r, 'eager')} "
-            f"| {ratio(r, 'inductor')} | {first:.1f} | {r['weight_gib']:.2f} ({r['weight_vs_bf16']:.2f}) "
+            f"| {ratio(r, 'inductor')} | {first:.1f} | {weights} "
             f"| {peak} | {r.get('note', '')} |"
         )
     return "\n".join(lines)
@@ -368,7 +378,8 @@ def parse_args(argv=None):
     ap.add_argument("--new-tokens", type=int, default=32, help="decode steps timed per generate")
     ap.add_argument("--iters", type=int, default=5, help="timed prefill calls (median)")
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile anywhere (eager everything)")
-    ap.add_argument("--phases", default="prefill,decode", help="comma-separated: prefill, decode")
+    ap.add_argument("--phases", default="prefill,decode",
+                    help="comma-separated: prefill, decode; or weights (weight bytes only, nothing timed)")
     ap.add_argument("--prefill-shapes", default=None, help="comma-separated BxS (default 1x8192,8x1024)")
     ap.add_argument("--profile", action="store_true",
                     help="after timing each prefill case, profile one call: top CUDA kernels into the row")
@@ -377,8 +388,8 @@ def parse_args(argv=None):
     )
     args = ap.parse_args(argv)
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
-    if not phases or phases - {"prefill", "decode"}:
-        ap.error(f"--phases: choose from prefill, decode (got {args.phases!r})")
+    if not phases or phases - {"prefill", "decode", "weights"} or ("weights" in phases and len(phases) > 1):
+        ap.error(f"--phases: prefill and/or decode, or weights alone (got {args.phases!r})")
     args.prefill, args.batches, args.context = PREFILL_SHAPES, DECODE_BATCHES, DECODE_CONTEXT
     args.models = args.models or (None if args.cpu_smoke else "llama,qwen3")
     if args.cpu_smoke:

@@ -8,11 +8,11 @@ Columns (median times, CUDA-graph replay so Python dispatch does not swamp small
   scaled_mm   torch._scaled_mm rowwise alone (x already quantized)
   triton_mm   our Triton GEMM alone (the small-M kernel for M <= 64, the tiled GEMM above)
   ptpc_linear torch.ops.rocm_attn.ptpc_linear, auto providers: quant + GEMM, bf16 in and out
-  ptpc_linear_fused  (M <= 16) the one-launch quant + small-M GEMM kernel (ptpc_linear_small_m.py,
-              autotuned; the row records the config it chose and its max difference from
-              ptpc_linear). Opt-in today: if it beats ptpc_linear at M = 1 and 16, set
-              kernels/ptpc_linear.py FUSED_SMALL_M_MAX = 16 (then ptpc_linear runs it).
-  norm_mm     rms_norm_quant_fp8 (the fused norm + quant) then ptpc_scaled_mm
+  norm_mm     rms_norm_quant_fp8 (the fused norm + quant) then ptpc_scaled_mm: a compiled model's form
+  *_fast      the same with fast accumulation (Config.fast_accum: no fp32 promotion of the fp8 tensor
+              cores' partial sums; torchao rowwise's default). The JSON row also has the relative
+              error of each GEMM, precise and fast, against an fp32 product of the same fp8 operands,
+              on these inputs and on all-positive ones (the worst case for a truncating accumulator).
   quant       per_token_quant_fp8 alone, as GB/s and % of a measured device-to-device copy
 Every variant (bf16 and ours alike) is timed rotating over copies of its inputs (weight and
 activations) that together exceed ROTATE_BYTES (> 2x the H100's 50 MB L2): one CUDA graph runs
@@ -73,7 +73,6 @@ def copy_bandwidth_gbs() -> float:
 def run_shape(K, N, M, copy_gbs):
     from rocm_attn.kernels import use_kernels
     from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
-    from rocm_attn.kernels.triton_kernels import ptpc_linear_small_m as fused
 
     import rocm_attn  # noqa: F401  (registers the ops)
 
@@ -85,32 +84,33 @@ def run_shape(K, N, M, copy_gbs):
     xq, x_scale = ops.per_token_quant_fp8(x)
     wq_t, w_scale_t = wq.t(), w_scale.t()
 
-    def scaled_mm(xq, x_scale, wq_t, w_scale_t):
-        return torch._scaled_mm(xq, wq_t, scale_a=x_scale, scale_b=w_scale_t, out_dtype=torch.bfloat16)
+    def scaled_mm(xq, x_scale, wq_t, w_scale_t, fast=False):
+        return torch._scaled_mm(xq, wq_t, scale_a=x_scale, scale_b=w_scale_t, out_dtype=torch.bfloat16,
+                                use_fast_accum=fast)
 
-    def triton_mm(xq, x_scale, wq, w_scale):
+    def triton_mm(xq, x_scale, wq, w_scale, fast=False):
         with use_kernels("triton"):
-            return ops.ptpc_scaled_mm(xq, x_scale, wq, w_scale)
+            return ops.ptpc_scaled_mm(xq, x_scale, wq, w_scale, fast_accum=fast)
 
-    def norm_mm(x, norm_w, wq, w_scale):
+    def norm_mm(x, norm_w, wq, w_scale, fast=False):
         q, s = ops.rms_norm_quant_fp8(x, norm_w, 1e-5)
-        return ops.ptpc_scaled_mm(q, s, wq, w_scale)
+        return ops.ptpc_scaled_mm(q, s, wq, w_scale, fast_accum=fast)
+
+    def fast(fn):
+        return lambda *a: fn(*a, fast=True)
 
     timings = {
         "bf16": bench_rotated(F.linear, x, w),
         "scaled_mm": bench_rotated(scaled_mm, xq, x_scale, wq_t, w_scale_t),
+        "scaled_mm_fast": bench_rotated(fast(scaled_mm), xq, x_scale, wq_t, w_scale_t),
         "triton_mm": bench_rotated(triton_mm, xq, x_scale, wq, w_scale),
+        "triton_mm_fast": bench_rotated(fast(triton_mm), xq, x_scale, wq, w_scale),
         "ptpc_linear": bench_rotated(ops.ptpc_linear, x, wq, w_scale),
         "norm_mm": bench_rotated(norm_mm, x, norm_w, wq, w_scale),
+        "norm_mm_fast": bench_rotated(fast(norm_mm), x, norm_w, wq, w_scale),
         "quant": bench_rotated(ops.per_token_quant_fp8, x),
     }
-    fused_info = {}
-    if M <= fused.MAX_M:
-        timings["ptpc_linear_fused"] = bench_rotated(fused.ptpc_linear_small_m_launch, x, wq, w_scale)
-        ref = ops.ptpc_linear(x, wq, w_scale).float()
-        diff = (fused.ptpc_linear_small_m_launch(x, wq, w_scale).float() - ref).abs().max()
-        fused_info = {"fused_config": fused.autotuned_config(),
-                      "fused_max_diff_rel": float(diff / ref.abs().max().clamp_min(1e-30))}
+    errors = accumulation_errors(x, w, scaled_mm, triton_mm)
     t = {k: ms for k, (ms, _) in timings.items()}
     flop = 2.0 * M * N * K
     quant_bytes = M * K * (2 + 1) + 4 * M
@@ -120,8 +120,29 @@ def run_shape(K, N, M, copy_gbs):
            "quant_gbs": quant_bytes / t["quant"] / 1e6,
            "quant_pct_copy": 100.0 * quant_bytes / t["quant"] / 1e6 / copy_gbs,
            "weight_read_gbs_ptpc": N * K / t["ptpc_linear"] / 1e6,
-           "input_copies": {k: n for k, (_, n) in timings.items()}, **fused_info}
+           "input_copies": {k: n for k, (_, n) in timings.items()}, "rel_err": errors}
     return row
+
+
+def accumulation_errors(x, w, scaled_mm, triton_mm) -> dict:
+    """Relative error (Frobenius) of each GEMM, precise and fast accumulation, against the fp32
+    product of the same fp8 operands (so the quantization error itself is not counted), on the
+    bench's inputs ("randn") and on all-positive ones ("positive": every product has the same sign,
+    the worst case for an accumulator that truncates)."""
+    from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
+
+    ops = torch.ops.rocm_attn
+    out = {}
+    for name, (xa, wa) in {"randn": (x, w), "positive": (x.abs(), w.abs())}.items():
+        xq, xs = ops.per_token_quant_fp8(xa)
+        wq, ws = quantize_weight_per_channel(wa)
+        ref = (xq.float() @ wq.float().t()) * xs * ws.t()
+        for mm_name, fn, args in (("scaled_mm", scaled_mm, (xq, xs, wq.t(), ws.t())),
+                                  ("triton_mm", triton_mm, (xq, xs, wq, ws))):
+            for mode in ("precise", "fast"):
+                got = fn(*args, fast=mode == "fast").float()
+                out[f"{mm_name}_{mode}_{name}"] = float((got - ref).norm() / ref.norm())
+    return out
 
 
 def markdown(rows, copy_gbs, device):
@@ -129,19 +150,27 @@ def markdown(rows, copy_gbs, device):
              "x = bf16 time / ours",
              f"every variant rotates over copies of its weight and activations (>= {ROTATE_BYTES >> 20} MiB "
              "per variant, one CUDA graph over all copies, time / copies): HBM, not L2", "",
-             "| K | N | M | bf16 | scaled_mm | triton_mm | ptpc_linear | ptpc_linear_fused | norm_mm "
-             "| ptpc_linear x | ptpc_linear_fused x | scaled_mm x | triton_mm x | quant GB/s (% copy) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| K | N | M | bf16 | scaled_mm | triton_mm | ptpc_linear | norm_mm | ptpc_linear x | norm_mm x "
+             "| scaled_mm x | triton_mm x | fast: scaled_mm x | triton_mm x | norm_mm x "
+             "| quant GB/s (% copy) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         us = {k: v * 1e3 for k, v in r["ms"].items()}
-        fused_us = f"{us['ptpc_linear_fused']:.1f}" if "ptpc_linear_fused" in us else "-"
-        fused_x = f"{r['vs_bf16']['ptpc_linear_fused']:.2f}" if "ptpc_linear_fused" in us else "-"
+        x = r["vs_bf16"]
         lines.append(
             f"| {r['K']} | {r['N']} | {r['M']} | {us['bf16']:.1f} | {us['scaled_mm']:.1f} "
-            f"| {us['triton_mm']:.1f} | {us['ptpc_linear']:.1f} | {fused_us} | {us['norm_mm']:.1f} "
-            f"| {r['vs_bf16']['ptpc_linear']:.2f} | {fused_x} | {r['vs_bf16']['scaled_mm']:.2f} "
-            f"| {r['vs_bf16']['triton_mm']:.2f} "
+            f"| {us['triton_mm']:.1f} | {us['ptpc_linear']:.1f} | {us['norm_mm']:.1f} "
+            f"| {x['ptpc_linear']:.2f} | {x['norm_mm']:.2f} | {x['scaled_mm']:.2f} | {x['triton_mm']:.2f} "
+            f"| {x['scaled_mm_fast']:.2f} | {x['triton_mm_fast']:.2f} | {x['norm_mm_fast']:.2f} "
             f"| {r['quant_gbs']:.0f} ({r['quant_pct_copy']:.0f}%) |")
+    lines += ["", "relative error vs the fp32 product of the same fp8 operands (precise / fast accumulation):", "",
+              "| K | N | M | scaled_mm randn | triton_mm randn | scaled_mm positive | triton_mm positive |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        e = r["rel_err"]
+        cells = [f"{e[f'{mm}_precise_{inp}']:.1e} / {e[f'{mm}_fast_{inp}']:.1e}"
+                 for inp in ("randn", "positive") for mm in ("scaled_mm", "triton_mm")]
+        lines.append(f"| {r['K']} | {r['N']} | {r['M']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -163,13 +192,9 @@ def main(argv=None):
         for M in ms:
             rows.append(run_shape(K, N, M, copy_gbs))
             r = rows[-1]
-            fused_note = ""
-            if "ptpc_linear_fused" in r["ms"]:
-                fused_note = (f"; fused {r['vs_bf16']['ptpc_linear_fused']:.2f}x "
-                              f"({r['ms']['ptpc_linear_fused'] * 1e3:.1f} us, {r['fused_config']}, "
-                              f"max rel diff {r['fused_max_diff_rel']:.1e})")
             print(f"K={K} N={N} M={M}: ptpc_linear {r['vs_bf16']['ptpc_linear']:.2f}x bf16 "
-                  f"({r['ms']['ptpc_linear'] * 1e3:.1f} us){fused_note}", flush=True)
+                  f"({r['ms']['ptpc_linear'] * 1e3:.1f} us); norm_mm {r['vs_bf16']['norm_mm']:.2f}x, "
+                  f"fast {r['vs_bf16']['norm_mm_fast']:.2f}x", flush=True)
             torch.cuda.empty_cache()
     device = torch.cuda.get_device_name(0)
     table = markdown(rows, copy_gbs, device)

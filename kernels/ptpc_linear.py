@@ -7,8 +7,8 @@ Providers:
 - torch: the reference composition (torch quant + torch ptpc_scaled_mm).
 - triton: per_token_quant_fp8 then ptpc_scaled_mm, each through its own provider choice
   (auto: the Triton quant kernel and the GEMM from the table in ptpc_scaled_mm.py; forced
-  "triton": the Triton kernels). At M <= FUSED_SMALL_M_MAX instead one fused launch
-  (triton_kernels/ptpc_linear_small_m.py: quant inside the small-M GEMM); off by default.
+  "triton": the Triton kernels). (A one-launch quant + small-M GEMM kernel was measured in
+  session 4 and lost to these two launches at M = 1 and 16; it was removed, RESULTS.md says why.)
 - aiter: AITER quant + gemm_a8w8.
 
 fp8_per_tensor_linear(x, wq, w_scale[1], bias?) is classic per-tensor FP8 (one dynamic
@@ -28,11 +28,6 @@ from .ptpc_scaled_mm import ptpc_scaled_mm_aiter, ptpc_scaled_mm_torch, scaled_m
 from .registry import dispatch, register_provider
 
 OP = "ptpc_linear"
-# Rows up to which the triton provider runs the fused quant + small-M GEMM kernel (one launch);
-# 0 = off. Untimed: set it to 16 once `python benchmarks/bench_linear.py --quick` on an H100 shows
-# the ptpc_linear_fused column beating ptpc_linear at M = 1 and 16 (an earlier fused kernel with a
-# narrow, latency-bound amax pass lost to the two launches).
-FUSED_SMALL_M_MAX = 0
 
 
 def check_linear_inputs(op, x, wq, w_scale, bias, per_tensor=False) -> None:
@@ -88,10 +83,6 @@ def _triton_supports(x=None, wq=None, w_scale=None, bias=None):
 @register_provider(OP, "triton", supports=_triton_supports)
 def ptpc_linear_triton(x, wq, w_scale, bias=None):
     x2 = _rows(x)
-    if 0 < x2.shape[0] <= FUSED_SMALL_M_MAX:
-        from .triton_kernels.ptpc_linear_small_m import ptpc_linear_small_m_launch
-
-        return ptpc_linear_small_m_launch(x, wq, w_scale, bias)
     xq, x_scale = dispatch("per_token_quant_fp8", x.device, x2)
     out = dispatch("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype)
     return out.reshape(*x.shape[:-1], wq.shape[0])

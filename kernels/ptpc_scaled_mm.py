@@ -164,14 +164,13 @@ def _triton_supports(xq=None, x_scale=None, wq=None, w_scale=None, bias=None, ou
 
 @register_provider(OP, "triton", supports=_triton_supports)
 def ptpc_scaled_mm_triton(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16, fast_accum=False):
-    # fast_accum is cuBLASLt's accumulation mode; the Triton GEMMs always accumulate in fp32
     if xq.shape[0] <= SMALL_M_MAX:  # the tiled GEMM at M <= 64 would waste most of a 128-row tile
         from .triton_kernels.ptpc_gemm_small_m import ptpc_gemm_small_m_launch
 
-        return ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype)
+        return ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype, fast_accum=fast_accum)
     from .triton_kernels.ptpc_gemm import ptpc_gemm_launch
 
-    return ptpc_gemm_launch(xq, x_scale, wq, w_scale, bias, out_dtype)
+    return ptpc_gemm_launch(xq, x_scale, wq, w_scale, bias, out_dtype, fast_accum=fast_accum)
 
 
 # ---- aiter ----------------------------------------------------------------------------------
@@ -219,9 +218,11 @@ def ptpc_scaled_mm(
     fast_accum: bool = False,
 ) -> torch.Tensor:
     """(xq [M,K] fp8, x_scale [M,1] fp32, wq [N,K] fp8, w_scale [N,1] fp32, bias [N]?) -> [M, N].
-    fast_accum: cuBLASLt (the torch provider on CUDA) accumulates without its periodic fp32 promotion
-    (torch._scaled_mm's use_fast_accum, torchao's rowwise default): faster, less accurate at long K;
-    the Triton and aiter GEMMs ignore it."""
+    fast_accum: on sm_90 the fp8 tensor cores accumulate with ~14 mantissa bits; by default the
+    partial sums are promoted into fp32 every 128 K elements. fast_accum=True skips that promotion
+    (torch._scaled_mm's use_fast_accum in the torch provider, max_num_imprecise_acc in the Triton
+    GEMMs; torchao rowwise's and vLLM's CUTLASS default): faster, less accurate at long K. No
+    effect on CPU, under the Triton interpreter, or in aiter (ROCm's fp8 MFMA accumulates in fp32)."""
     check_scaled_mm_inputs(OP, xq, x_scale, wq, w_scale, bias, out_dtype)
     return dispatch(OP, xq.device, xq, x_scale, wq, w_scale, bias, out_dtype, fast_accum)
 

@@ -30,7 +30,8 @@ class Config:
     strict: bool = False  # raise instead of falling back when a pass fails
     rewrite_attention: bool = True
     fuse_projections: bool = True  # q/k/v and gate/up sharing an input -> one GEMM
-    # PTPC GEMMs on cuBLASLt without fp32 promotion (torchao rowwise's default): faster, less accurate
+    # PTPC GEMMs (cuBLASLt and Triton) without the fp32 promotion of sm_90's fp8 partial sums
+    # (torchao rowwise's and vLLM's CUTLASS default): faster, less accurate at long K
     fast_accum: bool = False
     extend_workspace_tokens: int = 32768
 

@@ -13,6 +13,7 @@ mantissa bits, and Triton's default lets the whole K loop accumulate that way (i
 weight row) the truncation error piles up to ~6% at K = 4096 - seen on an H100. Each
 tl.dot therefore promotes its partial sum into the fp32 accumulator every PROMOTE_K
 elements (``max_num_imprecise_acc``), as cuBLAS / CUTLASS do without fast accumulation.
+FAST_ACCUM=True (Config.fast_accum) drops the promotion: Triton's own sm_90 default.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _ptpc_gemm_kernel(
     x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
     M, N, K, M_BUCKET,
     stride_xm, stride_wn, stride_om,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FAST_ACCUM: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -90,12 +91,19 @@ def _ptpc_gemm_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
+def imprecise_k(args) -> int | None:
+    """max_num_imprecise_acc for tl.dot: promote every PROMOTE_K elements, or never (None: Triton's
+    default, fast accumulation on sm_90) when FAST_ACCUM."""
+    return None if args["FAST_ACCUM"] else min(PROMOTE_K, args["BLOCK_K"])
+
+
 _heuristics = triton.heuristics({
     "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
-    "IMPRECISE_K": lambda args: min(PROMOTE_K, args["BLOCK_K"]),
+    "IMPRECISE_K": imprecise_k,
 })
 _kernel_fixed = _heuristics(_ptpc_gemm_kernel)
-_kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET"])(_heuristics(_ptpc_gemm_kernel))
+_kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET", "FAST_ACCUM"])(
+    _heuristics(_ptpc_gemm_kernel))
 
 
 def m_bucket(M: int) -> int:
@@ -119,7 +127,8 @@ def prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype):
     return ops, out
 
 
-def ptpc_gemm_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | None = None):
+def ptpc_gemm_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | None = None,
+                     fast_accum: bool = False):
     """config (BLOCK_M/N/K, GROUP_M, num_warps, num_stages) skips autotuning (tune_linear.py)."""
     ops, out = prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype)
     if ops is None:
@@ -133,10 +142,11 @@ def ptpc_gemm_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | N
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
+    consts = dict(HAS_BIAS=bias is not None, FAST_ACCUM=bool(fast_accum))
     if config is not None:
-        _kernel_fixed[grid](*args, HAS_BIAS=bias is not None, **config)
+        _kernel_fixed[grid](*args, **consts, **config)
     elif triton_interpret():
-        _kernel_fixed[grid](*args, HAS_BIAS=bias is not None, **INTERPRET_CONFIG)
+        _kernel_fixed[grid](*args, **consts, **INTERPRET_CONFIG)
     else:
-        _kernel_tuned[grid](*args, HAS_BIAS=bias is not None)
+        _kernel_tuned[grid](*args, **consts)
     return out

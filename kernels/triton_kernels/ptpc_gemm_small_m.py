@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ..platform import triton_interpret
-from .ptpc_gemm import PROMOTE_K, prepare_operands
+from .ptpc_gemm import imprecise_k, prepare_operands
 
 
 def _config(block_n, block_k, split_k, warps, stages):
@@ -103,7 +103,7 @@ def _ptpc_gemm_small_m_kernel(
     x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, count_ptr,
     M, N, K, M_BUCKET,
     stride_xm, stride_wn, stride_om,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FAST_ACCUM: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -137,10 +137,10 @@ def _ptpc_gemm_small_m_kernel(
 
 _heuristics = triton.heuristics({
     "EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0,
-    "IMPRECISE_K": lambda args: min(PROMOTE_K, args["BLOCK_K"]),
+    "IMPRECISE_K": imprecise_k,
 })
 _kernel_fixed = _heuristics(_ptpc_gemm_small_m_kernel)
-_kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET"])(
+_kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET", "FAST_ACCUM"])(
     _heuristics(_ptpc_gemm_small_m_kernel)
 )
 
@@ -211,7 +211,7 @@ def _counters(device: torch.device, n_tiles: int) -> torch.Tensor | None:
     return buf
 
 
-def _launch(x, xs, wq, ws, bias, out, config=None):
+def _launch(x, xs, wq, ws, bias, out, config=None, fast_accum=False):
     M, K = x.shape
     N = wq.shape[0]
     if M > MAX_M:
@@ -229,7 +229,7 @@ def _launch(x, xs, wq, ws, bias, out, config=None):
     args = (x, xs, wq, ws, bias if bias is not None else ws, out, partials,
             counters if counters is not None else ws, M, N, K, block_m,
             x.stride(0), wq.stride(0), out.stride(0))
-    consts = dict(HAS_BIAS=bias is not None, BLOCK_M=block_m)
+    consts = dict(HAS_BIAS=bias is not None, FAST_ACCUM=bool(fast_accum), BLOCK_M=block_m)
 
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
@@ -241,10 +241,11 @@ def _launch(x, xs, wq, ws, bias, out, config=None):
     return out
 
 
-def ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | None = None):
+def ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | None = None,
+                             fast_accum: bool = False):
     """ptpc_scaled_mm for M <= 64: xq fp8 [M, K] with x_scale [M, 1]. config: see TUNED."""
     ops, out = prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype)
     if ops is None:
         return out
     xq, xs, wq, ws, bias = ops
-    return _launch(xq, xs, wq, ws, bias, out, config)
+    return _launch(xq, xs, wq, ws, bias, out, config, fast_accum)

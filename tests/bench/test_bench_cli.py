@@ -81,6 +81,19 @@ def test_bench_e2e_cpu_smoke(tmp_path):
     check_plot(tmp_path, "bench_e2e")
 
 
+def test_bench_e2e_weights_phase_lm_head(tmp_path):
+    """--phases weights: one untimed row per variant; quantizing the lm_head too saves its bytes."""
+    variants = "rocm_attn_ptpc:TRITON_ATTN,rocm_attn_ptpc_lm_head"
+    code = cli.main(["bench", "e2e", "--cpu-smoke", "--phases", "weights", "--out", str(tmp_path),
+                     "--variants", variants])
+    assert code == 0
+    rows = load_run(tmp_path, "bench_e2e")["rows"]
+    assert [(r["variant"], r["case"]) for r in rows] == [(v, "weights") for v in variants.split(",")]
+    assert not any("tokens_per_s" in r or "note" in r for r in rows), rows
+    default, with_head = (r["weight_vs_bf16"] for r in rows)
+    assert with_head < default < 0.9
+
+
 def test_bench_serving_cpu_smoke(tmp_path):
     assert cli.main(["bench", "serving", "--cpu-smoke", "--out", str(tmp_path), "--iters", "1"]) == 0
     rows = load_run(tmp_path, "bench_serving")["rows"]

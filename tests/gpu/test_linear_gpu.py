@@ -135,6 +135,28 @@ def test_gemm_accumulation_precision(weights, M, provider):
     assert rel < 1e-2, f"{provider}: diagonal (same-sign sums) off by {rel:.3g}"
 
 
+@pytest.mark.parametrize("M", [16, 128])
+@pytest.mark.parametrize("provider", ["torch", "triton"])
+def test_fast_accum_reaches_the_gemm(weights, M, provider):
+    """fast_accum=True must change the GEMM's accumulation (not be dropped on the way): on the same-sign
+    sums above, skipping the fp32 promotion loses visibly more than the precise mode, and stays finite."""
+    if torch.version.hip or torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("fast accumulation is an sm_90 (Hopper) tensor-core mode")
+    w, wq, w_scale, _ = weights[4096, 6144]
+    x = w[:M] * 50.0
+    with use_kernels("torch"):
+        xq, x_scale = torch.ops.rocm_attn.per_token_quant_fp8(x)
+    ref, _ = reference(xq, x_scale, wq, w_scale, None)
+    diag = torch.arange(M, device=DEV)
+    errs = {}
+    for fast in (False, True):
+        with use_kernels(provider):
+            out = torch.ops.rocm_attn.ptpc_scaled_mm(xq, x_scale, wq, w_scale, fast_accum=fast)
+        errs[fast] = ((out.double()[diag, diag] - ref[diag, diag]) / ref[diag, diag]).abs().max().item()
+    assert errs[False] < 1e-2, errs
+    assert 2 * errs[False] < errs[True] < 0.2, f"{provider}: precise {errs[False]:.3g}, fast {errs[True]:.3g}"
+
+
 @pytest.mark.parametrize("M", [1, 16, 64])
 @pytest.mark.parametrize("split_k", [1, 3, 8])
 def test_small_m_kernel_configs(weights, M, split_k):
