@@ -106,6 +106,7 @@ def run_shape(K, N, M, copy_gbs):
         "triton_mm": bench_rotated(triton_mm, xq, x_scale, wq, w_scale),
         "triton_mm_fast": bench_rotated(fast(triton_mm), xq, x_scale, wq, w_scale),
         "ptpc_linear": bench_rotated(ops.ptpc_linear, x, wq, w_scale),
+        "ptpc_linear_fast": bench_rotated(lambda *a: ops.ptpc_linear(*a, fast_accum=True), x, wq, w_scale),
         "norm_mm": bench_rotated(norm_mm, x, norm_w, wq, w_scale),
         "norm_mm_fast": bench_rotated(fast(norm_mm), x, norm_w, wq, w_scale),
         "quant": bench_rotated(ops.per_token_quant_fp8, x),
@@ -151,9 +152,9 @@ def markdown(rows, copy_gbs, device):
              f"every variant rotates over copies of its weight and activations (>= {ROTATE_BYTES >> 20} MiB "
              "per variant, one CUDA graph over all copies, time / copies): HBM, not L2", "",
              "| K | N | M | bf16 | scaled_mm | triton_mm | ptpc_linear | norm_mm | ptpc_linear x | norm_mm x "
-             "| scaled_mm x | triton_mm x | fast: scaled_mm x | triton_mm x | norm_mm x "
+             "| scaled_mm x | triton_mm x | fast: scaled_mm x | triton_mm x | ptpc_linear x | norm_mm x "
              "| quant GB/s (% copy) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         us = {k: v * 1e3 for k, v in r["ms"].items()}
         x = r["vs_bf16"]
@@ -161,7 +162,8 @@ def markdown(rows, copy_gbs, device):
             f"| {r['K']} | {r['N']} | {r['M']} | {us['bf16']:.1f} | {us['scaled_mm']:.1f} "
             f"| {us['triton_mm']:.1f} | {us['ptpc_linear']:.1f} | {us['norm_mm']:.1f} "
             f"| {x['ptpc_linear']:.2f} | {x['norm_mm']:.2f} | {x['scaled_mm']:.2f} | {x['triton_mm']:.2f} "
-            f"| {x['scaled_mm_fast']:.2f} | {x['triton_mm_fast']:.2f} | {x['norm_mm_fast']:.2f} "
+            f"| {x['scaled_mm_fast']:.2f} | {x['triton_mm_fast']:.2f} | {x['ptpc_linear_fast']:.2f} "
+            f"| {x['norm_mm_fast']:.2f} "
             f"| {r['quant_gbs']:.0f} ({r['quant_pct_copy']:.0f}%) |")
     lines += ["", "relative error vs the fp32 product of the same fp8 operands (precise / fast accumulation):", "",
               "| K | N | M | scaled_mm randn | triton_mm randn | scaled_mm positive | triton_mm positive |",

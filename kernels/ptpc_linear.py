@@ -64,38 +64,38 @@ def _rows(x):
 # ---- providers ------------------------------------------------------------------------------
 
 
-def ptpc_linear_torch(x, wq, w_scale, bias=None):
+def ptpc_linear_torch(x, wq, w_scale, bias=None, fast_accum=False):
     x2 = _rows(x)
     xq, x_scale = per_token_quant_fp8_torch(x2)
-    out = ptpc_scaled_mm_torch(xq, x_scale, wq, w_scale, bias, x.dtype)
+    out = ptpc_scaled_mm_torch(xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum)
     return out.reshape(*x.shape[:-1], wq.shape[0])
 
 
 register_provider(OP, "torch")(ptpc_linear_torch)
 
 
-def _triton_supports(x=None, wq=None, w_scale=None, bias=None):
+def _triton_supports(x=None, wq=None, w_scale=None, bias=None, fast_accum=False):
     if wq is not None and wq.dtype not in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
         return f"the Triton kernels take e4m3 fp8 weights, got {wq.dtype}"
     return None
 
 
 @register_provider(OP, "triton", supports=_triton_supports)
-def ptpc_linear_triton(x, wq, w_scale, bias=None):
+def ptpc_linear_triton(x, wq, w_scale, bias=None, fast_accum=False):
     x2 = _rows(x)
     xq, x_scale = dispatch("per_token_quant_fp8", x.device, x2)
-    out = dispatch("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype)
+    out = dispatch("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum)
     return out.reshape(*x.shape[:-1], wq.shape[0])
 
 
-def _aiter_supports(x=None, wq=None, w_scale=None, bias=None):
+def _aiter_supports(x=None, wq=None, w_scale=None, bias=None, fast_accum=False):
     if x is not None and x.dtype not in (torch.bfloat16, torch.float16):
         return f"aiter.gemm_a8w8 writes bf16/fp16, not {x.dtype}"
     return None
 
 
 @register_provider(OP, "aiter", supports=_aiter_supports)
-def ptpc_linear_aiter(x, wq, w_scale, bias=None):
+def ptpc_linear_aiter(x, wq, w_scale, bias=None, fast_accum=False):
     xq, x_scale = per_token_quant_fp8_aiter(_rows(x))
     out = ptpc_scaled_mm_aiter(xq, x_scale, wq, w_scale, bias, x.dtype)
     return out.reshape(*x.shape[:-1], wq.shape[0])
@@ -106,15 +106,17 @@ def ptpc_linear_aiter(x, wq, w_scale, bias=None):
 
 @torch.library.custom_op("rocm_attn::ptpc_linear", mutates_args=())
 def ptpc_linear(
-    x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
+    fast_accum: bool = False,
 ) -> torch.Tensor:
-    """x [..., K] (bf16/fp16/fp32), wq [N, K] fp8, w_scale [N, 1] fp32, bias [N]? -> [..., N], x's dtype."""
+    """x [..., K] (bf16/fp16/fp32), wq [N, K] fp8, w_scale [N, 1] fp32, bias [N]? -> [..., N], x's dtype.
+    fast_accum: as ptpc_scaled_mm's (sm_90 only; off by default)."""
     check_linear_inputs(OP, x, wq, w_scale, bias)
-    return dispatch(OP, x.device, x, wq, w_scale, bias)
+    return dispatch(OP, x.device, x, wq, w_scale, bias, fast_accum)
 
 
 @ptpc_linear.register_fake
-def _(x, wq, w_scale, bias=None):
+def _(x, wq, w_scale, bias=None, fast_accum=False):
     check_linear_inputs(OP, x, wq, w_scale, bias)
     return x.new_empty((*x.shape[:-1], wq.shape[0]))
 

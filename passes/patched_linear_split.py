@@ -28,9 +28,9 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
     for x, calls in by_input.items():
         with graph.inserting_before(calls[0][0]):  # the first reader of x: every later one sees the quant
             xq, xs = linear.emit_quant(graph, x)
-        for node, (_, wq, ws, bias) in calls:
-            with graph.inserting_before(node):
-                out = linear.emit_mm(graph, x, xq, xs, wq, ws, bias, config.fast_accum)
+        for node, (_, wq, ws, bias, fast_accum) in calls:
+            with graph.inserting_before(node):  # the module's own fast_accum (patch) or the compile config's
+                out = linear.emit_mm(graph, x, xq, xs, wq, ws, bias, fast_accum or config.fast_accum)
             out.meta.update(node.meta)
             node.replace_all_uses_with(out)
             erase_if_unused(graph, [node])

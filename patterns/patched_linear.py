@@ -32,10 +32,11 @@ def is_site(node: fx.Node) -> bool:
 
 
 def operands(node: fx.Node):
-    """(x, wq, w_scale, bias) when every tensor has shape information, else why not."""
+    """(x, wq, w_scale, bias, fast_accum) when every tensor has shape information, else why not."""
     x, wq, ws, bias = arg(node, 0, "x"), arg(node, 1, "wq"), arg(node, 2, "w_scale"), arg(node, 3, "bias")
+    fast_accum = arg(node, 4, "fast_accum", False)
     if not all(isinstance(t, fx.Node) and value(t) is not None for t in (x, wq, ws)):
         return "ptpc_linear operands without shape information"
     if value(x).dim() < 2:
         return "ptpc_linear on a 1-D input"
-    return x, wq, ws, bias
+    return x, wq, ws, bias, bool(fast_accum)

@@ -39,12 +39,13 @@ class FP8Linear(nn.Module):
     or one per tensor (``fp8_per_tensor``, w_scale [1]); activations are quantized per token / per tensor
     at run time inside the op. The output has the input's dtype."""
 
-    def __init__(self, linear: nn.Linear, quantization: str = "ptpc_fp8"):
+    def __init__(self, linear: nn.Linear, quantization: str = "ptpc_fp8", fast_accum: bool = False):
         super().__init__()
         if quantization not in ("ptpc_fp8", "fp8_per_tensor"):
             raise ValueError(f"FP8Linear: quantization must be 'ptpc_fp8' or 'fp8_per_tensor', got {quantization!r}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.quantization = quantization
+        self.fast_accum = fast_accum  # Config.fast_accum: the PTPC GEMM without fp32 promotion (sm_90)
         quant = quantize_weight_per_channel if quantization == "ptpc_fp8" else quantize_weight_per_tensor
         wq, w_scale = quant(linear.weight.data)
         self.register_buffer("wq", wq)
@@ -54,6 +55,8 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantization == "ptpc_fp8":
+            if self.fast_accum:
+                return torch.ops.rocm_attn.ptpc_linear(x, self.wq, self.w_scale, self.bias, fast_accum=True)
             return torch.ops.rocm_attn.ptpc_linear(x, self.wq, self.w_scale, self.bias)
         return torch.ops.rocm_attn.fp8_per_tensor_linear(x, self.wq, self.w_scale, self.bias)
 
@@ -160,7 +163,7 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
         if mod.weight.dim() != 2 or not mod.weight.dtype.is_floating_point or mod.weight.device.type == "meta":
             raise NotImplementedError(f"rocm_attn.patch: cannot quantize {name} ({type(mod).__name__}, weight "
                                       f"{mod.weight.dtype} on {mod.weight.device}); add it to skip_modules")
-        new = FP8Linear(mod, config.quantization)
+        new = FP8Linear(mod, config.quantization, config.fast_accum)
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
         report.linears_replaced += 1

@@ -135,11 +135,13 @@ def test_gemm_accumulation_precision(weights, M, provider):
     assert rel < 1e-2, f"{provider}: diagonal (same-sign sums) off by {rel:.3g}"
 
 
-@pytest.mark.parametrize("M", [16, 128])
-@pytest.mark.parametrize("provider", ["torch", "triton"])
-def test_fast_accum_reaches_the_gemm(weights, M, provider):
+@pytest.mark.parametrize("provider,M,truncates", [("torch", 16, True), ("torch", 128, True), ("triton", 128, True),
+                                                  ("triton", 16, False)])
+def test_fast_accum_reaches_the_gemm(weights, provider, M, truncates):
     """fast_accum=True must change the GEMM's accumulation (not be dropped on the way): on the same-sign
-    sums above, skipping the fp32 promotion loses visibly more than the precise mode, and stays finite."""
+    sums above, skipping the fp32 promotion loses visibly more than the precise mode, and stays finite.
+    Triton's small-M kernel at M = 16 runs 16-row tiles on mma.sync (wgmma needs 64 rows), which
+    accumulates in fp32 either way: there fast must equal precise."""
     if torch.version.hip or torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("fast accumulation is an sm_90 (Hopper) tensor-core mode")
     w, wq, w_scale, _ = weights[4096, 6144]
@@ -154,7 +156,11 @@ def test_fast_accum_reaches_the_gemm(weights, M, provider):
             out = torch.ops.rocm_attn.ptpc_scaled_mm(xq, x_scale, wq, w_scale, fast_accum=fast)
         errs[fast] = ((out.double()[diag, diag] - ref[diag, diag]) / ref[diag, diag]).abs().max().item()
     assert errs[False] < 1e-2, errs
-    assert 2 * errs[False] < errs[True] < 0.2, f"{provider}: precise {errs[False]:.3g}, fast {errs[True]:.3g}"
+    if truncates:
+        assert 2 * errs[False] < errs[True] < 0.2, f"{provider}: precise {errs[False]:.3g}, fast {errs[True]:.3g}"
+    else:
+        assert errs[True] == errs[False], f"{provider}: precise {errs[False]:.3g}, fast {errs[True]:.3g}"
+
 
 
 @pytest.mark.parametrize("M", [1, 16, 64])

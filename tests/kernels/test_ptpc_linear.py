@@ -163,6 +163,8 @@ def test_opcheck():
     x, (wq, w_scale) = torch.randn(2, 3, 32), quantize_weight_per_channel(torch.randn(16, 32))
     torch.library.opcheck(torch.ops.rocm_attn.ptpc_linear.default, (x, wq, w_scale, torch.randn(16)),
                           test_utils=FP8_INPUT_OPCHECK)
+    torch.library.opcheck(torch.ops.rocm_attn.ptpc_linear.default, (x, wq, w_scale, None), {"fast_accum": True},
+                          test_utils=FP8_INPUT_OPCHECK)
     wq_t, w_scale_t = quantize_weight_per_tensor(torch.randn(16, 32))
     torch.library.opcheck(torch.ops.rocm_attn.fp8_per_tensor_linear.default, (x, wq_t, w_scale_t),
                           test_utils=FP8_INPUT_OPCHECK)

@@ -139,8 +139,8 @@ def test_non_contiguous_operands(provider):
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_fast_accum_is_accepted_by_every_provider(provider):
-    """fast_accum changes cuBLASLt's accumulation only (the torch provider on CUDA); on CPU and in the
-    Triton kernels the result is the same fp32-accumulated one, within the usual budget."""
+    """fast_accum changes the accumulation on sm_90 GPUs only (tests/gpu checks that it does); on CPU and
+    under the Triton interpreter the result is the same fp32-accumulated one, within the usual budget."""
     args = make(6, 32, 64)
     with use_kernels(provider):
         out = torch.ops.rocm_attn.ptpc_scaled_mm(*args, out_dtype=torch.float32, fast_accum=True)

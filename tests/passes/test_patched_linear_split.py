@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformers as T
 from rocm_attn.passes import report as report_mod
+from rocm_attn.patch import FP8Linear
 
 import rocm_attn
 from rocm_attn.testing import capture_passes, count_calls, rel_err
@@ -14,12 +15,12 @@ OPS = torch.ops.rocm_attn
 LAYERS = 2
 
 
-def patched_llama(dtype=torch.float32):
+def patched_llama(dtype=torch.float32, **options):
     torch.manual_seed(0)
     cfg = T.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
                         num_attention_heads=4, num_key_value_heads=2)
     model = T.LlamaForCausalLM(cfg).to(dtype).eval()
-    rocm_attn.patch(model, quantization="ptpc_fp8", compile=False)
+    rocm_attn.patch(model, quantization="ptpc_fp8", compile=False, **options)
     return model, torch.randint(1, 128, (2, 9))
 
 
@@ -75,3 +76,18 @@ def test_fast_accum_reaches_every_gemm(fast_accum):
         mms = [node for node in g.graph.nodes if node.target is OPS.ptpc_scaled_mm.default]
         assert len(mms) == n
         assert all(node.kwargs.get("fast_accum", False) is fast_accum for node in mms)
+
+
+def test_patch_fast_accum_is_carried_by_the_modules():
+    """patch(fast_accum=True): each FP8Linear calls ptpc_linear with it (eager), and the split keeps it on every
+    GEMM even when the compile's own config leaves it off; on CPU the accumulation is exact either way."""
+    model, ids = patched_llama(fast_accum=True)
+    fp8 = [m for m in model.modules() if isinstance(m, FP8Linear)]
+    assert len(fp8) == 7 * LAYERS and all(m.fast_accum for m in fp8)
+    precise, _ = patched_llama()
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=False).logits
+        assert torch.equal(out, precise(input_ids=ids, use_cache=False).logits)
+    _, gm, _ = capture_passes(lambda i: model(input_ids=i, use_cache=False).logits, ids)
+    mms = [node for node in gm.graph.nodes if node.target is OPS.ptpc_scaled_mm.default]
+    assert len(mms) == 7 * LAYERS and all(node.kwargs.get("fast_accum") is True for node in mms)
