@@ -2,6 +2,7 @@
 
     python benchmarks/tune_decode.py --out results/tune_decode.json
     python benchmarks/tune_decode.py --quick --out results/tune_decode.json   # 64 x 4k only
+    python benchmarks/tune_decode.py --unified-grid --out results/tune_unified_decode.json
 
 GQA 32/8, D = 128, bf16, page 16, one query per sequence. Cases (batch x context): 64 x 4k,
 256 x 2k, 16 x 32k. Kernels:
@@ -16,6 +17,8 @@ then timed by CUDA-graph replay (do_bench_cudagraph median; do_bench when captur
 Prints every row, then the best per (case, kernel, layout) with its K/V bandwidth, % of the measured
 copy bandwidth and ratio vs SDPA (x > 1: faster than SDPA); writes all rows to --out.
 Paste the winners back into DEFAULT_CONFIG / choose_num_splits of paged_decode.py.
+--unified-grid instead sweeps the unified kernel's decode configs on the shuffled layout, where it is the
+decode route (TILE x warps x stages x segments around pick_config's count); winners go into pick_config.
 """
 
 from __future__ import annotations
@@ -174,6 +177,38 @@ def tune_case(case: Case, rows: list, copy_gbs: float) -> None:
                               unified(cfg), sdpa_ms, copy_gbs)
 
 
+UNIFIED_GRID = [(tile, warps, stages) for tile in (32, 64, 128) for warps in (4, 8) for stages in (2, 3)]
+
+
+def tune_unified_grid(case: Case, rows: list, copy_gbs: float) -> None:
+    """The unified kernel on the shuffled layout: pick_config's choice, then UNIFIED_GRID at its segment
+    count and at half / twice it."""
+    from rocm_attn.kernels.triton_kernels.unified_attention import pick_config, unified_attention_launch
+
+    sdpa_ms, how = bench(case.sdpa)
+    gbs = case.kv_bytes / sdpa_ms / 1e6
+    rows.append(dict(case=case.name, kernel="SDPA", layout="contiguous", config="", status="ok", ms=sdpa_ms,
+                     timing=how, kv_gbs=gbs, pct_copy=100 * gbs / copy_gbs, vs_sdpa=1.0))
+    kc, vc = case.caches["shuffled"]
+
+    def unified(config):
+        return lambda: unified_attention_launch(case.q, kc, vc, case.qsl, case.seq_lens, case.block_table,
+                                                case.scale, "shuffled", 0, 0.0, 1, case.ctx, config=config)
+
+    own = pick_config(case.batch, HKV, HQ // HKV, D, 1, case.ctx, torch.device("cuda"))
+    run_candidate(case, rows, "unified-kernel", "shuffled",
+                  f"TILE{own['TILE']} w{own['num_warps']} s{own['num_stages']} seg{own['NUM_SEGMENTS']} (auto)",
+                  unified(own), sdpa_ms, copy_gbs)
+    seg0 = own["NUM_SEGMENTS"]
+    for tile, warps, stages in UNIFIED_GRID:
+        for segments in sorted({max(1, seg0 // 2), seg0, min(32, seg0 * 2)}):
+            cfg = dict(own, TILE=tile, num_warps=warps, num_stages=stages, NUM_SEGMENTS=segments)
+            if cfg == own:
+                continue
+            run_candidate(case, rows, "unified-kernel", "shuffled", f"TILE{tile} w{warps} s{stages} seg{segments}",
+                          unified(cfg), sdpa_ms, copy_gbs)
+
+
 def summary(rows: list, copy_gbs: float) -> None:
     print(f"\nbest per case (copy {copy_gbs:.0f} GB/s measured; targets: >= 85% copy and >= 0.9x SDPA)")
     print("| case | kernel | layout | config | ms | K/V GB/s | % copy | x SDPA |")
@@ -197,6 +232,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="tune_decode.json")
     ap.add_argument("--quick", action="store_true", help="64 x 4k only")
+    ap.add_argument("--unified-grid", action="store_true",
+                    help="sweep the unified kernel's decode configs on the shuffled layout instead")
     args = ap.parse_args(argv)
     import triton
 
@@ -209,7 +246,7 @@ def main(argv=None):
     rows = []
     for batch, ctx in CASES[:1] if args.quick else CASES:
         case = Case(batch, ctx)
-        tune_case(case, rows, copy_gbs)
+        (tune_unified_grid if args.unified_grid else tune_case)(case, rows, copy_gbs)
         del case
         torch.cuda.empty_cache()
     summary(rows, copy_gbs)
