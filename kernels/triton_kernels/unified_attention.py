@@ -267,7 +267,7 @@ def unified_attention_launch(q, k_cache, v_cache, query_start_loc, seq_lens, blo
     runs the paged decode kernel instead (triton_kernels/paged_decode.py: the same math, wide loads on both layouts, its
     own split-KV choice); pass a config to time this file's kernel on such a batch."""
     # Measured on an H100 (benchmarks/tune_decode.py): paged_decode wins on the standard layout
-    # (0.98x SDPA vs 0.93-0.97x), this kernel on the shuffled one (0.80-0.84x vs 0.65x).
+    # (0.98x SDPA vs 0.93-0.97x), this kernel on the shuffled one (0.90-0.92x vs 0.65x).
     if config is None and layout == "standard" and max_query_len <= 1 and q.shape[0] == seq_lens.shape[0]:
         from .paged_decode import choose_num_splits, paged_decode_launch
 
