@@ -123,16 +123,34 @@ def run_candidate(case: Case, rows: list, kernel: str, layout: str, label: str, 
     return ms
 
 
-def tune_case(case: Case, rows: list, copy_gbs: float) -> None:
-    from rocm_attn.kernels.triton_kernels.paged_decode import choose_num_splits, paged_decode_launch
-    from rocm_attn.kernels.triton_kernels.unified_attention import pick_config, unified_attention_launch
-
+def sdpa_row(case: Case, rows: list, copy_gbs: float) -> float:
+    """Time SDPA on the contiguous K/V (the baseline), add its row; returns its ms."""
     sdpa_ms, how = bench(case.sdpa)
     gbs = case.kv_bytes / sdpa_ms / 1e6
     rows.append(dict(case=case.name, kernel="SDPA", layout="contiguous", config="", status="ok", ms=sdpa_ms,
                      timing=how, kv_gbs=gbs, pct_copy=100 * gbs / copy_gbs, vs_sdpa=1.0))
     print(f"{case.name:8} {'SDPA':15} {'contig':9} {'':28} {sdpa_ms:7.4f} ms {gbs:6.0f} GB/s "
           f"{100 * gbs / copy_gbs:5.1f}% copy")
+    return sdpa_ms
+
+
+def unified_runner(case: Case, layout: str):
+    """config -> a callable running the unified launcher on the case's decode batch in ``layout``."""
+    from rocm_attn.kernels.triton_kernels.unified_attention import unified_attention_launch
+
+    kc, vc = case.caches[layout]
+
+    def unified(config):
+        return lambda: unified_attention_launch(case.q, kc, vc, case.qsl, case.seq_lens, case.block_table,
+                                                case.scale, layout, 0, 0.0, 1, case.ctx, config=config)
+    return unified
+
+
+def tune_case(case: Case, rows: list, copy_gbs: float) -> None:
+    from rocm_attn.kernels.triton_kernels.paged_decode import choose_num_splits, paged_decode_launch
+    from rocm_attn.kernels.triton_kernels.unified_attention import pick_config
+
+    sdpa_ms = sdpa_row(case, rows, copy_gbs)
     auto = choose_num_splits(case.batch, HKV, case.ctx, torch.device("cuda"))
     for layout, (kc, vc) in case.caches.items():
         def decode(splits, cfg):
@@ -158,9 +176,7 @@ def tune_case(case: Case, rows: list, copy_gbs: float) -> None:
                 run_candidate(case, rows, "paged_decode", layout, f"BN{block_n} w{warps} s{stages} sp{splits}",
                               decode(splits, cfg), sdpa_ms, copy_gbs, splits=splits, auto_splits=auto, **cfg)
         # the unified entry (routes decode-only batches to paged_decode) and the unified kernel itself
-        def unified(config):
-            return lambda: unified_attention_launch(case.q, kc, vc, case.qsl, case.seq_lens, case.block_table,
-                                                    case.scale, layout, 0, 0.0, 1, case.ctx, config=config)
+        unified = unified_runner(case, layout)
 
         run_candidate(case, rows, "unified", layout, "default (-> paged_decode)", unified(None), sdpa_ms, copy_gbs)
         try:
@@ -183,18 +199,10 @@ UNIFIED_GRID = [(tile, warps, stages) for tile in (32, 64, 128) for warps in (4,
 def tune_unified_grid(case: Case, rows: list, copy_gbs: float) -> None:
     """The unified kernel on the shuffled layout: pick_config's choice, then UNIFIED_GRID at its segment
     count and at half / twice it."""
-    from rocm_attn.kernels.triton_kernels.unified_attention import pick_config, unified_attention_launch
+    from rocm_attn.kernels.triton_kernels.unified_attention import pick_config
 
-    sdpa_ms, how = bench(case.sdpa)
-    gbs = case.kv_bytes / sdpa_ms / 1e6
-    rows.append(dict(case=case.name, kernel="SDPA", layout="contiguous", config="", status="ok", ms=sdpa_ms,
-                     timing=how, kv_gbs=gbs, pct_copy=100 * gbs / copy_gbs, vs_sdpa=1.0))
-    kc, vc = case.caches["shuffled"]
-
-    def unified(config):
-        return lambda: unified_attention_launch(case.q, kc, vc, case.qsl, case.seq_lens, case.block_table,
-                                                case.scale, "shuffled", 0, 0.0, 1, case.ctx, config=config)
-
+    sdpa_ms = sdpa_row(case, rows, copy_gbs)
+    unified = unified_runner(case, "shuffled")
     own = pick_config(case.batch, HKV, HQ // HKV, D, 1, case.ctx, torch.device("cuda"))
     run_candidate(case, rows, "unified-kernel", "shuffled",
                   f"TILE{own['TILE']} w{own['num_warps']} s{own['num_stages']} seg{own['NUM_SEGMENTS']} (auto)",
