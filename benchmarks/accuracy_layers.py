@@ -27,7 +27,9 @@ subnormals (3 or fewer mantissa bits lost) under a per-tensor / per-token activa
 windows and model variants; its bf16 / ptpc_fp8 / fp8_per_tensor perplexities come out identical), per token,
 so each perplexity change gets a 95% interval (normal approximation over blocks of 64 tokens). Extra rows:
 ``--keep down_proj --keep v_proj+o_proj`` adds PTPC with those linear types kept in bf16 (a measured option,
-not a default); ``--sensitivity`` adds PTPC on one linear type at a time (which type costs the most):
+not a default); ``--sensitivity`` adds PTPC on one linear type at a time (which type costs the most);
+``--lm-head`` adds PTPC with the lm_head quantized too, and the lm_head alone (what the opt-in weights saving
+of bench_e2e's rocm_attn_ptpc_lm_head costs in accuracy):
 
     python benchmarks/accuracy_layers.py --ppl --ppl-tokens 4096 --window 1024 --sensitivity --keep down_proj
 """
@@ -75,6 +77,11 @@ def parse_args(argv=None):
         help="linear types (joined by +) kept bf16 in an extra PTPC row; repeatable",
     )
     p.add_argument("--sensitivity", action="store_true", help="add PTPC rows quantizing one linear type only")
+    p.add_argument(
+        "--lm-head",
+        action="store_true",
+        help="add PTPC rows with the lm_head quantized too, and with the lm_head alone quantized",
+    )
     return p.parse_args(argv)
 
 
@@ -252,8 +259,10 @@ def ptpc_variant(base, skip_types=()):
     return rocm_attn.patch(copy.deepcopy(base), quantization="ptpc_fp8", compile=False, skip_modules=skip)
 
 
-def ppl_variants(base, keep_groups: list[list[str]], sensitivity: bool) -> dict:
-    """name -> model: bf16, the two eval recipes, PTPC keeping each group bf16, PTPC on one type only."""
+def ppl_variants(base, keep_groups: list[list[str]], sensitivity: bool, lm_head: bool = False) -> dict:
+    """name -> model: bf16, the two eval recipes, PTPC keeping each group bf16, PTPC on one type only,
+    and (lm_head) PTPC with the lm_head quantized too / alone (bench_e2e's rocm_attn_ptpc_lm_head recipe:
+    skip_modules without "lm_head"; a tied lm_head gets its own FP8 copy, the embedding stays bf16)."""
     models = {"bf16": base}
     models["ptpc_fp8"] = rocm_attn.patch(copy.deepcopy(base), quantization="ptpc_fp8", compile=False)
     models["fp8_per_tensor"] = rocm_attn.patch(
@@ -264,6 +273,14 @@ def ppl_variants(base, keep_groups: list[list[str]], sensitivity: bool) -> dict:
     if sensitivity:
         for t in LINEAR_TYPES:
             models[f"ptpc_fp8 on {t} only"] = ptpc_variant(base, [o for o in LINEAR_TYPES if o != t])
+    if lm_head:
+        no_lm_head = tuple(m for m in DEFAULT_SKIP_MODULES if m != "lm_head")
+        models["ptpc_fp8 + lm_head"] = rocm_attn.patch(
+            copy.deepcopy(base), quantization="ptpc_fp8", compile=False, skip_modules=no_lm_head
+        )
+        models["ptpc_fp8 on lm_head only"] = rocm_attn.patch(
+            copy.deepcopy(base), quantization="ptpc_fp8", compile=False, skip_modules=no_lm_head + LINEAR_TYPES
+        )
     return models
 
 
@@ -393,7 +410,7 @@ def main(argv=None) -> int:
             if args.tiny
             else corpus_ids(tok, args.ppl_tokens)
         )
-        models = ppl_variants(model, keep_groups, args.sensitivity)
+        models = ppl_variants(model, keep_groups, args.sensitivity, args.lm_head)
         scores = token_scores(ppl_ids, models, args.window)
         result["ppl"] = {
             "tokens": args.ppl_tokens,

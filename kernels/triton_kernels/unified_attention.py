@@ -233,7 +233,7 @@ def pick_config(num_seqs: int, num_kv_heads: int, qpkv: int, head_dim_p: int, ma
     min_m = max(16, triton.next_power_of_2(qpkv))
     if max_query_len <= 1:
         # decode (the shuffled layout's route; the standard one takes paged_decode): 32-key tiles, 2 stages,
-        # about 4 programs per SM. H100, `tune_decode.py --unified-grid`: 0.91-0.92x SDPA at 64 x 4k,
+        # about 4 programs per SM (segments below). H100, `tune_decode.py --unified-grid`: 0.91-0.92x SDPA at 64 x 4k,
         # 256 x 2k and 16 x 32k, where 64-key tiles, 3 stages and ~8 programs per SM ran 0.80-0.84x.
         block_m, tile, warps, stages = min_m, 32, 4, 2
     elif max_query_len * qpkv <= 64:
@@ -246,7 +246,10 @@ def pick_config(num_seqs: int, num_kv_heads: int, qpkv: int, head_dim_p: int, ma
     if max_query_len <= 1 and split_kv is not False:
         sms = _num_sms(device.index or 0) if device.type == "cuda" else 4
         programs = num_seqs * num_kv_heads
-        want = triton.next_power_of_2(max(1, -(-4 * sms // max(programs, 1))))
+        # one segment once the batch alone puts ~3 programs on every SM (as paged_decode's rule): at 64 x 4k
+        # (512 programs, 132 SMs) 1 segment ran 0.92x SDPA on an H100 and 0.82x on an H200, 2 segments
+        # 0.91x / 0.79x (tune_decode.py --quick --unified-grid); fewer programs: split to ~4 per SM
+        want = 1 if programs >= 3 * sms else triton.next_power_of_2(-(-4 * sms // max(programs, 1)))
         max_by_len = max(1, triton.next_power_of_2(-(-max_seq_len // tile)) // 2)  # >= 2 tiles a segment
         segments = min(16, want, max_by_len)
         if split_kv:

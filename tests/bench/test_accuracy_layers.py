@@ -39,6 +39,7 @@ def test_tiny_run_lists_every_linear_with_sane_errors(tmp_path):
                 "32",
                 "--keep",
                 "down_proj",
+                "--lm-head",
                 "--out",
                 str(out),
             ]
@@ -65,12 +66,18 @@ def test_tiny_run_lists_every_linear_with_sane_errors(tmp_path):
     assert all(s["count"] == 2 for s in result["summary"])
 
     rows = {r["variant"]: r for r in result["ppl"]["rows"]}
-    assert set(rows) == {"bf16", "ptpc_fp8", "fp8_per_tensor", "ptpc_fp8 keep down_proj bf16"}
+    assert set(rows) == {"bf16", "ptpc_fp8", "fp8_per_tensor", "ptpc_fp8 keep down_proj bf16",
+                         "ptpc_fp8 + lm_head", "ptpc_fp8 on lm_head only"}
     assert rows["bf16"]["vs_bf16_pct"] == 0 and rows["bf16"]["mean_kl"] == 0
     assert (
         rows["ptpc_fp8"]["linears_quantized"] == 14
         and rows["ptpc_fp8 keep down_proj bf16"]["linears_quantized"] == 12
     )
+    # --lm-head: the tied lm_head gets its own FP8 copy (the 7 linear types' weights are what the MiB count)
+    assert rows["ptpc_fp8 + lm_head"]["linears_quantized"] == 15
+    assert rows["ptpc_fp8 on lm_head only"]["linears_quantized"] == 1
+    assert rows["ptpc_fp8 on lm_head only"]["linear_weight_mib"] == rows["bf16"]["linear_weight_mib"]
+    assert rows["ptpc_fp8 on lm_head only"]["mean_kl"] > 0
     # fp8 weights (+ fp32 scales) take about half the bf16 bytes; keeping down_proj bf16 costs its half back
     assert rows["ptpc_fp8"]["linear_weight_mib"] < 0.6 * rows["bf16"]["linear_weight_mib"]
     assert rows["ptpc_fp8"]["linear_weight_mib"] < rows["ptpc_fp8 keep down_proj bf16"]["linear_weight_mib"]

@@ -219,3 +219,23 @@ def test_prefill_only_batch_takes_the_varlen_flash_kernel(kinds, fresh):
     assert ("rocm_attn::unified_attention" in ran) == (not fresh)
     ref = reference_attention(b.q, b.k_full, b.v_full, b.query_lens, b.scale, 5 if fresh else None, None)
     assert rel_err(out, ref) < TOL[torch.float32]
+
+
+def test_decode_segments_follow_the_programs_per_sm():
+    """pick_config's split-KV rule for decode (a CPU device counts as 4 SMs): one segment once the batch
+    gives ~3 programs (sequence x KV head) per SM; fewer programs split each sequence towards ~4 per SM,
+    never into segments of fewer than two tiles."""
+    from rocm_attn.kernels.triton_kernels.unified_attention import pick_config
+
+    cpu = torch.device("cpu")
+
+    def segments(num_seqs, num_kv_heads, max_seq_len, split_kv=None):
+        return pick_config(num_seqs, num_kv_heads, 4, 128, 1, max_seq_len, cpu, split_kv)["NUM_SEGMENTS"]
+
+    assert segments(6, 2, 4096) == 1  # 12 programs = 3 per SM
+    assert segments(3, 2, 4096) == 4  # 6 programs: 16 / 6 -> 3 -> next power of two
+    assert segments(1, 1, 4096) == 16  # 1 program: 16 wanted, the cap
+    assert segments(1, 1, 64) == 1  # two 32-key tiles: no room to split
+    assert segments(6, 2, 4096, split_kv=True) == 2  # forced split
+    assert segments(1, 1, 4096, split_kv=False) == 1
+    assert pick_config(1, 1, 4, 128, 16, 4096, cpu)["NUM_SEGMENTS"] == 1  # not decode: never split
