@@ -233,8 +233,8 @@ def pick_config(num_seqs: int, num_kv_heads: int, qpkv: int, head_dim_p: int, ma
     min_m = max(16, triton.next_power_of_2(qpkv))
     if max_query_len <= 1:
         # decode (the shuffled layout's route; the standard one takes paged_decode): 32-key tiles, 2 stages,
-        # about 4 programs per SM (segments below). H100, `tune_decode.py --unified-grid`: 0.91-0.92x SDPA at 64 x 4k,
-        # 256 x 2k and 16 x 32k, where 64-key tiles, 3 stages and ~8 programs per SM ran 0.80-0.84x.
+        # split-KV segments below. H100, `tune_decode.py --unified-grid`: 0.91-0.92x SDPA at 64 x 4k, 256 x 2k
+        # and 16 x 32k, where 64-key tiles, 3 stages and ~8 programs per SM ran 0.80-0.84x.
         block_m, tile, warps, stages = min_m, 32, 4, 2
     elif max_query_len * qpkv <= 64:
         block_m, tile, warps, stages = max(64, min_m), 64, 4, 3

@@ -73,7 +73,7 @@ def test_tiny_run_lists_every_linear_with_sane_errors(tmp_path):
         rows["ptpc_fp8"]["linears_quantized"] == 14
         and rows["ptpc_fp8 keep down_proj bf16"]["linears_quantized"] == 12
     )
-    # --lm-head: the tied lm_head gets its own FP8 copy (the 7 linear types' weights are what the MiB count)
+    # --lm-head: the tied lm_head gets its own FP8 copy (linear_weight_mib counts the 7 linear types only)
     assert rows["ptpc_fp8 + lm_head"]["linears_quantized"] == 15
     assert rows["ptpc_fp8 on lm_head only"]["linears_quantized"] == 1
     assert rows["ptpc_fp8 on lm_head only"]["linear_weight_mib"] == rows["bf16"]["linear_weight_mib"]
