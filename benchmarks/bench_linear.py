@@ -7,9 +7,7 @@ Columns (median times, CUDA-graph replay so Python dispatch does not swamp small
   bf16        F.linear(x_bf16, w_bf16)
   scaled_mm   torch._scaled_mm rowwise alone (x already quantized)
   triton_mm   our Triton GEMM alone (the small-M kernel for M <= 64, the tiled GEMM above)
-  ptpc_linear torch.ops.rocm_attn.ptpc_linear, auto providers: quant + GEMM, bf16 in and out (at
-              M <= 16 one launch: the quant runs inside the small-M kernel)
-  ptpc_linear_2launch  the same with the one-launch path off (FUSED_SMALL_M_MAX = 0): quant, then GEMM
+  ptpc_linear torch.ops.rocm_attn.ptpc_linear, auto providers: quant + GEMM, bf16 in and out
   norm_mm     rms_norm_quant_fp8 (the fused norm + quant) then ptpc_scaled_mm: a compiled model's form
   *_fast      the same with fast accumulation (Config.fast_accum: no fp32 promotion of the fp8 tensor
               cores' partial sums; torchao rowwise's default). The JSON row also has the relative
@@ -73,7 +71,6 @@ def copy_bandwidth_gbs() -> float:
 
 
 def run_shape(K, N, M, copy_gbs):
-    from rocm_attn.kernels import ptpc_linear as ptpc_linear_module
     from rocm_attn.kernels import use_kernels
     from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
 
@@ -102,13 +99,6 @@ def run_shape(K, N, M, copy_gbs):
     def fast(fn):
         return lambda *a: fn(*a, fast=True)
 
-    def two_launches(x, wq, w_scale):  # ptpc_linear without the one-launch small-M path (same at M > 16)
-        saved, ptpc_linear_module.FUSED_SMALL_M_MAX = ptpc_linear_module.FUSED_SMALL_M_MAX, 0
-        try:
-            return ops.ptpc_linear(x, wq, w_scale)
-        finally:
-            ptpc_linear_module.FUSED_SMALL_M_MAX = saved
-
     timings = {
         "bf16": bench_rotated(F.linear, x, w),
         "scaled_mm": bench_rotated(scaled_mm, xq, x_scale, wq_t, w_scale_t),
@@ -117,7 +107,6 @@ def run_shape(K, N, M, copy_gbs):
         "triton_mm_fast": bench_rotated(fast(triton_mm), xq, x_scale, wq, w_scale),
         "ptpc_linear": bench_rotated(ops.ptpc_linear, x, wq, w_scale),
         "ptpc_linear_fast": bench_rotated(lambda *a: ops.ptpc_linear(*a, fast_accum=True), x, wq, w_scale),
-        "ptpc_linear_2launch": bench_rotated(two_launches, x, wq, w_scale),
         "norm_mm": bench_rotated(norm_mm, x, norm_w, wq, w_scale),
         "norm_mm_fast": bench_rotated(fast(norm_mm), x, norm_w, wq, w_scale),
         "quant": bench_rotated(ops.per_token_quant_fp8, x),
@@ -164,8 +153,8 @@ def markdown(rows, copy_gbs, device):
              "per variant, one CUDA graph over all copies, time / copies): HBM, not L2", "",
              "| K | N | M | bf16 | scaled_mm | triton_mm | ptpc_linear | norm_mm | ptpc_linear x | norm_mm x "
              "| scaled_mm x | triton_mm x | fast: scaled_mm x | triton_mm x | ptpc_linear x | norm_mm x "
-             "| quant GB/s (% copy) | two launches x |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| quant GB/s (% copy) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         us = {k: v * 1e3 for k, v in r["ms"].items()}
         x = r["vs_bf16"]
@@ -175,7 +164,7 @@ def markdown(rows, copy_gbs, device):
             f"| {x['ptpc_linear']:.2f} | {x['norm_mm']:.2f} | {x['scaled_mm']:.2f} | {x['triton_mm']:.2f} "
             f"| {x['scaled_mm_fast']:.2f} | {x['triton_mm_fast']:.2f} | {x['ptpc_linear_fast']:.2f} "
             f"| {x['norm_mm_fast']:.2f} "
-            f"| {r['quant_gbs']:.0f} ({r['quant_pct_copy']:.0f}%) | {x['ptpc_linear_2launch']:.2f} |")
+            f"| {r['quant_gbs']:.0f} ({r['quant_pct_copy']:.0f}%) |")
     lines += ["", "relative error vs the fp32 product of the same fp8 operands (precise / fast accumulation):", "",
               "| K | N | M | scaled_mm randn | triton_mm randn | scaled_mm positive | triton_mm positive |",
               "|---|---|---|---|---|---|---|"]

@@ -7,8 +7,7 @@ For the Llama-3-8B linear shapes (K, N) and M in {1, 16, 64, 128, 1024, 4096} it
 (CUDA-graph replay, median) every candidate:
   - small M (<= 64): each small-M kernel config (incl. split-K) on pre-quantized x
     (ptpc_scaled_mm) vs torch._scaled_mm, and ptpc_linear's two launches (quant kernel + that
-    config); the config with the best two-launch time goes into TUNED; at M <= 16 also the
-    one-launch fused linear (quant inside the small-M kernel) per config and PREFETCH_K -> TUNED_FUSED;
+    config); the config with the best two-launch time goes into TUNED;
   - larger M: each tiled Triton GEMM config vs torch._scaled_mm;
   - per_token_quant_fp8: single-block and looped variants (block, warps), as % of copy.
 Every candidate (bf16 F.linear included) is timed rotating over copies of its inputs (weight
@@ -19,7 +18,7 @@ Every candidate's output is first checked against an fp64 reference (rel_err < 2
 quant variants must match the torch reference bit for bit); a failing one is marked WRONG
 and never wins. It then prints, in the source's own syntax:
   CUDA_AUTO_TABLE   -> kernels/ptpc_scaled_mm.py
-  TUNED, TUNED_FUSED -> kernels/triton_kernels/ptpc_gemm_small_m.py
+  TUNED             -> kernels/triton_kernels/ptpc_gemm_small_m.py
   the best quant (block, warps) per K -> kernels/triton_kernels/per_token_quant.py
 """
 
@@ -34,7 +33,6 @@ import torch
 LLAMA_KN = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]
 MS = [1, 16, 64, 128, 1024, 4096]
 SMALL_M_MAX = 64
-FUSED_M_MAX = 16  # the one-launch quant + small-M GEMM is timed up to here (ptpc_linear.FUSED_SMALL_M_MAX)
 REL_TOL = 2e-2
 WRONG = float("inf")
 ROTATE_BYTES = 128 * 2**20  # each candidate's input copies together: > 2x the H100's 50 MB L2
@@ -115,33 +113,13 @@ def small_m_candidates():
     return [config_dict(c) for c in CONFIGS] + extra
 
 
-def fused_candidates(K):
-    """One-launch linear configs: small-M tiles (256-wide K blocks, split-K <= 4, and 8-warp tiles that
-    can hold a long prefetch) x PREFETCH_K (weight elements per channel loaded before the wait) from one tile up to the
-    program's whole K slice."""
-    import triton
-
-    extra = [{"BLOCK_N": n, "BLOCK_K": 256, "SPLIT_K": s, "num_warps": 8, "num_stages": 3}
-             for n in (16, 32) for s in (1, 2)]
-    out = []
-    for cfg in [c for c in small_m_candidates() if c["SPLIT_K"] <= 4 and c["BLOCK_K"] == 256] + extra:
-        whole = triton.next_power_of_2(-(-K // cfg["SPLIT_K"]))
-        for pk in (256, 1024, 2048, 4096):
-            if cfg["BLOCK_K"] <= pk <= whole and pk % cfg["BLOCK_K"] == 0:
-                out.append(dict(cfg, PREFETCH_K=pk))
-    return out
-
-
 def tune_shape(K, N, M, results, quant_cfg):
     from rocm_attn.kernels import fp8_max, use_kernels
     from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
     from rocm_attn.kernels.triton_kernels.per_token_quant import per_token_quant_fp8_launch
     from rocm_attn.kernels.triton_kernels.ptpc_gemm import CONFIGS as TILED
     from rocm_attn.kernels.triton_kernels.ptpc_gemm import ptpc_gemm_launch
-    from rocm_attn.kernels.triton_kernels.ptpc_gemm_small_m import (
-        ptpc_gemm_small_m_launch,
-        ptpc_linear_small_m_launch,
-    )
+    from rocm_attn.kernels.triton_kernels.ptpc_gemm_small_m import ptpc_gemm_small_m_launch
 
     import rocm_attn  # noqa: F401  (registers the ops)
 
@@ -174,7 +152,7 @@ def tune_shape(K, N, M, results, quant_cfg):
     if M <= SMALL_M_MAX:
         # each config alone (x pre-quantized) and after the quant kernel, as ptpc_linear runs it; the config
         # with the best pair time wins (that is what a model runs)
-        best_mm, best_pair, best_fused = (WRONG, None, None), (WRONG, None, None), (WRONG, None, None)
+        best_mm, best_pair = (WRONG, None, None), (WRONG, None, None)
         for cfg in small_m_candidates():
             name = small_m_name(cfg)
             t = timed(f"small_m {name}", lambda xq, xs, wq, ws, cfg=cfg: ptpc_gemm_small_m_launch(
@@ -187,15 +165,8 @@ def tune_shape(K, N, M, results, quant_cfg):
 
             t2 = timed(f"quant + small_m {name}", two, linear_sets, ref, log) if t < WRONG else WRONG
             best_pair = min(best_pair, (t2, name, cfg), key=lambda p: p[0])
-        for fcfg in fused_candidates(K) if M <= FUSED_M_MAX else ():
-            fname = f"{small_m_name(fcfg)}_p{fcfg['PREFETCH_K']}"
-            t3 = timed(f"fused small_m {fname}", lambda x, wq, ws, fcfg=fcfg: ptpc_linear_small_m_launch(
-                x, wq, ws, None, fmax, config=fcfg), linear_sets, ref, log)
-            best_fused = min(best_fused, (t3, fname, fcfg), key=lambda p: p[0])
         row.update(triton_mm_us=best_mm[0], triton_mm_alone_config=best_mm[2], triton_mm_config=best_pair[2],
                    two_launch_us=best_pair[0])
-        if best_fused[2] is not None:
-            row.update(fused_us=best_fused[0], fused_config=best_fused[2])
     else:
         best = (WRONG, None, None)
         for c in TILED:
@@ -207,14 +178,12 @@ def tune_shape(K, N, M, results, quant_cfg):
     row["torch_mm_us"] = t_torch
     row["mm_winner"] = "triton" if row["triton_mm_us"] < t_torch else "torch"
     results.append(row)
-    best_linear = min(row.get("two_launch_us", WRONG), row.get("fused_us", WRONG),
+    best_linear = min(row.get("two_launch_us", WRONG),
                       t_quant + min(t_torch, row["triton_mm_us"]))
     print(f"K={K} N={N} M={M}: bf16 {t_bf16:.1f} us | torch._scaled_mm {t_torch:.1f} "
           f"| triton {row['triton_mm_us']:.1f}"
           + (f" | two-launch {row['two_launch_us']:.1f}"
              if M <= SMALL_M_MAX else "")
-          + (f" | fused {row['fused_us']:.1f} ({small_m_name(row['fused_config'])} p{row['fused_config']['PREFETCH_K']})"
-             if "fused_us" in row else "")
           + f" | winners: {row['mm_winner']}, {row['triton_mm_config']}"
           + f" | quant {t_quant:.1f} | best ptpc_linear ~{t_bf16 / best_linear:.2f}x bf16", flush=True)
     del ref, bf16_sets, fp8_sets, x_sets, linear_sets
@@ -314,12 +283,6 @@ def main(argv=None):
         if r["M"] <= SMALL_M_MAX and r["triton_mm_config"] is not None:
             bucket = 1 << max(r["M"] - 1, 0).bit_length()
             print(f"    ({bucket}, {r['N']}, {r['K']}): {r['triton_mm_config']!r},")
-    print("}")
-    print("TUNED_FUSED: dict[tuple[int, int, int], dict] = {")
-    for r in results:
-        if "fused_config" in r:
-            bucket = 1 << max(r["M"] - 1, 0).bit_length()
-            print(f"    ({bucket}, {r['N']}, {r['K']}): {r['fused_config']!r},")
     print("}")
     print("\n# kernels/triton_kernels/per_token_quant.py: best (block_k, num_warps) per K "
           "(None = the current default)")

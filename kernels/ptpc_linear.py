@@ -5,13 +5,10 @@
 
 Providers:
 - torch: the reference composition (torch quant + torch ptpc_scaled_mm).
-- triton: at M <= FUSED_SMALL_M_MAX, where the GEMM would be the small-M Triton kernel, one launch:
-  the small-M kernel quantizes the rows itself (its first programs quantize one row each while
-  every program already streams its first weight tiles; the rest wait on a counter), so decode
-  pays one launch, not two. Otherwise per_token_quant_fp8 then ptpc_scaled_mm, each through its
-  own provider choice (auto: the Triton quant kernel and the GEMM from the table in
-  ptpc_scaled_mm.py; forced "triton": the Triton kernels). (Session 4's one-launch kernel, in
-  which every program re-quantized all rows, lost to two launches and was removed.)
+- triton: per_token_quant_fp8 then ptpc_scaled_mm, each through its own provider choice
+  (auto: the Triton quant kernel and the GEMM from the table in ptpc_scaled_mm.py; forced
+  "triton": the Triton kernels). (A one-launch quant + small-M GEMM kernel was measured in
+  session 4 and lost to these two launches at M = 1 and 16; it was removed, RESULTS.md says why.)
 - aiter: AITER quant + gemm_a8w8.
 
 fp8_per_tensor_linear(x, wq, w_scale[1], bias?) is classic per-tensor FP8 (one dynamic
@@ -27,18 +24,10 @@ import torch
 from .common import check_float, check_rank, check_same_device, is_fp8
 from .per_token_quant import inv_fp8_max, per_token_quant_fp8_aiter, per_token_quant_fp8_torch, scale_floor
 from .platform import fp8_dtype, fp8_max
-from .ptpc_scaled_mm import (
-    SMALL_M_MAX,
-    cuda_auto_choice,
-    ptpc_scaled_mm_aiter,
-    ptpc_scaled_mm_torch,
-    scaled_mm_fallback,
-)
-from .registry import Kernels, dispatch, register_provider, requested_kernels
+from .ptpc_scaled_mm import ptpc_scaled_mm_aiter, ptpc_scaled_mm_torch, scaled_mm_fallback
+from .registry import dispatch, register_provider
 
 OP = "ptpc_linear"
-# Rows up to which the triton provider runs quant + GEMM as one launch (0: never).
-FUSED_SMALL_M_MAX = 16
 
 
 def check_linear_inputs(op, x, wq, w_scale, bias, per_tensor=False) -> None:
@@ -91,27 +80,9 @@ def _triton_supports(x=None, wq=None, w_scale=None, bias=None, fast_accum=False)
     return None
 
 
-def _use_fused_small_m(x2, wq) -> bool:
-    """The one-launch kernel where the two-launch path would run the Triton quant and small-M GEMM."""
-    M, K = x2.shape
-    if not (0 < M <= min(FUSED_SMALL_M_MAX, SMALL_M_MAX) and K > 0):
-        return False
-    wanted = requested_kernels()
-    if wanted is Kernels.TRITON:
-        return True
-    return (wanted is Kernels.AUTO and x2.device.type == "cuda" and not torch.version.hip
-            and cuda_auto_choice(M, wq.shape[0], K) == "triton")
-
-
 @register_provider(OP, "triton", supports=_triton_supports)
 def ptpc_linear_triton(x, wq, w_scale, bias=None, fast_accum=False):
     x2 = _rows(x)
-    if _use_fused_small_m(x2, wq):
-        from .triton_kernels.ptpc_gemm_small_m import ptpc_linear_small_m_launch
-
-        out = ptpc_linear_small_m_launch(x2, wq, w_scale, bias, fp8_max(wq.dtype), fast_accum=fast_accum)
-        if out is not None:  # None: a CUDA-graph capture with no sync counters free; two launches then
-            return out.reshape(*x.shape[:-1], wq.shape[0])
     xq, x_scale = dispatch("per_token_quant_fp8", x.device, x2)
     out = dispatch("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum)
     return out.reshape(*x.shape[:-1], wq.shape[0])

@@ -28,31 +28,6 @@ LOOP_WARPS = 16
 
 
 @triton.jit
-def quant_row_fp8(x_row, q_row, scale_ptr, K, FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr,
-                  SCALE_FLOOR: tl.constexpr, BLOCK_K: tl.constexpr, NUM_CHUNKS: tl.constexpr = 0):
-    """One row of K elements in BLOCK_K chunks: the amax pass, then the quant pass (an L1/L2 hit).
-    NUM_CHUNKS > 0 (= cdiv(K, BLOCK_K)) unrolls the amax pass so all its loads are in flight at once
-    (latency, not bandwidth, is what one row costs: the fused small-M linear, ptpc_gemm_small_m.py)."""
-    offs = tl.arange(0, BLOCK_K)
-    acc = tl.zeros([BLOCK_K], dtype=tl.float32)
-    if NUM_CHUNKS > 0:
-        for c in tl.static_range(NUM_CHUNKS):
-            mask = c * BLOCK_K + offs < K
-            acc = tl.maximum(acc, tl.abs(tl.load(x_row + c * BLOCK_K + offs, mask=mask, other=0.0).to(tl.float32)))
-    else:
-        for k0 in range(0, K, BLOCK_K):
-            mask = k0 + offs < K
-            acc = tl.maximum(acc, tl.abs(tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)))
-    scale = tl.maximum(tl.max(acc, axis=0) * INV_FP8_MAX, SCALE_FLOOR)
-    for k0 in range(0, K, BLOCK_K):
-        mask = k0 + offs < K
-        x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
-        q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
-        tl.store(q_row + k0 + offs, q.to(q_row.dtype.element_ty), mask=mask)
-    tl.store(scale_ptr, scale)
-
-
-@triton.jit
 def _per_token_quant_fp8_kernel(
     x_ptr, xq_ptr, scale_ptr,
     K, stride_xm,
@@ -69,9 +44,19 @@ def _per_token_quant_fp8_kernel(
         scale = tl.maximum(tl.max(tl.abs(x), axis=0) * INV_FP8_MAX, SCALE_FLOOR)
         q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
         tl.store(q_row + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
-        tl.store(scale_ptr + row, scale)
     else:
-        quant_row_fp8(x_row, q_row, scale_ptr + row, K, FP8_MAX, INV_FP8_MAX, SCALE_FLOOR, BLOCK_K)
+        acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            mask = k0 + offs < K
+            x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+            acc = tl.maximum(acc, tl.abs(x))
+        scale = tl.maximum(tl.max(acc, axis=0) * INV_FP8_MAX, SCALE_FLOOR)
+        for k0 in range(0, K, BLOCK_K):
+            mask = k0 + offs < K
+            x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+            q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
+            tl.store(q_row + k0 + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
+    tl.store(scale_ptr + row, scale)
 
 
 def default_quant_config(K: int) -> tuple[int, int, bool]:
