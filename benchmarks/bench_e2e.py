@@ -18,8 +18,6 @@ Variants (--variants, comma-separated; default all):
                         registered attention backend B
   rocm_attn_ptpc_fast_accum  as rocm_attn_ptpc:TRITON_ATTN with fast_accum=True (FP8 GEMMs without fp32
                         promotion of the partial sums, as torchao's rowwise default)
-  rocm_attn_ptpc_separate  as rocm_attn_ptpc:TRITON_ATTN with fuse_projections=False (q/k/v and gate/up as
-                        separate GEMMs, as before session 8): the A/B of that fusion
   rocm_attn_ptpc_lm_head  as rocm_attn_ptpc:TRITON_ATTN with the lm_head quantized too (skip_modules without
                         "lm_head"; the default keeps it bf16); for the weight-memory row
   (rocm_attn variants: prefill is torch.compile(model, backend="rocm_attn"); decode is generate() on the
@@ -135,7 +133,7 @@ def backends() -> list[str]:
 
 def all_variants() -> list[str]:
     return ["eager", "inductor", "torchao_fp8_rowwise", "rocm_attn_none", "rocm_attn_ptpc_fast_accum",
-            "rocm_attn_ptpc_lm_head", "rocm_attn_ptpc_separate"] + [
+            "rocm_attn_ptpc_lm_head"] + [
         f"rocm_attn_ptpc:{b}" for b in backends()
     ]
 
@@ -168,7 +166,7 @@ def prepare(model, variant: str, compile: bool):
         else:
             quantization, backend = "ptpc_fp8", variant.partition(":")[2] or "TRITON_ATTN"
         options = {"quantization": quantization, "attention_backend": backend, "fast_accum": fast_accum,
-                   "skip_modules": skip, "fuse_projections": variant != "rocm_attn_ptpc_separate"}
+                   "skip_modules": skip}
         rocm_attn.patch(model, compile=compile, **options)
         prefill = torch.compile(model, backend="rocm_attn", options=options) if compile else model
         r = model.rocm_attn_report

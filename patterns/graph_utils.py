@@ -103,23 +103,6 @@ def parameter_of(node, gm: fx.GraphModule, example_inputs) -> torch.nn.Parameter
     return None
 
 
-def tensor_of(node, gm: fx.GraphModule, example_inputs) -> torch.Tensor | None:
-    """The real tensor behind a placeholder (a lifted parameter or buffer) or a get_attr, else None."""
-    if not isinstance(node, fx.Node):
-        return None
-    if node.op == "placeholder":
-        idx = placeholder_index(gm).get(node)
-        ok = idx is not None and example_inputs is not None and idx < len(example_inputs)
-        t = example_inputs[idx] if ok else None
-    elif node.op == "get_attr":
-        t = gm
-        for part in str(node.target).split("."):
-            t = getattr(t, part, None)
-    else:
-        return None
-    return t if isinstance(t, torch.Tensor) and type(t) in (torch.Tensor, torch.nn.Parameter) else None
-
-
 def add_constant(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
     """Store a tensor on the GraphModule as a buffer (a static input to Inductor, like a weight)."""
     base = re.sub(r"[^0-9a-zA-Z_]", "_", name)

@@ -75,7 +75,6 @@ class PatchReport:
     kv_layout: str
     linears_replaced: int = 0
     linears_skipped: list[str] = field(default_factory=list)
-    projection_groups: int = 0  # FP8Linear groups whose weights share one storage (q/k/v/o, gate/up)
     attention_layers: int = 0
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
@@ -95,8 +94,6 @@ class PatchReport:
             + (f" ({', '.join(self.linears_skipped[:4])}{', ...' if len(self.linears_skipped) > 4 else ''})"
                if self.linears_skipped else ""),
             f"  linear weights      {self.weight_bytes_before * mib:.1f} MiB -> {self.weight_bytes_after * mib:.1f} MiB",
-            f"  projection groups   {self.projection_groups} (weights back to back: one GEMM per shared input "
-            "when compiled)",
             f"  attention layers    {self.attention_layers} -> rocm_attn ({self.attention_backend}, "
             f"{self.kv_layout} paged KV cache in generate)",
             f"  compiled decode     {'backend=rocm_attn (CUDA graphs)' if self.compile_decode else 'off'}",
@@ -172,9 +169,6 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
         report.linears_replaced += 1
         report.weight_bytes_after += _tensor_bytes(new.wq, new.w_scale, new.bias)
 
-    if config.fuse_projections and config.quantization == "ptpc_fp8":
-        report.projection_groups = _share_projection_storage(model)
-
     # 2. attention
     attn = _attention_modules(model)
     report.attention_layers = len(attn)
@@ -208,7 +202,7 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
         # "mode" rides in the options: torch.compile refuses mode and options together (HF passes both).
         options_for_backend = {"quantization": config.quantization, "attention_backend": config.attention_backend,
                                "kernels": config.kernels, "skip_modules": config.skip_modules,
-                               "fuse_projections": config.fuse_projections, "mode": "reduce-overhead"}
+                               "mode": "reduce-overhead"}
         model.generation_config.compile_config = CompileConfig(backend="rocm_attn", mode=None,
                                                                options=options_for_backend)
         report.compile_decode = True
@@ -221,32 +215,6 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
     model.rocm_attn_report = report
     log.info("%s", report)
     return model
-
-
-def _share_projection_storage(model) -> int:
-    """Lay the FP8 weights (and scales) of sibling FP8Linears with the same in_features back to back in one
-    tensor each, in module order (q/k/v/o of an attention, gate/up of an MLP); each module keeps a view of
-    its rows, so memory and eager results are unchanged. In a compiled graph the ones that read the same
-    input then run as one wider GEMM over that tensor (passes/patched_linear_split.py). Returns the groups."""
-    groups = 0
-    for parent in model.modules():
-        siblings: dict[tuple, list[FP8Linear]] = {}
-        for child in parent.children():
-            if (isinstance(child, FP8Linear) and child.quantization == "ptpc_fp8" and type(child.wq) is torch.Tensor
-                    and child.wq.is_contiguous() and child.w_scale.is_contiguous()):
-                key = (child.in_features, child.wq.device, child.bias is None, child.fast_accum)
-                siblings.setdefault(key, []).append(child)
-        for members in siblings.values():
-            if len(members) < 2:
-                continue
-            wq = torch.cat([m.wq for m in members])
-            w_scale = torch.cat([m.w_scale for m in members])
-            row = 0
-            for m in members:
-                m.wq, m.w_scale = wq[row:row + m.out_features], w_scale[row:row + m.out_features]
-                row += m.out_features
-            groups += 1
-    return groups
 
 
 def _generate_cache(model, config: Config, batch: int, max_len: int) -> RocmAttnCache:

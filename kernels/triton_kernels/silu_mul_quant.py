@@ -15,23 +15,19 @@ import triton.language as tl
 
 from ..per_token_quant import inv_fp8_max, scale_floor
 
-# A 16384-wide block in registers (Llama-3-8B's N = 14336) ran slower on an H100 (411-610 us at
-# M = 8192 vs 320 us looped); above 8192 the row is looped over in LOOP_BLOCK chunks (second pass
-# from L2). Session 8 timed 2048/4096/8192-wide chunks x 4/8/16 warps: 2048 wins.
+# A 16384-wide block in registers (Llama-3-8B's N = 14336) ran at half the copy bandwidth
+# on an H100; above 8192 the row is looped over in LOOP_BLOCK chunks (second pass from L2),
+# with per_token_quant's measured best for such rows (2048-wide chunks, 16 warps).
 MAX_SINGLE_BLOCK = 8192
 LOOP_BLOCK = 2048
-LOOP_WARPS = 8  # 320 vs 324 us (16 warps) at 8192 x 14336 on an H100, 272 vs 281 at 12288 (session 8)
-LARGE_SINGLE_WARPS = 8  # warps for a single block wider than 4096
+LOOP_WARPS = 16
 
 
 @triton.jit
 def _silu_mul(g_ptrs, u_ptrs, mask, DTYPE: tl.constexpr):
     g = tl.load(g_ptrs, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
-    # F.silu's x / (1 + exp(-x)), rounded to the input dtype. The division is the fast one (div.full, ~2 ulp of
-    # fp32; exp is approximate too): after the rounding to bf16/fp16 it rarely differs from torch's, and
-    # div_rn here made the kernel compute-bound (two passes recompute y: 3 IEEE divisions per element).
-    s = tl.fdiv(g, 1.0 + tl.exp(-g)).to(DTYPE).to(tl.float32)
+    s = tl.math.div_rn(g, 1.0 + tl.exp(-g)).to(DTYPE).to(tl.float32)  # F.silu (IEEE division), rounded
     return (s * u).to(DTYPE).to(tl.float32)  # the product, rounded likewise
 
 
@@ -68,9 +64,7 @@ def _silu_mul_quant_kernel(
     tl.store(scale_ptr + row, scale)
 
 
-def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_SINGLE_BLOCK,
-                              loop_block=LOOP_BLOCK, num_warps=None):
-    """max_single_block / loop_block / num_warps override the defaults (tuning)."""
+def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_SINGLE_BLOCK):
     shape = gate_up.shape
     N = shape[-1] // 2
     M = math.prod(shape[:-1])
@@ -83,11 +77,10 @@ def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_
         scale.fill_(scale_floor(fp8_max))
     elif M > 0:
         single = N <= max_single_block
-        block = triton.next_power_of_2(N if single else min(loop_block, max_single_block))
-        if num_warps is None:
-            num_warps = 1 if block <= 512 else 4 if block <= 4096 else LARGE_SINGLE_WARPS
-            if not single and block == LOOP_BLOCK:
-                num_warps = LOOP_WARPS
+        block = triton.next_power_of_2(N if single else min(LOOP_BLOCK, max_single_block))
+        num_warps = 1 if block <= 512 else 4 if block <= 4096 else 8
+        if not single and block == LOOP_BLOCK:
+            num_warps = LOOP_WARPS
         _silu_mul_quant_kernel[(M,)](
             gu, xq, scale, N, gu.stride(0),
             FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
