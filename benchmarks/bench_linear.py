@@ -13,7 +13,10 @@ Columns (median times, CUDA-graph replay so Python dispatch does not swamp small
               cores' partial sums; torchao rowwise's default). The JSON row also has the relative
               error of each GEMM, precise and fast, against an fp32 product of the same fp8 operands,
               on these inputs and on all-positive ones (the worst case for a truncating accumulator).
-  quant       per_token_quant_fp8 alone, as GB/s and % of a measured device-to-device copy
+  quant       per_token_quant_fp8 alone, as GB/s and % of a measured device-to-device copy: of the
+              256 MiB copy's bandwidth (--> "% copy") and of a copy that moves the quant's own bytes
+              (read + write, rotated like the rest: "% same-size copy"; small transfers never reach
+              the large copy's bandwidth, launch and ramp-up included)
 Every variant (bf16 and ours alike) is timed rotating over copies of its inputs (weight and
 activations) that together exceed ROTATE_BYTES (> 2x the H100's 50 MB L2): one CUDA graph runs
 the op once per copy, and the time is divided by the number of copies. Timing one buffer over
@@ -83,6 +86,8 @@ def run_shape(K, N, M, copy_gbs):
     wq, w_scale = quantize_weight_per_channel(w)
     xq, x_scale = ops.per_token_quant_fp8(x)
     wq_t, w_scale_t = wq.t(), w_scale.t()
+    quant_bytes = M * K * (2 + 1) + 4 * M  # bf16 in, fp8 out, fp32 scale
+    copy_src = torch.empty(max(quant_bytes // 2, 1), dtype=torch.uint8, device="cuda")  # read + write
 
     def scaled_mm(xq, x_scale, wq_t, w_scale_t, fast=False):
         return torch._scaled_mm(xq, wq_t, scale_a=x_scale, scale_b=w_scale_t, out_dtype=torch.bfloat16,
@@ -110,16 +115,18 @@ def run_shape(K, N, M, copy_gbs):
         "norm_mm": bench_rotated(norm_mm, x, norm_w, wq, w_scale),
         "norm_mm_fast": bench_rotated(fast(norm_mm), x, norm_w, wq, w_scale),
         "quant": bench_rotated(ops.per_token_quant_fp8, x),
+        "copy_same_bytes": bench_rotated(lambda s, d: d.copy_(s), copy_src, torch.empty_like(copy_src)),
     }
     errors = accumulation_errors(x, w, scaled_mm, triton_mm)
     t = {k: ms for k, (ms, _) in timings.items()}
     flop = 2.0 * M * N * K
-    quant_bytes = M * K * (2 + 1) + 4 * M
+    gemms = {k: v for k, v in t.items() if k not in ("quant", "copy_same_bytes")}
     row = {"K": K, "N": N, "M": M, "ms": t,
-           "tflops": {k: flop / v / 1e9 for k, v in t.items() if k != "quant"},
-           "vs_bf16": {k: t["bf16"] / v for k, v in t.items() if k not in ("bf16", "quant")},
+           "tflops": {k: flop / v / 1e9 for k, v in gemms.items()},
+           "vs_bf16": {k: t["bf16"] / v for k, v in gemms.items() if k != "bf16"},
            "quant_gbs": quant_bytes / t["quant"] / 1e6,
            "quant_pct_copy": 100.0 * quant_bytes / t["quant"] / 1e6 / copy_gbs,
+           "quant_pct_same_size_copy": 100.0 * t["copy_same_bytes"] / t["quant"],
            "weight_read_gbs_ptpc": N * K / t["ptpc_linear"] / 1e6,
            "input_copies": {k: n for k, (_, n) in timings.items()}, "rel_err": errors}
     return row
@@ -153,7 +160,7 @@ def markdown(rows, copy_gbs, device):
              "per variant, one CUDA graph over all copies, time / copies): HBM, not L2", "",
              "| K | N | M | bf16 | scaled_mm | triton_mm | ptpc_linear | norm_mm | ptpc_linear x | norm_mm x "
              "| scaled_mm x | triton_mm x | fast: scaled_mm x | triton_mm x | ptpc_linear x | norm_mm x "
-             "| quant GB/s (% copy) |",
+             "| quant GB/s (% copy, % same-size copy) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         us = {k: v * 1e3 for k, v in r["ms"].items()}
@@ -164,7 +171,7 @@ def markdown(rows, copy_gbs, device):
             f"| {x['ptpc_linear']:.2f} | {x['norm_mm']:.2f} | {x['scaled_mm']:.2f} | {x['triton_mm']:.2f} "
             f"| {x['scaled_mm_fast']:.2f} | {x['triton_mm_fast']:.2f} | {x['ptpc_linear_fast']:.2f} "
             f"| {x['norm_mm_fast']:.2f} "
-            f"| {r['quant_gbs']:.0f} ({r['quant_pct_copy']:.0f}%) |")
+            f"| {r['quant_gbs']:.0f} ({r['quant_pct_copy']:.0f}%, {r['quant_pct_same_size_copy']:.0f}%) |")
     lines += ["", "relative error vs the fp32 product of the same fp8 operands (precise / fast accumulation):", "",
               "| K | N | M | scaled_mm randn | triton_mm randn | scaled_mm positive | triton_mm positive |",
               "|---|---|---|---|---|---|---|"]
