@@ -54,6 +54,7 @@ from torch import nn
 
 import rocm_attn
 from rocm_attn.config import DEFAULT_SKIP_MODULES
+from rocm_attn.perplexity import ratio_ci
 
 RECIPES = ("ptpc", "per_tensor", "w_channel", "w_tensor", "x_token", "x_tensor", "bf16")
 LINEAR_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -304,17 +305,6 @@ def token_scores(ids: torch.Tensor, models: dict, window: int) -> dict:
             o["kl"].append((ref_logp.exp() * (ref_logp - logp)).sum(-1).double())
             o["agree"].append((logp.argmax(-1) == ref_logp.argmax(-1)).double())
     return {name: {k: torch.cat(v) for k, v in o.items()} for name, o in out.items()}
-
-
-def ratio_ci(nll_a: torch.Tensor, nll_b: torch.Tensor, block: int = 64) -> tuple[float, float, float]:
-    """ppl_a / ppl_b - 1 in %, with a 95% interval: normal approximation over blocks of ``block``
-    consecutive tokens (neighbouring tokens' NLL differences are correlated, blocks much less so)."""
-    diff = nll_a - nll_b
-    n = diff.numel() // block * block
-    means = diff[:n].reshape(-1, block).mean(-1)
-    half = 1.96 * float(means.std()) / math.sqrt(means.numel()) if means.numel() > 1 else float("nan")
-    mid = float(diff.mean())
-    return 100 * math.expm1(mid), 100 * math.expm1(mid - half), 100 * math.expm1(mid + half)
 
 
 def ppl_rows(scores: dict, models: dict, block: int) -> list[dict]:

@@ -20,6 +20,8 @@ Variants (--variants, comma-separated; default all):
                         promotion of the partial sums, as torchao's rowwise default)
   rocm_attn_ptpc_lm_head  as rocm_attn_ptpc:TRITON_ATTN with the lm_head quantized too (skip_modules without
                         "lm_head"; the default keeps it bf16); for the weight-memory row
+  rocm_attn_ptpc_bf16_embed  as rocm_attn_ptpc:TRITON_ATTN with quantize_embeddings=False (the input
+                        embedding kept bf16; the default stores it in fp8, one scale per row); weight row
   (rocm_attn variants: prefill is torch.compile(model, backend="rocm_attn"); decode is generate() on the
   paged RocmAttnCache with decode compiled by backend="rocm_attn", as patch(compile=True) sets up.)
 
@@ -133,7 +135,7 @@ def backends() -> list[str]:
 
 def all_variants() -> list[str]:
     return ["eager", "inductor", "torchao_fp8_rowwise", "rocm_attn_none", "rocm_attn_ptpc_fast_accum",
-            "rocm_attn_ptpc_lm_head"] + [
+            "rocm_attn_ptpc_lm_head", "rocm_attn_ptpc_bf16_embed"] + [
         f"rocm_attn_ptpc:{b}" for b in backends()
     ]
 
@@ -166,7 +168,7 @@ def prepare(model, variant: str, compile: bool):
         else:
             quantization, backend = "ptpc_fp8", variant.partition(":")[2] or "TRITON_ATTN"
         options = {"quantization": quantization, "attention_backend": backend, "fast_accum": fast_accum,
-                   "skip_modules": skip}
+                   "skip_modules": skip, "quantize_embeddings": variant != "rocm_attn_ptpc_bf16_embed"}
         rocm_attn.patch(model, compile=compile, **options)
         prefill = torch.compile(model, backend="rocm_attn", options=options) if compile else model
         r = model.rocm_attn_report

@@ -17,7 +17,7 @@ from .kernels.cache_ops import gather_cache, reshape_and_cache
 from .kernels.kv_cache import BlockAllocator, CacheFullError, KVCache
 from .kernels.quantize_weight import quantize_weight_per_channel, quantize_weight_per_tensor
 from .hf_cache import RocmAttnCache
-from .patch import FP8Linear, PatchReport, patch
+from .patch import FP8Embedding, FP8Linear, PatchReport, patch
 
 __version__ = "0.1.0"
 
@@ -32,5 +32,5 @@ __all__ = [
     "build_metadata", "build_metadata_from_allocator", "split_counts", "gather_cache", "reshape_and_cache",
     "BlockAllocator", "CacheFullError", "KVCache",
     # Hugging Face (issue 6)
-    "patch", "PatchReport", "FP8Linear", "RocmAttnCache",
+    "patch", "PatchReport", "FP8Linear", "FP8Embedding", "RocmAttnCache",
 ]

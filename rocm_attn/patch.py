@@ -6,7 +6,10 @@
 What it changes, in place:
 1. every ``nn.Linear`` (except lm_head / embeddings / Config.skip_modules) becomes an ``FP8Linear``
    holding the fp8 weight [N, K] and its fp32 per-channel scale [N, 1] (weight memory halves vs bf16)
-   and calling ``torch.ops.rocm_attn.ptpc_linear`` (or ``fp8_per_tensor_linear``);
+   and calling ``torch.ops.rocm_attn.ptpc_linear`` (or ``fp8_per_tensor_linear``); the input embedding
+   becomes an ``FP8Embedding`` (Config.quantize_embeddings, on by default): an fp8 table [V, D] and an
+   fp32 scale per row [V, 1], shared with a tied lm_head's when that is a PTPC FP8Linear (a tied
+   embedding whose lm_head stays bf16 is kept: an fp8 copy would add memory);
 2. attention goes through this library: ``"rocm_attn"`` is registered with HF's AttentionInterface and
    AttentionMaskInterface and set as the model's attention implementation;
 3. ``generate()`` gets a paged ``RocmAttnCache`` (unless the caller passes a cache or a
@@ -24,6 +27,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
@@ -65,6 +69,30 @@ class FP8Linear(nn.Module):
                 f"bias={self.bias is not None}, quantization={self.quantization}")
 
 
+class FP8Embedding(nn.Module):
+    """An input embedding table in fp8 with one fp32 scale per row (per vocabulary entry): wq [V, D] and
+    w_scale [V, 1] from quantize_weight_per_channel (a [V, D] table's rows are its "output channels"). A
+    lookup is a gather, not a GEMM: only the rows looked up are dequantized, in fp32, then cast to the
+    original weight dtype. ``quantized``: an existing (wq, w_scale) to share (a tied PTPC lm_head's)
+    instead of quantizing the weight again."""
+
+    def __init__(self, embedding: nn.Embedding, quantized: tuple[torch.Tensor, torch.Tensor] | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+        self.padding_idx = embedding.padding_idx  # for repr only: inference needs no gradient masking
+        self.out_dtype = embedding.weight.dtype
+        wq, w_scale = quantized or quantize_weight_per_channel(embedding.weight.data)
+        self.register_buffer("wq", wq)
+        self.register_buffer("w_scale", w_scale)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return (F.embedding(ids, self.wq).float() * F.embedding(ids, self.w_scale)).to(self.out_dtype)
+
+    def extra_repr(self) -> str:
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}, quantization=fp8 per row"
+
+
 @dataclass
 class PatchReport:
     """What patch() changed."""
@@ -78,6 +106,9 @@ class PatchReport:
     attention_layers: int = 0
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
+    embeddings_quantized: int = 0  # Config.quantize_embeddings: the input embedding (0 or 1)
+    embedding_bytes_before: int = 0  # the input embedding's table (+ scales once fp8)
+    embedding_bytes_after: int = 0
     compile_decode: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -94,6 +125,9 @@ class PatchReport:
             + (f" ({', '.join(self.linears_skipped[:4])}{', ...' if len(self.linears_skipped) > 4 else ''})"
                if self.linears_skipped else ""),
             f"  linear weights      {self.weight_bytes_before * mib:.1f} MiB -> {self.weight_bytes_after * mib:.1f} MiB",
+            *([f"  embedding weights   {self.embedding_bytes_before * mib:.1f} MiB -> "
+               f"{self.embedding_bytes_after * mib:.1f} MiB "
+               f"({'fp8' if self.embeddings_quantized else 'kept'})"] if self.embedding_bytes_before else []),
             f"  attention layers    {self.attention_layers} -> rocm_attn ({self.attention_backend}, "
             f"{self.kv_layout} paged KV cache in generate)",
             f"  compiled decode     {'backend=rocm_attn (CUDA graphs)' if self.compile_decode else 'off'}",
@@ -109,6 +143,57 @@ def _skipped(name: str, patterns) -> bool:
 
 def _tensor_bytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _module_name(model, module) -> str | None:
+    return next((n for n, m in model.named_modules() if m is module), None)
+
+
+def _embeddings(model) -> tuple[str | None, str | None]:
+    """(input embedding's module name, lm_head's name when it reads the same weight Parameter: tied)."""
+    try:
+        emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):  # a model without the HF accessors
+        return None, None
+    weight = getattr(emb, "weight", None)
+    tied = weight is not None and getattr(head, "weight", None) is weight
+    return _module_name(model, emb) if emb is not None else None, _module_name(model, head) if tied else None
+
+
+def _why_not_fp8_embedding(emb) -> str | None:
+    if type(emb).forward is not nn.Embedding.forward:  # a subclass with its own forward (Gemma's scaled one)
+        return f"{type(emb).__name__} is not a plain nn.Embedding"
+    if emb.max_norm is not None:
+        return "max_norm renormalizes the looked-up rows in place"
+    if not emb.weight.dtype.is_floating_point or emb.weight.device.type == "meta":
+        return f"weight {emb.weight.dtype} on {emb.weight.device}"
+    return None
+
+
+def _quantize_input_embedding(model, report: PatchReport, name: str, tied_head: str | None) -> None:
+    """Config.quantize_embeddings: the input embedding -> FP8Embedding, or a report note saying why not."""
+    emb = model.get_submodule(name)
+    reason = _why_not_fp8_embedding(emb)
+    shared = None
+    if reason is None and tied_head is not None:
+        head = model.get_submodule(tied_head)
+        if not isinstance(head, FP8Linear):
+            reason = (f"tied to {tied_head}, which stays bf16, so an fp8 copy would add memory; quantize "
+                      f"{tied_head} too (skip_modules without it) to share its fp8 weight")
+        elif head.quantization != "ptpc_fp8":
+            reason = f"tied to {tied_head}, whose per-tensor scale differs from the per-row ones a table gets"
+        else:
+            shared = (head.wq, head.w_scale)  # the same per-row quantization of the same weight
+            report.notes.append(f"quantize_embeddings: {name} shares the fp8 weight of {tied_head} (tied)")
+    if reason is not None:
+        report.notes.append(f"quantize_embeddings: {name} kept: {reason}")
+        return
+    # per-row scales with fp8_per_tensor linears too: a lookup table is gathered, never multiplied
+    new = FP8Embedding(emb, shared)
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
+    report.embeddings_quantized += 1
+    report.embedding_bytes_after = _tensor_bytes(new.wq, new.w_scale)
 
 
 def _check_model(model) -> None:
@@ -150,7 +235,8 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
     report = PatchReport(type(model).__name__, config.quantization, config.attention_backend,
                          layout_for_backend(config.attention_backend))
 
-    # 1. linears
+    # 1. linears (tied embeddings found first: an FP8Linear lm_head no longer holds the shared weight)
+    embedding_name, tied_head = _embeddings(model)
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear):
             continue
@@ -168,6 +254,17 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
         report.linears_replaced += 1
         report.weight_bytes_after += _tensor_bytes(new.wq, new.w_scale, new.bias)
+
+    # 1b. the input embedding (Config.quantize_embeddings, on by default)
+    if embedding_name is not None:
+        emb_weight = getattr(model.get_submodule(embedding_name), "weight", None)
+        report.embedding_bytes_before = report.embedding_bytes_after = _tensor_bytes(emb_weight)
+    if not config.quantize_embeddings or config.quantization == "none":
+        pass
+    elif embedding_name is None:
+        report.notes.append("quantize_embeddings: the model has no input embedding (get_input_embeddings)")
+    else:
+        _quantize_input_embedding(model, report, embedding_name, tied_head)
 
     # 2. attention
     attn = _attention_modules(model)

@@ -12,14 +12,21 @@ Variants, each a copy of the same bf16 model:
   ptpc_fp8        rocm_attn.patch(quantization="ptpc_fp8"): per-token x per-channel FP8 linears, our attention
   fp8_per_tensor  rocm_attn.patch(quantization="fp8_per_tensor"): one scale per tensor
   attention_only  rocm_attn.patch(quantization="none"): only the attention is ours
+  ptpc_fp8_embed  ptpc_fp8 with the input embedding in fp8 too (one scale per row: patch()'s default,
+                  quantize_embeddings, on an untied model). SmolLM2 ties its lm_head to the embedding, and a
+                  tied table stays bf16 under a bf16 lm_head (so ptpc_fp8 above keeps it); this copy first
+                  gives the input embedding its own cloned weight, so the lm_head keeps the bf16 table as an
+                  untied model's (Llama-3.1-8B) does
 
 Windows: the token stream is cut into windows of ``window`` tokens starting every ``stride`` tokens; a
 window scores the tokens no earlier window scored, each predicted from the tokens before it in the window
 (so with stride == window every scored token has 1 .. window-1 tokens of context and each window's first
 token is not scored). Per variant: perplexity = exp(mean NLL of the scored tokens), greedy agreement = the
 fraction of scored positions whose argmax equals bf16's (teacher-forced: same context for both), and mean
-KL(bf16 || variant) of the next-token distributions. Runs on CPU (torch reference kernels; FP8 matmuls
-emulated, slow) and on a GPU (Triton).
+KL(bf16 || variant) of the next-token distributions. Perplexity changes (vs bf16, and vs ptpc_fp8 when it
+runs) come with a 95% interval from the paired per-token NLL differences (normal approximation over blocks
+of 64 consecutive scored tokens, as benchmarks/accuracy_layers.py). Runs on CPU (torch reference kernels;
+FP8 matmuls emulated, slow) and on a GPU (Triton).
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ import pathlib
 import time
 
 import torch
+from torch import nn
 
-VARIANTS = ("bf16", "ptpc_fp8", "fp8_per_tensor", "attention_only")
+VARIANTS = ("bf16", "ptpc_fp8", "fp8_per_tensor", "attention_only", "ptpc_fp8_embed")
 CORPUS_PATH = ("test", "test_data", "lee_background.cor")
 CORPUS_NAME = (
     "Lee background corpus (ABC news, 300 articles; gensim wheel, test/test_data/lee_background.cor)"
@@ -96,12 +104,28 @@ def make_variant(base, name: str):
 
     if name == "bf16":
         return base
+    if name == "ptpc_fp8_embed":
+        model = copy.deepcopy(base)
+        emb = model.get_input_embeddings()  # untied from the lm_head, which keeps the bf16 table
+        emb.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
+        return rocm_attn.patch(model, quantization="ptpc_fp8", compile=False, quantize_embeddings=True)
     quantization = {"ptpc_fp8": "ptpc_fp8", "fp8_per_tensor": "fp8_per_tensor", "attention_only": "none"}.get(
         name
     )
     if quantization is None:
         raise ValueError(f"rocm-attn eval: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     return rocm_attn.patch(copy.deepcopy(base), quantization=quantization, compile=False)
+
+
+def ratio_ci(nll_a: torch.Tensor, nll_b: torch.Tensor, block: int = 64) -> tuple[float, float, float]:
+    """ppl_a / ppl_b - 1 in %, with a 95% interval: normal approximation over blocks of ``block``
+    consecutive tokens (neighbouring tokens' NLL differences are correlated, blocks much less so)."""
+    diff = nll_a - nll_b
+    n = diff.numel() // block * block
+    means = diff[:n].reshape(-1, block).mean(-1)
+    half = 1.96 * float(means.std()) / math.sqrt(means.numel()) if means.numel() > 1 else float("nan")
+    mid = float(diff.mean())
+    return 100 * math.expm1(mid), 100 * math.expm1(mid - half), 100 * math.expm1(mid + half)
 
 
 @torch.no_grad()
@@ -112,6 +136,7 @@ def evaluate(ids: torch.Tensor, models: dict, window: int, stride: int, progress
     device = next(models["bf16"].parameters()).device
     spans = windows(ids.numel(), window, stride)
     stats = {name: {"nll": 0.0, "agree": 0, "kl": 0.0, "seconds": 0.0} for name in models}
+    token_nll = {name: [] for name in models}  # per scored token, for the paired intervals
     scored = 0
     for begin, end, first in spans:
         chunk = ids[begin:end].to(device)[None]
@@ -128,26 +153,32 @@ def evaluate(ids: torch.Tensor, models: dict, window: int, stride: int, progress
             if ref_logp is None:
                 ref_logp, ref_pred = logp, pred
             s = stats[name]
-            s["nll"] -= float(logp.gather(-1, labels[:, None]).sum())
+            nll = -logp.gather(-1, labels[:, None])[:, 0]
+            s["nll"] += float(nll.sum())
+            token_nll[name].append(nll.double())
             s["agree"] += int((pred == ref_pred).sum())
             s["kl"] += float((ref_logp.exp() * (ref_logp - logp)).sum())
             if progress is not None:
                 progress(1)
         scored += labels.numel()
     ref_ppl = math.exp(stats["bf16"]["nll"] / scored)
+    token_nll = {name: torch.cat(v) for name, v in token_nll.items()}
     rows = []
     for name, s in stats.items():
         ppl = math.exp(s["nll"] / scored)
-        rows.append(
-            {
-                "variant": name,
-                "perplexity": ppl,
-                "ppl_change_pct": 100 * (ppl / ref_ppl - 1),
-                "greedy_agreement": s["agree"] / scored,
-                "mean_kl": s["kl"] / scored,
-                "tokens_per_s": sum(e - b for b, e, _ in spans) / s["seconds"],
-            }
-        )
+        row = {
+            "variant": name,
+            "perplexity": ppl,
+            "ppl_change_pct": 100 * (ppl / ref_ppl - 1),
+            "ppl_change_ci95": list(ratio_ci(token_nll[name], token_nll["bf16"])[1:]),
+            "greedy_agreement": s["agree"] / scored,
+            "mean_kl": s["kl"] / scored,
+            "tokens_per_s": sum(e - b for b, e, _ in spans) / s["seconds"],
+        }
+        if "ptpc_fp8" in token_nll and name not in ("bf16", "ptpc_fp8"):  # an option on top of the default
+            mid, lo, hi = ratio_ci(token_nll[name], token_nll["ptpc_fp8"])
+            row.update(vs_ptpc_fp8_pct=mid, vs_ptpc_fp8_ci95=[lo, hi])
+        rows.append(row)
     return {"rows": rows, "scored_tokens": scored, "windows": len(spans), "window": window, "stride": stride}
 
 
@@ -210,12 +241,20 @@ def markdown(result: dict) -> str:
         f"{result['tokens']} tokens, window {result['window']}, stride {result['stride']} "
         f"({result['windows']} windows, {result['scored_tokens']} scored tokens)",
         "",
-        "| variant | perplexity | vs bf16 | greedy agreement vs bf16 | mean KL vs bf16 | tokens/s |",
-        "|---|---|---|---|---|---|",
+        "| variant | perplexity | vs bf16 (95% CI) | vs ptpc_fp8 (95% CI) | greedy agreement vs bf16 "
+        "| mean KL vs bf16 | tokens/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
+        vs_bf16 = _change(r["ppl_change_pct"], r["ppl_change_ci95"])
+        vs_ptpc = _change(r["vs_ptpc_fp8_pct"], r["vs_ptpc_fp8_ci95"]) if "vs_ptpc_fp8_pct" in r else "-"
         lines.append(
-            f"| {r['variant']} | {r['perplexity']:.3f} | {r['ppl_change_pct']:+.2f}% "
+            f"| {r['variant']} | {r['perplexity']:.3f} | {vs_bf16} | {vs_ptpc} "
             f"| {100 * r['greedy_agreement']:.1f}% | {r['mean_kl']:.5f} | {r['tokens_per_s']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def _change(pct: float, ci: list[float]) -> str:
+    """+3.34% (+2.22, +4.47); no interval below two 64-token blocks."""
+    return f"{pct:+.2f}%" + (f" ({ci[0]:+.2f}, {ci[1]:+.2f})" if all(map(math.isfinite, ci)) else "")

@@ -82,16 +82,18 @@ def test_bench_e2e_cpu_smoke(tmp_path):
 
 
 def test_bench_e2e_weights_phase_lm_head(tmp_path):
-    """--phases weights: one untimed row per variant; quantizing the lm_head too saves its bytes."""
-    variants = "rocm_attn_ptpc:TRITON_ATTN,rocm_attn_ptpc_lm_head"
+    """--phases weights: one untimed row per variant; the default's fp8 input embedding saves the bytes the
+    lm_head's fp8 saves on top of it (the smoke config's two tables are the same size)."""
+    variants = "rocm_attn_ptpc_bf16_embed,rocm_attn_ptpc:TRITON_ATTN,rocm_attn_ptpc_lm_head"
     code = cli.main(["bench", "e2e", "--cpu-smoke", "--phases", "weights", "--out", str(tmp_path),
                      "--variants", variants])
     assert code == 0
     rows = load_run(tmp_path, "bench_e2e")["rows"]
     assert [(r["variant"], r["case"]) for r in rows] == [(v, "weights") for v in variants.split(",")]
     assert not any("tokens_per_s" in r or "note" in r for r in rows), rows
-    default, with_head = (r["weight_vs_bf16"] for r in rows)
-    assert with_head < default < 0.9
+    bf16_embed, default, with_head = (r["weight_vs_bf16"] for r in rows)
+    assert with_head < default < bf16_embed < 0.9
+    assert bf16_embed - default == pytest.approx(default - with_head)
 
 
 def test_bench_serving_cpu_smoke(tmp_path):
