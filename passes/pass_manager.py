@@ -11,7 +11,7 @@ import warnings
 
 import torch.fx as fx
 
-from . import attention_rewrite, linear_rewrite, patched_linear_split
+from . import attention_rewrite, linear_rewrite, patched_linear_split, rope_tables
 from .dump import dump_graph
 from .report import GraphReport, PassRecord
 
@@ -23,6 +23,7 @@ PASSES = [
     ("attention_rewrite", attention_rewrite.run),
     ("linear_rewrite", linear_rewrite.run),
     ("patched_linear_split", patched_linear_split.run),  # patch()'s FP8 linears: share the activation quant
+    ("rope_tables", rope_tables.run),  # RoPE's cos / sin stored once, not recomputed in every layer's kernel
 ]
 
 

@@ -77,7 +77,7 @@ def test_explain_counts_post_grad_fusions(layer, tmp_path):
     # dumps: readable Python per pass + the report
     files = sorted(os.listdir(tmp_path / "graph_0"))
     assert files == ["00_captured.py", "01_attention_rewrite.py", "02_linear_rewrite.py",
-                     "03_patched_linear_split.py"]
+                     "03_patched_linear_split.py", "04_rope_tables.py"]
     assert "flash_attention" in (tmp_path / "graph_0" / "01_attention_rewrite.py").read_text()
     assert json.loads((tmp_path / "report.json").read_text())["attention_total"] == 1
 
