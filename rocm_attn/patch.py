@@ -259,12 +259,11 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
     if embedding_name is not None:
         emb_weight = getattr(model.get_submodule(embedding_name), "weight", None)
         report.embedding_bytes_before = report.embedding_bytes_after = _tensor_bytes(emb_weight)
-    if not config.quantize_embeddings or config.quantization == "none":
-        pass
-    elif embedding_name is None:
-        report.notes.append("quantize_embeddings: the model has no input embedding (get_input_embeddings)")
-    else:
-        _quantize_input_embedding(model, report, embedding_name, tied_head)
+    if config.quantize_embeddings and config.quantization != "none":
+        if embedding_name is None:
+            report.notes.append("quantize_embeddings: the model has no input embedding (get_input_embeddings)")
+        else:
+            _quantize_input_embedding(model, report, embedding_name, tied_head)
 
     # 2. attention
     attn = _attention_modules(model)
