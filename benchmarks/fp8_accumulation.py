@@ -28,6 +28,7 @@ from functools import partial
 import torch
 import triton
 import triton.language as tl
+from rocm_attn.kernels.triton_kernels.ptpc_gemm import grouped_tile, store_scaled_tile
 from triton.testing import do_bench
 
 
@@ -35,21 +36,9 @@ from triton.testing import do_bench
 def gemm(x_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
          MODE: tl.constexpr, G: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    tiles_per_group = GROUP_M * num_n
-    first_m = (pid // tiles_per_group) * GROUP_M
-    group_rows = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % tiles_per_group) % group_rows
-    pid_n = (pid % tiles_per_group) // group_rows
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    rows = (offs_m % M).to(tl.int64)
-    cols = (offs_n % N).to(tl.int64)
-    x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :]
-    w_ptrs = w_ptr + cols[None, :] * stride_wn + offs_k[:, None]
+    # the library GEMM's tile order, pointers and epilogue; only the K loop differs per MODE
+    offs_m, offs_n, _, x_ptrs, w_ptrs = grouped_tile(x_ptr, w_ptr, M, N, stride_xm, stride_wn,
+                                                     BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if MODE == 0:  # prec (max_num_imprecise_acc = min(128, BLOCK_K)) ; G unused
         for _ in range(0, K, BLOCK_K):
@@ -85,13 +74,7 @@ def gemm(x_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, stride_xm, stride_wn, s
                 x_ptrs += BLOCK_K
                 w_ptrs += BLOCK_K
             acc += part
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    xs = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
-    ws = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
-    acc = acc * xs[:, None] * ws[None, :]
-    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
-    tl.store(out_ptrs, acc.to(tl.bfloat16), mask=m_ok[:, None] & n_ok[None, :])
+    store_scaled_tile(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, xs_ptr, out_ptr, stride_om, False)
 
 
 MODES = {"prec128": 0, "fast": 1, "prec256": 0, "manual1": 2, "pingpong": 3, "group2": 4}

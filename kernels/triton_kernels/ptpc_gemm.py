@@ -41,13 +41,11 @@ INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2}
 
 
 @triton.jit
-def _ptpc_gemm_kernel(
-    x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
-    M, N, K, M_BUCKET,
-    stride_xm, stride_wn, stride_om,
-    HAS_BIAS: tl.constexpr, FAST_ACCUM: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):
+def grouped_tile(x_ptr, w_ptr, M, N, stride_xm, stride_wn,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's [BLOCK_M, BLOCK_N] output tile in grouped order (GROUP_M row-tiles share the weight
+    tiles in L2): (offs_m, offs_n, offs_k, x tile pointers [BLOCK_M, BLOCK_K], w tile pointers
+    [BLOCK_K, BLOCK_N]) for the first K block."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -66,7 +64,34 @@ def _ptpc_gemm_kernel(
     cols = (offs_n % N).to(tl.int64)
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :]
     w_ptrs = w_ptr + cols[None, :] * stride_wn + offs_k[:, None]
+    return offs_m, offs_n, offs_k, x_ptrs, w_ptrs
 
+
+@triton.jit
+def store_scaled_tile(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om,
+                      HAS_BIAS: tl.constexpr):
+    """out tile = acc * x_scale[m] * w_scale[n] (+ bias[n]), cast to out's dtype, rows / cols in range."""
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    x_scale = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
+    w_scale = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
+    acc = acc * x_scale[:, None] * w_scale[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _ptpc_gemm_kernel(
+    x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
+    M, N, K, M_BUCKET,
+    stride_xm, stride_wn, stride_om,
+    HAS_BIAS: tl.constexpr, FAST_ACCUM: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    offs_m, offs_n, offs_k, x_ptrs, w_ptrs = grouped_tile(x_ptr, w_ptr, M, N, stride_xm, stride_wn,
+                                                          BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
@@ -80,15 +105,7 @@ def _ptpc_gemm_kernel(
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    x_scale = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
-    w_scale = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
-    acc = acc * x_scale[:, None] * w_scale[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    store_scaled_tile(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
 
 
 def imprecise_k(args) -> int | None:
