@@ -3,6 +3,7 @@
     rms_norm_quant_fp8(x[..., K], weight[K], eps)            -> (xq [..., K], x_scale [..., 1])
     fused_add_rms_norm_quant_fp8(x, residual, weight, eps)   -> (xq, x_scale, residual_out)
     silu_mul_quant_fp8(gate_up[..., 2N])                     -> (xq [..., N], x_scale [..., 1])
+    silu_mul_quant_fp8(gate[..., N], up[..., N])             -> the same, gate and up apart
 
 The references follow Hugging Face exactly, roundings included, then per_token_quant_fp8:
 - LlamaRMSNorm: h = x.float(); h = h * rsqrt(mean(h^2) + eps); y = weight * h.to(x.dtype)
@@ -129,38 +130,51 @@ def _(x, residual, weight, eps):
 # ---- silu_mul_quant_fp8 ---------------------------------------------------------------------
 
 
-def _check_silu_inputs(op, gate_up):
+def _check_silu_inputs(op, gate_up, up=None):
     check_float("gate_up", op, gate_up)
-    check_rank("gate_up", op, gate_up, tuple(range(2, 9)), "[..., 2N] with at least 2 dims")
-    if gate_up.shape[-1] % 2:
-        raise ValueError(f"rocm_attn.{op}: gate_up's last dim must be even ([..., 2N]: gate then up), "
-                         f"got shape {tuple(gate_up.shape)}")
+    if up is None:
+        check_rank("gate_up", op, gate_up, tuple(range(2, 9)), "[..., 2N] with at least 2 dims")
+        if gate_up.shape[-1] % 2:
+            raise ValueError(f"rocm_attn.{op}: gate_up's last dim must be even ([..., 2N]: gate then up), "
+                             f"got shape {tuple(gate_up.shape)}")
+        return
+    # two operands: gate_up is the gate
+    check_rank("gate", op, gate_up, tuple(range(2, 9)), "[..., N] with at least 2 dims")
+    check_float("up", op, up)
+    check_same_device(op, gate=gate_up, up=up)
+    if up.shape != gate_up.shape or up.dtype != gate_up.dtype:
+        raise ValueError(f"rocm_attn.{op}: up must match gate's shape and dtype, got gate "
+                         f"{tuple(gate_up.shape)} {gate_up.dtype} and up {tuple(up.shape)} {up.dtype}")
 
 
-def silu_mul_quant_fp8_torch(gate_up):
-    n = gate_up.shape[-1] // 2
-    y = F.silu(gate_up[..., :n]) * gate_up[..., n:]
-    return per_token_quant_fp8_torch(y)
+def silu_mul_quant_fp8_torch(gate_up, up=None):
+    if up is None:
+        n = gate_up.shape[-1] // 2
+        gate_up, up = gate_up[..., :n], gate_up[..., n:]
+    return per_token_quant_fp8_torch(F.silu(gate_up) * up)
 
 
 register_provider("silu_mul_quant_fp8", "torch")(silu_mul_quant_fp8_torch)
 
 
 @register_provider("silu_mul_quant_fp8", "triton")
-def silu_mul_quant_fp8_triton(gate_up):
+def silu_mul_quant_fp8_triton(gate_up, up=None):
     from .triton_kernels.silu_mul_quant import silu_mul_quant_fp8_launch
 
-    return silu_mul_quant_fp8_launch(gate_up, fp8_dtype(), fp8_max())
+    return silu_mul_quant_fp8_launch(gate_up, fp8_dtype(), fp8_max(), up=up)
 
 
 @torch.library.custom_op("rocm_attn::silu_mul_quant_fp8", mutates_args=())
-def silu_mul_quant_fp8(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """silu(gate_up[..., :N]) * gate_up[..., N:] then per-token FP8 quant -> (xq [..., N], x_scale)."""
-    _check_silu_inputs("silu_mul_quant_fp8", gate_up)
-    return dispatch("silu_mul_quant_fp8", gate_up.device, gate_up)
+def silu_mul_quant_fp8(gate_up: torch.Tensor, up: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu(gate) * up then per-token FP8 quant -> (xq [..., N], x_scale [..., 1]).
+
+    One operand: gate_up [..., 2N] holds gate then up (a fused gate/up projection's output).
+    Two operands: gate_up is the gate [..., N] and up the up projection [..., N]."""
+    _check_silu_inputs("silu_mul_quant_fp8", gate_up, up)
+    return dispatch("silu_mul_quant_fp8", gate_up.device, gate_up, up)
 
 
 @silu_mul_quant_fp8.register_fake
-def _(gate_up):
-    _check_silu_inputs("silu_mul_quant_fp8", gate_up)
-    return _quant_out_fake(gate_up, gate_up.shape[-1] // 2)
+def _(gate_up, up=None):
+    _check_silu_inputs("silu_mul_quant_fp8", gate_up, up)
+    return _quant_out_fake(gate_up, gate_up.shape[-1] if up is not None else gate_up.shape[-1] // 2)

@@ -1,11 +1,12 @@
-"""Post-grad (aten) fusion: SiLU(gate) * up followed by per_token_quant_fp8, where gate and up are
-the two halves of one tensor (the fused gate_up projection, see fused_projections.py):
+"""Post-grad (aten) fusion: SiLU(gate) * up followed by per_token_quant_fp8.
 
-    g = gate_up[..., :N]; u = gate_up[..., N:2N]
     y = silu(g) * u        (aten.silu, or its decomposition g / (1 + exp(-g)) or g * sigmoid(g),
                             in fp32 with casts for half models)
     xq, s = per_token_quant_fp8(y)
- -> xq, s = silu_mul_quant_fp8(gate_up)
+ -> xq, s = silu_mul_quant_fp8(gate_up)   when g = gate_up[..., :N] and u = gate_up[..., N:2N]
+                                          (the fused gate_up projection, see fused_projections.py)
+ -> xq, s = silu_mul_quant_fp8(g, u)      when g and u are two tensors of y's shape and dtype
+                                          (two projections, as in a patch()-ed model)
 """
 
 from __future__ import annotations
@@ -81,19 +82,33 @@ def apply(graph: fx.Graph) -> dict[str, int]:
             g = silu_input(s) if isinstance(s, fx.Node) else None
             if g is None:
                 continue
-            gate = _half(g, 0)
-            if gate is None:
-                continue
-            src, _, n = gate
-            up = _half(u, n)
-            sv, yv = val(src), val(y)
-            if up is None or up[0] is not src or up[2] != 2 * n or sv is None or sv.shape[-1] != 2 * n:
-                continue
-            if yv is None or yv.dtype != sv.dtype:
+            args = _halves_of_one(g, u, val(y)) or _two_operands(g, u, val(y))
+            if args is None:
                 continue
             first = min(quants, key=lambda q: list(graph.nodes).index(q))
-            xq, scale = insert_fused(graph, first, torch.ops.rocm_attn.silu_mul_quant_fp8.default, (src,), 2)
+            xq, scale = insert_fused(graph, first, torch.ops.rocm_attn.silu_mul_quant_fp8.default, args, 2)
             redirect_quant(quants, xq, scale)
             counts["silu_mul_quant_fp8"] += 1
             break
     return counts
+
+
+def _halves_of_one(g, u, yv):
+    """(gate_up,) when g and u are gate_up[..., :N] and gate_up[..., N:2N] of y's dtype, else None."""
+    gate = _half(g, 0)
+    if gate is None:
+        return None
+    src, _, n = gate
+    up = _half(u, n)
+    sv = val(src)
+    if up is None or up[0] is not src or up[2] != 2 * n or sv is None or sv.shape[-1] != 2 * n:
+        return None
+    return (src,) if yv is not None and yv.dtype == sv.dtype else None
+
+
+def _two_operands(g, u, yv):
+    """(g, u) when they are two tensors of y's shape and dtype (two projections), else None."""
+    gv, uv = val(g), val(u) if isinstance(u, fx.Node) else None
+    if yv is None or gv is None or uv is None or gv.dim() < 2:
+        return None
+    return (g, u) if gv.shape == uv.shape == yv.shape and gv.dtype == uv.dtype == yv.dtype else None

@@ -272,5 +272,24 @@ def test_fused_quant_ops(M):
     _check_quant_close(*b3, *a3)
 
 
+@pytest.mark.parametrize("M", [1, 16, 1024, 4096])
+@pytest.mark.parametrize("N", [14336, 12288])
+def test_silu_mul_quant_persistent_and_two_operands(M, N):
+    """Rows of Llama-3-8B / Qwen3-8B width take the persistent kernel (a scratch row per program, rows
+    walked by a fixed grid): bit-exact against the same math kept in one register block, for one
+    gate_up tensor and for gate and up as two tensors; close to the torch provider."""
+    from rocm_attn.kernels.triton_kernels.silu_mul_quant import silu_mul_quant_fp8_launch
+
+    gu = torch.randn(M, 2 * N, device=DEV, dtype=torch.bfloat16) * 3
+    gate, up = gu[:, :N].contiguous(), gu[:, N:].contiguous()
+    q_one, s_one = silu_mul_quant_fp8_launch(gu, fp8_dtype(), fp8_max(), max_single_block=16384)
+    for q, s in (silu_mul_quant_fp8_launch(gu, fp8_dtype(), fp8_max()),
+                 torch.ops.rocm_attn.silu_mul_quant_fp8(gate, up)):
+        assert torch.equal(s, s_one) and torch.equal(q.view(torch.uint8), q_one.view(torch.uint8))
+    with use_kernels("torch"):
+        q_ref, s_ref = torch.ops.rocm_attn.silu_mul_quant_fp8(gate, up)
+    _check_quant_close(q_one, s_one, q_ref, s_ref)
+
+
 def test_fp8_format_matches_platform():
     assert fp8_max() == float(torch.finfo(fp8_dtype()).max)

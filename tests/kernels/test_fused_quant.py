@@ -113,13 +113,33 @@ def test_silu_mul_quant(provider, shape, dtype):
     check_quant(xq, scale, silu_mul_fp64(gate_up), provider)
 
 
-def test_silu_mul_quant_two_pass_rows():
-    """Rows longer than one block (the loop path of the Triton kernel)."""
+@pytest.mark.parametrize("programs", [1, 2, 5])
+def test_silu_mul_quant_persistent_rows(programs):
+    """Rows longer than one block take the persistent path: `programs` programs walk 7 rows (one
+    program takes them all, or some take two), each through its scratch row, in 32-wide chunks."""
     from rocm_attn.kernels.triton_kernels.silu_mul_quant import silu_mul_quant_fp8_launch
 
-    gate_up = torch.randn(3, 2 * 100)
-    xq, scale = silu_mul_quant_fp8_launch(gate_up, fp8_dtype(), fp8_max(), max_single_block=32)
+    gate_up = make_rows((7, 2 * 100), torch.float32)
+    xq, scale = silu_mul_quant_fp8_launch(gate_up, fp8_dtype(), fp8_max(), max_single_block=32, programs=programs)
     check_quant(xq, scale, silu_mul_fp64(gate_up), "triton")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("persistent", [False, True])
+def test_silu_mul_quant_separate_gate_and_up(provider, persistent):
+    """gate and up as two tensors (two projections) give what their concatenation gives; up may be
+    a strided view."""
+    from rocm_attn.kernels.triton_kernels.silu_mul_quant import silu_mul_quant_fp8_launch
+
+    gate, up = make_rows((5, 48), torch.float32), torch.randn(48, 5).t()
+    with use_kernels(provider):
+        if provider == "triton" and persistent:
+            xq, scale = silu_mul_quant_fp8_launch(gate, fp8_dtype(), fp8_max(), max_single_block=16, up=up)
+        else:
+            xq, scale = torch.ops.rocm_attn.silu_mul_quant_fp8(gate, up)
+        xq_cat, scale_cat = torch.ops.rocm_attn.silu_mul_quant_fp8(torch.cat([gate, up], -1))
+    assert torch.equal(xq.view(torch.uint8), xq_cat.view(torch.uint8)) and torch.equal(scale, scale_cat)
+    check_quant(xq, scale, silu_mul_fp64(torch.cat([gate, up], -1)), provider)
 
 
 def test_norm_rows_too_long_for_triton_fall_back_in_auto():
@@ -134,6 +154,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.rocm_attn.rms_norm_quant_fp8.default, (x, w, EPS))
     torch.library.opcheck(torch.ops.rocm_attn.fused_add_rms_norm_quant_fp8.default, (x, r, w, EPS))
     torch.library.opcheck(torch.ops.rocm_attn.silu_mul_quant_fp8.default, (torch.randn(2, 3, 48),))
+    torch.library.opcheck(torch.ops.rocm_attn.silu_mul_quant_fp8.default, (torch.randn(3, 24), torch.randn(3, 24)))
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -156,6 +177,9 @@ def test_non_contiguous_input(provider):
         (lambda: torch.ops.rocm_attn.fused_add_rms_norm_quant_fp8(torch.randn(2, 16), torch.randn(3, 16), torch.ones(16), EPS), ValueError, "residual"),
         (lambda: torch.ops.rocm_attn.silu_mul_quant_fp8(torch.randn(2, 15)), ValueError, "even"),
         (lambda: torch.ops.rocm_attn.silu_mul_quant_fp8(torch.randn(16)), ValueError, "at least 2 dims"),
+        (lambda: torch.ops.rocm_attn.silu_mul_quant_fp8(torch.randn(2, 16), torch.randn(2, 15)), ValueError, "match gate"),
+        (lambda: torch.ops.rocm_attn.silu_mul_quant_fp8(torch.randn(2, 16), torch.randn(2, 16).half()), ValueError,
+         "match gate"),
     ],
 )
 def test_bad_input(call, exc, msg):

@@ -82,6 +82,19 @@ def test_explain_counts_post_grad_fusions(layer, tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["attention_total"] == 1
 
 
+def test_silu_mul_quant_fuses_two_separate_projections(layer):
+    """With gate/up left as two GEMMs (fuse_projections=False, as in a patch()-ed model), SiLU*mul and
+    down_proj's quant still become one silu_mul_quant_fp8, here with gate and up as two operands."""
+    model, x = layer
+    torch._dynamo.reset()
+    with torch.no_grad(), torch._inductor.config.patch({"fx_graph_cache": False}):
+        report = rocm_attn.explain(model, x, options={"fuse_projections": False})
+        assert report.fusions.get("fused_projections", 0) == 0 and report.fusions["silu_mul_quant_fp8"] == 1
+        torch._dynamo.reset()
+        out = torch.compile(model, backend="rocm_attn", options={"fuse_projections": False})(x)
+        assert rel_err(out, model(x)) < 6e-2
+
+
 def test_compiled_output_with_fusions(layer):
     model, x = layer
     torch._dynamo.reset()

@@ -1,6 +1,6 @@
 """passes/patched_linear_split.py: a patched model's ptpc_linear calls become one shared activation quant per
 input + ptpc_scaled_mm per linear, with the output unchanged; through the whole backend the shared quants
-then fuse into the RMSNorms (post-grad norm_quant), as for an unpatched model."""
+then fuse into the RMSNorms (post-grad norm_quant) and down_proj's into SiLU*mul, as for an unpatched model."""
 
 import pytest
 import torch
@@ -59,6 +59,7 @@ def test_backend_fuses_the_shared_quants_into_the_norms():
     # input norm of each layer (+ the residual add after layer 0) and the post-attention norm with its add
     assert fusions.get("rms_norm_quant_fp8", 0) + fusions.get("fused_add_rms_norm_quant_fp8", 0) == 2 * LAYERS
     assert fusions["shared_activation_quant"] == 3 * LAYERS
+    assert fusions["silu_mul_quant_fp8"] == LAYERS  # SiLU(gate) * up with down_proj's quant, gate/up apart
     assert rel_err(out, ref) < 3e-2  # bf16 + the fused norm quantizes its fp32 result: a few fp8 steps apart
 
 
