@@ -180,7 +180,8 @@ def prefill_rows(seqs):
 
 
 def tune_grid():
-    """DecodeConfigs for --tune; value split / chunked q only at >= 64 heads."""
+    """DecodeConfigs for --tune; value split / chunked q only at >= 64 heads; 64 x 64 tiles (classic only) fit
+    shared memory with one stage."""
     from rocm_attn.kernels.triton_kernels.mla_decode import DecodeConfig
 
     grid = []
@@ -188,8 +189,10 @@ def tune_grid():
         for bn in (16, 32, 64):
             for bv, bk in ((None, None), (256, None), (128, None), (None, 128), (256, 128)):
                 for w in (4, 8):
-                    for st in (2, 3):
-                        if bh * bn > 2048 or (bh < 64 and (bv or bk)) or (bh == 128 and w == 4):
+                    for st in (1, 2, 3):
+                        big = bh * bn > 2048
+                        if (big and (bh * bn > 4096 or bv or bk or st > 1)) or (bh < 64 and (bv or bk)) \
+                                or (bh == 128 and w == 4):
                             continue
                         grid.append(DecodeConfig(bh, bn, bv, bk, w, st))
     return grid

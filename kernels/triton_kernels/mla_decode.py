@@ -187,17 +187,18 @@ class DecodeConfig(NamedTuple):
                 f"w{self.num_warps} s{self.num_stages}")
 
 
-# The session-3 list (autotuned on an H100: 18-19% of copy at 64 x 4k..32k): more heads per program = fewer
-# re-reads of each latent tile from L2 (128 heads / 16 = 8 reads, / 64 = 2), at the price of a BLOCK_H x 512
-# fp32 accumulator in registers.
+# Classic tiles. Session 3's five (18-19% of copy at 64 x 4k..32k): more heads per program = fewer re-reads
+# of each latent tile from L2 (128 heads / 16 = 8 reads, / 64 = 2), at the price of a BLOCK_H x 512 fp32
+# accumulator in registers. Session 10 (H100, one split per sequence at 64 x 4k, see num_splits_for) added
+# the two fastest of 21 tiles: h32 n64 w4 (381 us at 64 x 4k, 2.94 ms at 64 x 32k: 32-34% of bench_mla's
+# copy) and h64 n64 w8 s1 (413 us), against h64 n32 w8 s2's 443 us, the earlier pick.
 CLASSIC_CONFIGS = [DecodeConfig(16, 32, None, None, 4, 2), DecodeConfig(32, 32, None, None, 4, 2),
                    DecodeConfig(32, 32, None, None, 8, 2), DecodeConfig(64, 32, None, None, 8, 2),
-                   DecodeConfig(64, 16, None, None, 8, 3)]
-# NOT YET TIMED (issue 8). Compiled for sm_90 on CPU (`python benchmarks/bench_mla.py --resources`): all fit
-# 227 KB of shared memory with no register spills (the classic 64-head tiles spill 40-80 bytes; 64-head
-# tiles with BLOCK_N 64 or 128 x 32 do not fit). 64 heads per program run on wgmma (M = 64), 16/32 on
-# mma.sync. Measure: `python benchmarks/bench_mla.py` (rows classic / vsplit / picked) and `--tune`, then
-# keep only the winners in DECODE_CONFIGS below (the default the launcher times on first use).
+                   DecodeConfig(64, 16, None, None, 8, 3), DecodeConfig(32, 64, None, None, 4, 2),
+                   DecodeConfig(64, 64, None, None, 8, 1)]
+# Value-split and chunked-q tiles (compiled for sm_90 on CPU with `python benchmarks/bench_mla.py --resources`:
+# they fit 227 KB of shared memory without spills). Timed in sessions 5 and 10: 1.5-4x slower than the best
+# classic tile at 128 heads; kept as candidates for other head counts (the launcher times every entry).
 VSPLIT_CONFIGS = [DecodeConfig(64, 32, 256, None, 8, 3), DecodeConfig(64, 16, 256, None, 4, 3),
                   DecodeConfig(64, 16, 128, None, 4, 3), DecodeConfig(128, 16, 256, None, 8, 2),
                   DecodeConfig(64, 16, None, 128, 8, 3), DecodeConfig(64, 32, 256, 128, 8, 2),
@@ -205,16 +206,18 @@ VSPLIT_CONFIGS = [DecodeConfig(64, 32, 256, None, 8, 3), DecodeConfig(64, 16, 25
 DECODE_CONFIGS = CLASSIC_CONFIGS + VSPLIT_CONFIGS
 SMALL_CONFIG = DecodeConfig(16, 32, None, None, 4, 2)  # <= 16 heads: nothing to choose
 INTERPRET_CONFIG = DecodeConfig(16, 16, None, None, 4, 1)
-SPLIT_WAVES = 4  # stage-1 programs per SM that the split count aims for
 
 _tuned: dict = {}  # (heads, L, R, dtype, device, configs) -> the fastest DecodeConfig
 
 
 def num_splits_for(batch: int, heads: int, L: int, cfg: DecodeConfig, sms: int) -> int:
-    """Splits so that stage 1 has ~SPLIT_WAVES programs per SM, counting this config's programs."""
+    """Split the tokens only to fill the SMs once: floor(SMs / this config's programs per split).
+    Each split adds a partial (BLOCK_H x L fp32 per program) for the reduce to read back; once the
+    programs cover the SMs that costs more than it balances (H100, 64 x 4k, h64 tile: 1 split 442 us,
+    2: 465, the earlier ~4 programs per SM, 5 splits: 527; 64 x 32k: 3415 / 3448 / 3495 us)."""
     block_l = triton.next_power_of_2(L)
     programs = triton.cdiv(heads, cfg.block_h) * (block_l // min(cfg.block_v or block_l, block_l))
-    return max(1, min(64, triton.cdiv(SPLIT_WAVES * sms, batch * programs)))
+    return max(1, min(64, sms // (batch * programs)))
 
 
 def pick_config(key, configs, run: Callable[[DecodeConfig], None], timer: Callable) -> DecodeConfig:

@@ -87,11 +87,12 @@ def test_fp16_value_split():
 
 
 def test_num_splits_counts_the_configs_programs():
-    # DeepSeek-V3 decode on 132 SMs, 64 sequences: 4 * 132 programs wanted
-    assert md.num_splits_for(64, 128, 512, DecodeConfig(16, 32), 132) == 2  # 8 head groups
-    assert md.num_splits_for(64, 128, 512, DecodeConfig(64, 32), 132) == 5  # 2 head groups
-    assert md.num_splits_for(64, 128, 512, DecodeConfig(64, 32, 256), 132) == 3  # 2 groups x 2 value slices
-    assert md.num_splits_for(64, 128, 512, DecodeConfig(64, 32, 128, 128), 132) == 2  # x 4 value slices
+    # DeepSeek-V3 decode on 132 SMs: split only while one split per sequence leaves SMs idle
+    assert md.num_splits_for(64, 128, 512, DecodeConfig(16, 32), 132) == 1  # 8 head groups: 512 programs
+    assert md.num_splits_for(64, 128, 512, DecodeConfig(64, 32), 132) == 1  # 2 head groups: 128 programs
+    assert md.num_splits_for(16, 128, 512, DecodeConfig(64, 32), 132) == 4  # 32 programs -> 128
+    assert md.num_splits_for(8, 128, 512, DecodeConfig(64, 32, 256), 132) == 4  # 2 groups x 2 value slices
+    assert md.num_splits_for(4, 128, 512, DecodeConfig(64, 32, 128, 128), 132) == 4  # x 4 value slices
     assert md.num_splits_for(1, 128, 512, DecodeConfig(64, 32), 132) == 64  # capped
     assert md.num_splits_for(512, 128, 512, DecodeConfig(16, 32), 132) == 1
 
