@@ -5,9 +5,12 @@ y follows HF's roundings (each op in the input dtype); the quant is per_token_qu
 bit for bit. gate and up are two row-major [M, N] operands with their own row strides: the
 two halves of one gate_up tensor, or two separate tensors.
 
-Two paths, picked by the row length:
+Three paths, picked by the row length and the row count:
   - single block (N <= MAX_SINGLE_BLOCK): one row per program, read once, kept in registers;
-  - persistent (longer rows, e.g. Llama-3-8B's 14336): a fixed grid of PROGRAMS_PER_SM programs
+  - few long rows (M < FEW_ROWS, decode): y by an elementwise kernel over many programs, then
+    per_token_quant_fp8's kernel. One program per row left the work on M SMs (~40 instructions
+    per element: IEEE divisions): H100, M = 16, N = 14336: 7.4-8.1 us vs ~5.2 us in two launches;
+  - persistent (many long rows, e.g. Llama-3-8B's 14336): a fixed grid of PROGRAMS_PER_SM programs
     per SM walks the rows. Pass 1 computes y chunk by chunk, tracks |y|'s max and writes y (exact
     in the input dtype) to the program's own scratch row; pass 2 reads y back and quantizes it.
     The scratch (programs x N, ~15 MB at N = 14336 on an H100) is rewritten row after row, so it
@@ -27,6 +30,7 @@ import triton.language as tl
 
 from ..per_token_quant import inv_fp8_max, scale_floor
 from ..platform import triton_interpret
+from .per_token_quant import per_token_quant_fp8_launch
 
 # A 16384-wide block in registers (Llama-3-8B's N = 14336) ran at half the copy bandwidth on an
 # H100: rows above this take the persistent path.
@@ -37,6 +41,11 @@ LOOP_BLOCK = 2048
 LOOP_WARPS = 8
 PROGRAMS_PER_SM = 4
 INTERPRET_PROGRAMS = 2  # the interpreter runs programs one after another: few, to keep tests fast
+# Below this many long rows the two-launch path wins (H100, N = 14336 / 12288, us, persistent vs Inductor's
+# silu*mul + per_token_quant_fp8, session 10: M = 16 8.1 / 5.2, M = 64 8.4 / 6.2, M = 128 10.0 / 7.6 and
+# 8.4 / 10.0, M = 256 12.1 / 11.6 and 10.7 / 15.5).
+FEW_ROWS = 128
+ELEMENTWISE_BLOCK = 1024
 
 
 @triton.jit
@@ -52,6 +61,16 @@ def _silu_mul(g_ptrs, u_ptrs, mask, DTYPE: tl.constexpr):
 def _quantize(y, scale, FP8_MAX: tl.constexpr):
     # per_token_quant_fp8's definition: q by IEEE division
     return tl.clamp(tl.math.div_rn(y, tl.zeros_like(y) + scale), -FP8_MAX, FP8_MAX)
+
+
+@triton.jit
+def _silu_mul_kernel(g_ptr, u_ptr, y_ptr, N, stride_g, stride_u, BLOCK_N: tl.constexpr):
+    """y = silu(gate) * up for one BLOCK_N slice of one row (the few-rows path; the quant follows)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = cols < N
+    y = _silu_mul(g_ptr + row * stride_g + cols, u_ptr + row * stride_u + cols, mask, g_ptr.dtype.element_ty)
+    tl.store(y_ptr + row * N + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -75,8 +94,8 @@ def _silu_mul_quant_persistent_kernel(
     FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """A fixed grid walks the rows; y goes through this program's scratch row (see the module doc).
-    Each thread reads back exactly the scratch elements it wrote (same block layout in both passes),
-    so program order alone orders the write before the read."""
+    The two barriers order the scratch's writes before its reads (and a row's reads before the next
+    row's writes) across the program's threads, whatever layout each access gets."""
     pid = tl.program_id(0)
     offs = tl.arange(0, BLOCK_N)
     dtype = g_ptr.dtype.element_ty
@@ -92,12 +111,14 @@ def _silu_mul_quant_persistent_kernel(
             tl.store(scratch + n0 + offs, y.to(dtype), mask=mask)  # exact: y is rounded to dtype already
             amax = tl.maximum(amax, tl.abs(y))
         scale = tl.maximum(tl.max(amax, axis=0) * INV_FP8_MAX, SCALE_FLOOR)
+        tl.debug_barrier()
         for n0 in range(0, N, BLOCK_N):
             mask = n0 + offs < N
             y = tl.load(scratch + n0 + offs, mask=mask, other=0.0).to(tl.float32)
             tl.store(xq_ptr + r * N + n0 + offs, _quantize(y, scale, FP8_MAX).to(xq_ptr.dtype.element_ty),
                      mask=mask)
         tl.store(scale_ptr + row, scale)
+        tl.debug_barrier()
 
 
 def _rows(t: torch.Tensor, M: int, N: int) -> torch.Tensor:
@@ -107,11 +128,12 @@ def _rows(t: torch.Tensor, M: int, N: int) -> torch.Tensor:
 
 
 def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_SINGLE_BLOCK, up=None,
-                              programs=None):
+                              programs=None, few_rows=FEW_ROWS):
     """gate_up [..., 2N] (gate then up), or gate [..., N] with up [..., N] -> (xq [..., N], scale [..., 1]).
 
-    max_single_block / programs: the longest row kept in one block, and the persistent grid size
-    (default PROGRAMS_PER_SM per SM), for tests and tuning."""
+    max_single_block / programs / few_rows: the longest row kept in one block, the persistent grid size
+    (default PROGRAMS_PER_SM per SM) and the row count from which long rows go persistent, for tests and
+    tuning."""
     shape = gate_up.shape
     N = shape[-1] if up is not None else shape[-1] // 2
     M = math.prod(shape[:-1])
@@ -131,6 +153,11 @@ def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_
         _silu_mul_quant_row_kernel[(M,)](
             gate, up, xq, scale, N, gate.stride(0), up.stride(0), **consts, BLOCK_N=block, num_warps=num_warps,
         )
+    elif 0 < M < few_rows:
+        y = torch.empty((M, N), dtype=gate.dtype, device=gate.device)
+        _silu_mul_kernel[(M, triton.cdiv(N, ELEMENTWISE_BLOCK))](
+            gate, up, y, N, gate.stride(0), up.stride(0), BLOCK_N=ELEMENTWISE_BLOCK, num_warps=4)
+        xq, scale = per_token_quant_fp8_launch(y, out_dtype, fp8_max)
     elif M > 0:
         if programs is None:
             programs = (INTERPRET_PROGRAMS if triton_interpret() else

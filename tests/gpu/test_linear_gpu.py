@@ -276,8 +276,9 @@ def test_fused_quant_ops(M):
 @pytest.mark.parametrize("N", [14336, 12288])
 def test_silu_mul_quant_persistent_and_two_operands(M, N):
     """Rows of Llama-3-8B / Qwen3-8B width take the persistent kernel (a scratch row per program, rows
-    walked by a fixed grid): bit-exact against the same math kept in one register block, for one
-    gate_up tensor and for gate and up as two tensors; close to the torch provider."""
+    walked by a fixed grid; M >= 128) or silu*mul then per_token_quant_fp8 (fewer rows): bit-exact
+    against the same math kept in one register block, for one gate_up tensor and for gate and up as
+    two tensors; close to the torch provider."""
     from rocm_attn.kernels.triton_kernels.silu_mul_quant import silu_mul_quant_fp8_launch
 
     gu = torch.randn(M, 2 * N, device=DEV, dtype=torch.bfloat16) * 3

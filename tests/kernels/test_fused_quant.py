@@ -115,13 +115,26 @@ def test_silu_mul_quant(provider, shape, dtype):
 
 @pytest.mark.parametrize("programs", [1, 2, 5])
 def test_silu_mul_quant_persistent_rows(programs):
-    """Rows longer than one block take the persistent path: `programs` programs walk 7 rows (one
+    """Many rows longer than one block take the persistent path: `programs` programs walk 7 rows (one
     program takes them all, or some take two), each through its scratch row, in 32-wide chunks."""
     from rocm_attn.kernels.triton_kernels.silu_mul_quant import silu_mul_quant_fp8_launch
 
     gate_up = make_rows((7, 2 * 100), torch.float32)
-    xq, scale = silu_mul_quant_fp8_launch(gate_up, fp8_dtype(), fp8_max(), max_single_block=32, programs=programs)
+    xq, scale = silu_mul_quant_fp8_launch(gate_up, fp8_dtype(), fp8_max(), max_single_block=32, programs=programs,
+                                          few_rows=0)
     check_quant(xq, scale, silu_mul_fp64(gate_up), "triton")
+
+
+def test_silu_mul_quant_few_long_rows():
+    """Few rows longer than one block: silu*mul as an elementwise kernel, then per_token_quant_fp8;
+    the same bits as the persistent path."""
+    from rocm_attn.kernels.triton_kernels.silu_mul_quant import silu_mul_quant_fp8_launch
+
+    gate_up = make_rows((3, 2 * 1100), torch.float32)  # > one 1024-wide elementwise block per row
+    few = silu_mul_quant_fp8_launch(gate_up, fp8_dtype(), fp8_max(), max_single_block=32)
+    persistent = silu_mul_quant_fp8_launch(gate_up, fp8_dtype(), fp8_max(), max_single_block=32, few_rows=0)
+    assert torch.equal(few[0].view(torch.uint8), persistent[0].view(torch.uint8)) and torch.equal(few[1], persistent[1])
+    check_quant(*few, silu_mul_fp64(gate_up), "triton")
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -134,7 +147,8 @@ def test_silu_mul_quant_separate_gate_and_up(provider, persistent):
     gate, up = make_rows((5, 48), torch.float32), torch.randn(48, 5).t()
     with use_kernels(provider):
         if provider == "triton" and persistent:
-            xq, scale = silu_mul_quant_fp8_launch(gate, fp8_dtype(), fp8_max(), max_single_block=16, up=up)
+            xq, scale = silu_mul_quant_fp8_launch(gate, fp8_dtype(), fp8_max(), max_single_block=16, up=up,
+                                                  few_rows=0)
         else:
             xq, scale = torch.ops.rocm_attn.silu_mul_quant_fp8(gate, up)
         xq_cat, scale_cat = torch.ops.rocm_attn.silu_mul_quant_fp8(torch.cat([gate, up], -1))
