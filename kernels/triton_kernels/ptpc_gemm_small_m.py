@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ..platform import triton_interpret
-from .ptpc_gemm import imprecise_k, prepare_operands
+from .ptpc_gemm import imprecise_k, prepare_operands, store_scaled_tile
 
 
 def _config(block_n, block_k, split_k, warps, stages):
@@ -64,23 +64,18 @@ MAX_M = 64
 
 
 @triton.jit
-def scaled_tile_epilogue(acc, x_scale, offs_m, offs_n, m_ok, n_ok, M, N, stride_om, ws_ptr, bias_ptr, out_ptr,
-                         part_ptr, count_ptr, pid_n, pid_k,
-                         SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr):
-    """out = acc * x_scale * w_scale (+ bias) for one [BLOCK_M, BLOCK_N] tile. Split-K: each program
-    stores its fp32 partial ([SPLIT_K, M, N]) and the last one to arrive at this column tile reduces
-    them in a fixed order (shared by the small-M GEMM and the fused small-M linear)."""
-    out_mask = m_ok[:, None] & n_ok[None, :]
-    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+def split_k_epilogue(acc, offs_m, offs_n, m_ok, n_ok, M, N, stride_om, xs_ptr, ws_ptr, bias_ptr, out_ptr,
+                     part_ptr, count_ptr, pid_n, pid_k,
+                     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    """out = acc * x_scale * w_scale (+ bias) for one [BLOCK_M, BLOCK_N] tile (the tiled GEMM's
+    store_scaled_tile). Split-K: each program stores its fp32 partial ([SPLIT_K, M, N]) and the last one
+    to arrive at this column tile reduces them in a fixed order, then stores the scaled sum."""
     if SPLIT_K == 1:
-        w_scale = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
-        acc = acc * x_scale[:, None] * w_scale[None, :]
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+        store_scaled_tile(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
     else:
         # partials: [SPLIT_K, M, N] fp32; the last program of this column tile reduces them
+        out_mask = m_ok[:, None] & n_ok[None, :]
         part_tile = offs_m[:, None] * N + offs_n[None, :]  # int32: SPLIT_K * M * N < 2^31
         slice_size = M * N
         tl.store(part_ptr + pid_k * slice_size + part_tile, acc, mask=out_mask)
@@ -91,13 +86,8 @@ def scaled_tile_epilogue(acc, x_scale, offs_m, offs_n, m_ok, n_ok, M, N, stride_
             for s in range(0, SPLIT_K):  # fixed order: deterministic
                 total += tl.load(part_ptr + s * slice_size + part_tile, mask=out_mask, other=0.0,
                                  cache_modifier=".cg")
-            w_scale = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
-            total = total * x_scale[:, None] * w_scale[None, :]
-            if HAS_BIAS:
-                total += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+            store_scaled_tile(total, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
             tl.atomic_xchg(count_ptr + pid_n, 0)  # ready for the next call / graph replay
-
 
 
 @triton.jit
@@ -118,8 +108,6 @@ def _ptpc_gemm_small_m_kernel(
     cols = (offs_n % N).to(tl.int64)  # wrap: valid memory, discarded at the store
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
     w_cols = w_ptr + cols[None, :] * stride_wn + offs_k[:, None]
-    x_scale = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
-
     # this program's slice of K: whole BLOCK_K chunks (the last slice may run past K: masked)
     k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_begin = pid_k * k_per_split
@@ -134,8 +122,8 @@ def _ptpc_gemm_small_m_kernel(
             w = tl.load(w_cols + k0, mask=k_ok[:, None], other=0.0)
         acc = tl.dot(x, w, acc, max_num_imprecise_acc=IMPRECISE_K)
 
-    scaled_tile_epilogue(acc, x_scale, offs_m, offs_n, m_ok, n_ok, M, N, stride_om, ws_ptr, bias_ptr, out_ptr,
-                         part_ptr, count_ptr, pid_n, pid_k, SPLIT_K, HAS_BIAS, BLOCK_M, BLOCK_N)
+    split_k_epilogue(acc, offs_m, offs_n, m_ok, n_ok, M, N, stride_om, xs_ptr, ws_ptr, bias_ptr, out_ptr,
+                     part_ptr, count_ptr, pid_n, pid_k, SPLIT_K, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 _heuristics = triton.heuristics({
     "EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0,

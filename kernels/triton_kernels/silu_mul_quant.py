@@ -143,6 +143,11 @@ def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_
     else:
         gu = _rows(gate_up, M, 2 * N)
         gate, up = gu[:, :N], gu[:, N:]
+    if 0 < M < few_rows and N > max_single_block:
+        y = torch.empty((M, N), dtype=gate.dtype, device=gate.device)
+        _silu_mul_kernel[(M, triton.cdiv(N, ELEMENTWISE_BLOCK))](
+            gate, up, y, N, gate.stride(0), up.stride(0), BLOCK_N=ELEMENTWISE_BLOCK, num_warps=4)
+        return per_token_quant_fp8_launch(y.view(*shape[:-1], N), out_dtype, fp8_max)
     xq = torch.empty((M, N), dtype=out_dtype, device=gate_up.device)
     scale = torch.empty((M, 1), dtype=torch.float32, device=gate_up.device)
     consts = dict(FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max))
@@ -154,11 +159,6 @@ def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_
         _silu_mul_quant_row_kernel[(M,)](
             gate, up, xq, scale, N, gate.stride(0), up.stride(0), **consts, BLOCK_N=block, num_warps=num_warps,
         )
-    elif 0 < M < few_rows:
-        y = torch.empty((M, N), dtype=gate.dtype, device=gate.device)
-        _silu_mul_kernel[(M, triton.cdiv(N, ELEMENTWISE_BLOCK))](
-            gate, up, y, N, gate.stride(0), up.stride(0), BLOCK_N=ELEMENTWISE_BLOCK, num_warps=4)
-        xq, scale = per_token_quant_fp8_launch(y, out_dtype, fp8_max)
     elif M > 0:
         if programs is None:
             programs = (INTERPRET_PROGRAMS if triton_interpret() else
