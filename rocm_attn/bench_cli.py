@@ -210,7 +210,7 @@ def cmd_bench(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from .perplexity import markdown, run_eval
+    from .perplexity import compare_runs, markdown, run_eval
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -230,12 +230,19 @@ def cmd_eval(args) -> int:
         + (f" --model {args.model}" if args.model else "")
         + (f" --device {args.device}" if args.device else "")
     )
+    tokens = {key: result[key] for key in ("tokens", "window", "stride", "scored_tokens", "device", "token_nll")}
+    del result["token_nll"]  # per-token NLLs go to eval_tokens.json (--against reads them)
+    if args.against:
+        other = json.loads(pathlib.Path(args.against).read_text())
+        result["against"] = {"path": args.against, "device": other.get("device"),
+                             "rows": compare_runs(tokens, other)}
     text = markdown(result)
     if args.out:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(result, indent=1))
         (out / "eval.md").write_text(f"command: `{result['command']}`\n\n{text}\n")
+        (out / "eval_tokens.json").write_text(json.dumps(tokens))
     print(json.dumps(result, indent=2) if args.json else text)
     return 0
 
@@ -302,6 +309,12 @@ def add_parsers(sub) -> None:
     )
     ev.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ev.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ev.add_argument("--out", default=None, help="write eval.json and eval.md here")
+    ev.add_argument("--out", default=None, help="write eval.json, eval.md and eval_tokens.json here")
+    ev.add_argument(
+        "--against",
+        default=None,
+        help="eval_tokens.json of another run of the same command (e.g. on the CPU): report each "
+        "variant's paired perplexity change against it, with a 95%% interval",
+    )
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_eval)

@@ -179,7 +179,28 @@ def evaluate(ids: torch.Tensor, models: dict, window: int, stride: int, progress
             mid, lo, hi = ratio_ci(token_nll[name], token_nll["ptpc_fp8"])
             row.update(vs_ptpc_fp8_pct=mid, vs_ptpc_fp8_ci95=[lo, hi])
         rows.append(row)
-    return {"rows": rows, "scored_tokens": scored, "windows": len(spans), "window": window, "stride": stride}
+    return {"rows": rows, "scored_tokens": scored, "windows": len(spans), "window": window, "stride": stride,
+            "token_nll": {name: v.tolist() for name, v in token_nll.items()}}
+
+
+def compare_runs(result: dict, other: dict) -> list[dict]:
+    """Per variant, this run's perplexity vs another run's on the same tokens (e.g. GPU vs CPU): the
+    paired change in % with its 95% interval. Agreement "within noise" means the interval holds 0."""
+    for key in ("tokens", "window", "stride", "scored_tokens"):
+        if result.get(key) != other.get(key):
+            raise ValueError(f"rocm-attn eval --against: the runs differ in {key} "
+                             f"({result.get(key)} vs {other.get(key)}); compare runs of the same command")
+    rows = []
+    for name, nll in result["token_nll"].items():
+        if name not in other["token_nll"]:
+            continue
+        a = torch.tensor(nll, dtype=torch.float64)
+        b = torch.tensor(other["token_nll"][name], dtype=torch.float64)
+        mid, lo, hi = ratio_ci(a, b)
+        rows.append({"variant": name, "perplexity": math.exp(float(a.mean())),
+                     "other_perplexity": math.exp(float(b.mean())), "change_pct": mid, "change_ci95": [lo, hi],
+                     "within_noise": lo <= 0.0 <= hi})
+    return rows
 
 
 def run_eval(
@@ -252,6 +273,19 @@ def markdown(result: dict) -> str:
             f"| {r['variant']} | {r['perplexity']:.3f} | {vs_bf16} | {vs_ptpc} "
             f"| {100 * r['greedy_agreement']:.1f}% | {r['mean_kl']:.5f} | {r['tokens_per_s']:.0f} |"
         )
+    if result.get("against"):
+        lines += [
+            "",
+            f"Against {result['against']['path']} ({result['against']['device']}), the same tokens:",
+            "",
+            "| variant | perplexity here | there | change (95% CI) | within noise |",
+            "|---|---|---|---|---|",
+        ]
+        for r in result["against"]["rows"]:
+            lines.append(
+                f"| {r['variant']} | {r['perplexity']:.3f} | {r['other_perplexity']:.3f} "
+                f"| {_change(r['change_pct'], r['change_ci95'])} | {'yes' if r['within_noise'] else 'NO'} |"
+            )
     return "\n".join(lines)
 
 

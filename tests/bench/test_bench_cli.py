@@ -155,6 +155,25 @@ def test_eval_tiny_slice_matches_hf_loss(tmp_path, capsys, monkeypatch):
     assert r["mean_kl"] < 0.02 and r["greedy_agreement"] >= 0.8, r
     assert abs(r["ppl_change_pct"]) < 5, r
 
+    # --against: a second run compared per token with the first (as a GPU run is with a CPU one). The
+    # bf16 rows are the same model on the same tokens: no change; the per-token file holds every scored token
+    saved = json.loads((tmp_path / "eval_tokens.json").read_text())
+    assert len(saved["token_nll"]["bf16"]) == tokens - 1 and "token_nll" not in result
+    saved["token_nll"]["attention_only"] = [x + 0.01 for x in saved["token_nll"]["attention_only"]]
+    (tmp_path / "shifted.json").write_text(json.dumps(saved))
+    again = tmp_path / "again"
+    argv_against = argv + ["--variants", "attention_only", "--device", "cpu", "--against"]
+    assert cli.main(argv_against + [str(tmp_path / "shifted.json"), "--out", str(again)]) == 0
+    against = {r["variant"]: r for r in json.loads((again / "eval.json").read_text())["against"]["rows"]}
+    assert against["bf16"]["change_pct"] == pytest.approx(0.0, abs=1e-9)
+    # every token's NLL 0.01 lower than the shifted file's: perplexity exp(-0.01) - 1 = -1.0% of it
+    assert against["attention_only"]["change_pct"] == pytest.approx(100 * math.expm1(-0.01), rel=1e-6)
+    assert "| attention_only |" in (again / "eval.md").read_text().split("Against")[1]
+    saved["window"] = tokens // 2
+    (tmp_path / "other_windows.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="differ in window"):
+        cli.main(argv_against + [str(tmp_path / "other_windows.json")])
+
 
 def test_eval_rejects_bad_arguments():
     with pytest.raises(ValueError, match="unknown variant"):

@@ -1,0 +1,221 @@
+"""Gluon (Triton's low-level dialect) warp-specialized FP8 GEMM for Hopper with the PTPC epilogue.
+
+Why it exists: precise FP8 accumulation. Hopper's FP8 wgmma accumulates in reduced precision, so a
+"precise" GEMM adds each 128-wide K block's partial product into an fp32 accumulator on the CUDA cores.
+Plain Triton (``max_num_imprecise_acc=128``) serializes that add behind each block's MMA, which costs
+~20% against cuBLASLt's precise GEMM (benchmarks/RESULTS.md, Session 9). Here two consumer warpgroups
+(64 rows each) run independently and a one-warp producer streams the tiles with TMA, so one
+warpgroup's fp32 adds overlap the other's MMAs.
+
+Tile: 128 x (128 * HALVES) x 128. Each consumer warpgroup owns 64 rows and HALVES fp32 accumulators
+of 64 x 128; per K block it runs wgmma into a scratch accumulator (use_acc=False) and adds it into its
+accumulator in fp32.
+Epilogue: out = acc * x_scale[m] * w_scale[n] (+ bias[n]), stored as out's dtype.
+
+Needs sm_90 and a Triton with Gluon (3.6 and newer); `available()` says whether it can run.
+An experiment, not a provider: on an H100 it is as precise as cuBLASLt's precise GEMM and 10-25% faster than
+our Triton GEMM, but 5-12% slower than cuBLASLt at K = 4096 (benchmarks/RESULTS.md, Session 11;
+benchmarks/bench_gluon_gemm.py), so ptpc_scaled_mm does not call it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+try:  # Gluon ships with Triton >= 3.5; the CPU CI never launches this kernel
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    # the TMA load was renamed (Triton 3.6: async_copy_global_to_shared; newer: async_load)
+    tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+    HAVE_GLUON = True
+except ImportError:  # pragma: no cover - older Triton
+    HAVE_GLUON = False
+
+BLOCK_M = 128  # two consumer warpgroups of 64 rows
+HALF_N = 128  # one wgmma accumulator: 64 x 128 fp32 = 64 registers per thread
+BLOCK_K = 128  # one promotion per 128 K elements, as cuBLASLt's precise mode
+
+
+def available(device: torch.device | None = None) -> bool:
+    """True on an sm_90 CUDA device with Gluon importable."""
+    if not HAVE_GLUON or not torch.cuda.is_available() or torch.version.hip:
+        return False
+    return torch.cuda.get_device_capability(device) == (9, 0)
+
+
+if HAVE_GLUON:
+    # the same numbers as constexprs, for the kernels (a jit function reads only constexpr globals)
+    _BLOCK_K = gl.constexpr(BLOCK_K)
+    _HALF_N = gl.constexpr(HALF_N)
+    _BLOCK_M = gl.constexpr(BLOCK_M)
+
+    # Worker partitions get their arguments as runtime values (constexprs do not survive the trip), so the
+    # tile configuration travels in the shared-memory types: STAGES = ready barriers, HALVES = B buffers / STAGES.
+    # The kernel is persistent: program p takes tiles p, p + P, ... (P = programs); every partition walks the
+    # same tiles and K blocks in the same order, and one running count `it` of K blocks names the stage and
+    # barrier phase, so the producer fills the next tile's stages while the consumers run an epilogue.
+
+    @gluon.jit
+    def _tile_origin(tile, M, N, group_m, HALVES: gl.constexpr):
+        # grouped order: group_m row tiles share each column tile of B while it is in L2
+        tiles_m = gl.cdiv(M, _BLOCK_M)
+        tiles_n = gl.cdiv(N, _HALF_N * HALVES)
+        per_group = group_m * tiles_n
+        first_m = (tile // per_group) * group_m
+        group_size = gl.minimum(tiles_m - first_m, group_m)
+        pid_m = first_m + (tile % per_group) % group_size
+        pid_n = (tile % per_group) // group_size
+        return pid_m * _BLOCK_M, pid_n * _HALF_N * HALVES
+
+    @gluon.jit
+    def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m,
+                  xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, has_bias):
+        # one warp: waits for a free stage, then TMA-loads A (two 64-row halves) and B (HALVES x 128 rows)
+        STAGES: gl.constexpr = ready.type.shape[0]
+        HALVES: gl.constexpr = b_bufs.type.shape[0] // STAGES
+        num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, _HALF_N * HALVES)
+        k_tiles = gl.cdiv(K, _BLOCK_K)
+        it = 0
+        for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+            off_m, off_n = _tile_origin(tile, M, N, group_m, HALVES)
+            for kt in range(k_tiles):
+                s = it % STAGES
+                mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # barriers start "free" (phase 1 done)
+                bar = ready.index(s)
+                mbarrier.expect(bar, 2 * a_desc.block_type.nbytes + HALVES * b_desc.block_type.nbytes)
+                k = kt * _BLOCK_K
+                tma_load(a_desc, [off_m, k], bar, a_bufs.index(2 * s))
+                tma_load(a_desc, [off_m + 64, k], bar, a_bufs.index(2 * s + 1))
+                for h in gl.static_range(HALVES):
+                    tma_load(b_desc, [off_n + h * _HALF_N, k], bar, b_bufs.index(HALVES * s + h))
+                it += 1
+
+    @gluon.jit
+    def _store_half(acc, rows, off_n, xs, ws_ptr, bias_ptr, out_ptr, M, N, stride_om, has_bias,
+                    layout: gl.constexpr):
+        cols = off_n + gl.arange(0, _HALF_N, layout=gl.SliceLayout(0, layout))
+        n_ok = cols < N
+        ws = gl.load(ws_ptr + cols, mask=n_ok, other=0.0)
+        out = acc * gl.expand_dims(xs, 1) * gl.expand_dims(ws, 0)
+        # the bias as a masked load, not a branch: Triton 3.6 fails to lower a runtime `if` on an MMA-layout
+        # tensor inside a warp-specialized partition (and has_bias is a runtime value there)
+        bias = gl.load(bias_ptr + cols, mask=n_ok & has_bias, other=0.0).to(gl.float32)
+        out = out + gl.expand_dims(bias, 0)
+        ptrs = out_ptr + gl.expand_dims(rows.to(gl.int64) * stride_om, 1) + gl.expand_dims(cols, 0)
+        mask = gl.expand_dims(rows < M, 1) & gl.expand_dims(n_ok, 0)
+        gl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @gluon.jit
+    def _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m,
+                  xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, has_bias, WG: gl.constexpr):
+        STAGES: gl.constexpr = ready.type.shape[0]
+        HALVES: gl.constexpr = b_bufs.type.shape[0] // STAGES
+        layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, _HALF_N, 32])
+        num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, _HALF_N * HALVES)
+        k_tiles = gl.cdiv(K, _BLOCK_K)
+        it = 0
+        for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+            off_m, off_n = _tile_origin(tile, M, N, group_m, HALVES)
+            acc0 = gl.zeros([64, _HALF_N], gl.float32, layout)
+            acc1 = gl.zeros([64, _HALF_N], gl.float32, layout)
+            for kt in range(k_tiles):
+                s = it % STAGES
+                mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+                a = a_bufs.index(2 * s + WG)
+                # the K block's product in a scratch accumulator (the wgmma's own reduced-precision sum over
+                # 128 elements), then added in fp32: the promotion
+                part = warpgroup_mma(a, b_bufs.index(HALVES * s).permute((1, 0)), acc0, use_acc=False,
+                                     is_async=True)
+                part = warpgroup_mma_wait(0, deps=(part,))
+                if HALVES == 1:
+                    mbarrier.arrive(empty.index(s), count=1)
+                acc0 = acc0 + part
+                if HALVES == 2:
+                    part = warpgroup_mma(a, b_bufs.index(2 * s + 1).permute((1, 0)), acc1, use_acc=False,
+                                         is_async=True)
+                    part = warpgroup_mma_wait(0, deps=(part,))
+                    mbarrier.arrive(empty.index(s), count=1)
+                    acc1 = acc1 + part
+                it += 1
+
+            rows = off_m + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, layout))
+            xs = gl.load(xs_ptr + rows, mask=rows < M, other=0.0)
+            _store_half(acc0, rows, off_n, xs, ws_ptr, bias_ptr, out_ptr, M, N, stride_om, has_bias, layout)
+            if HALVES == 2:
+                _store_half(acc1, rows, off_n + _HALF_N, xs, ws_ptr, bias_ptr, out_ptr, M, N, stride_om,
+                            has_bias, layout)
+
+    @gluon.jit
+    def _consumer_wg0(a_bufs, b_bufs, ready, empty, M, N, K, group_m,
+                      xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, has_bias):
+        _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, out_ptr,
+                  stride_om, has_bias, 0)
+
+    @gluon.jit
+    def _consumer_wg1(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m,
+                      xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, has_bias):
+        # the producer's signature (worker partitions share one)
+        _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, out_ptr,
+                  stride_om, has_bias, 1)
+
+    @gluon.jit
+    def _ptpc_gemm_gluon_kernel(a_desc, b_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
+                                HALVES: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
+                                HAS_BIAS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, 64, _BLOCK_K], a_desc.layout)
+        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [HALVES * STAGES, _HALF_N, _BLOCK_K], b_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(STAGES):
+            mbarrier.init(ready.index(s), count=1)
+            mbarrier.init(empty.index(s), count=2)  # both consumer warpgroups release a stage
+
+        group_m = GROUP_M
+        has_bias = HAS_BIAS
+        common = (ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, has_bias)
+        gl.warp_specialize([
+            (_consumer_wg0, (a_bufs, b_bufs) + common),
+            (_consumer_wg1, (a_desc, b_desc, a_bufs, b_bufs) + common),
+            (_producer, (a_desc, b_desc, a_bufs, b_bufs) + common),
+        ], [4, 1], [CONSUMER_REGS, 24])
+
+
+def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+           bias: torch.Tensor | None, out: torch.Tensor,
+           halves: int = 2, stages: int = 4, group_m: int = 8, consumer_regs: int = 232) -> torch.Tensor:
+    """out[M, N] = (xq @ wq^T) * x_scale * w_scale^T (+ bias). xq [M, K], wq [N, K] fp8 (e4m3fn), K-contiguous,
+    K a multiple of 16 (TMA's 16-byte strides); x_scale [M] / w_scale [N] fp32 contiguous."""
+    if not available(xq.device):
+        raise RuntimeError("ptpc_gemm_gluon needs an sm_90 CUDA GPU and a Triton with Gluon")
+    if xq.dtype != torch.float8_e4m3fn or wq.dtype != torch.float8_e4m3fn:
+        raise TypeError(f"ptpc_gemm_gluon takes float8_e4m3fn operands, got {xq.dtype} and {wq.dtype}")
+    M, K = xq.shape
+    N = wq.shape[0]
+    if wq.shape[1] != K or K % 16 or not (xq.is_contiguous() and wq.is_contiguous()):
+        raise ValueError(f"ptpc_gemm_gluon: need contiguous xq [M, K], wq [N, K], K % 16 == 0; got "
+                         f"{tuple(xq.shape)} and {tuple(wq.shape)}")
+    a_layout = gl.NVMMASharedLayout.get_default_for([64, BLOCK_K], gl.float8e4nv)
+    b_layout = gl.NVMMASharedLayout.get_default_for([HALF_N, BLOCK_K], gl.float8e4nv)
+    a_desc = TensorDescriptor.from_tensor(xq, [64, BLOCK_K], a_layout)
+    b_desc = TensorDescriptor.from_tensor(wq, [HALF_N, BLOCK_K], b_layout)
+    tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, HALF_N * halves)
+    grid = (min(tiles, torch.cuda.get_device_properties(xq.device).multi_processor_count),)
+    _ptpc_gemm_gluon_kernel[grid](
+        a_desc, b_desc, x_scale, w_scale, bias if bias is not None else w_scale, out, M, N, K, out.stride(0),
+        HALVES=halves, STAGES=stages, GROUP_M=group_m, HAS_BIAS=bias is not None,
+        CONSUMER_REGS=consumer_regs, num_warps=4,
+        # registers are handed out by warpgroup: 3 groups (two consumers, the 1-warp producer's) x 128 threads
+        # x maxnreg must fit the SM's 64K; setmaxnreg then moves them to the consumers
+        maxnreg=168,
+    )
+    return out

@@ -1,0 +1,67 @@
+"""The Gluon precise FP8 GEMM (an experiment, not a provider) still builds for sm_90 with this Triton.
+
+No GPU here: the kernel is compiled offline for an sm_90 target (Triton's bundled ptxas), so a Gluon API
+change that breaks it shows up in CI. Its numbers are checked on the GPU in tests/gpu/test_gluon_gemm_gpu.py.
+"""
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from rocm_attn.kernels.triton_kernels import ptpc_gemm_gluon as gluon_gemm
+
+pytestmark = pytest.mark.skipif(not gluon_gemm.HAVE_GLUON, reason="this Triton has no Gluon")
+
+
+def _compile(halves, stages):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+
+    try:
+        from triton.experimental.gluon._runtime import GluonASTSource
+    except ImportError:
+        pytest.skip("this Triton cannot compile Gluon offline")
+    a_layout = gl.NVMMASharedLayout.get_default_for([64, gluon_gemm.BLOCK_K], gl.float8e4nv)
+    b_layout = gl.NVMMASharedLayout.get_default_for([gluon_gemm.HALF_N, gluon_gemm.BLOCK_K], gl.float8e4nv)
+    signature = {
+        "a_desc": f"tensordesc<fp8e4nv[64, {gluon_gemm.BLOCK_K}],{a_layout!r}>",
+        "b_desc": f"tensordesc<fp8e4nv[{gluon_gemm.HALF_N}, {gluon_gemm.BLOCK_K}],{b_layout!r}>",
+        "xs_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "out_ptr": "*bf16",
+        "M": "i32", "N": "i32", "K": "i32", "stride_om": "i32",
+    }
+    constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=8, HAS_BIAS=True, CONSUMER_REGS=232)
+    signature.update({name: "constexpr" for name in constexprs})
+    src = GluonASTSource(gluon_gemm._ptpc_gemm_gluon_kernel, signature, constexprs, {})
+    os.environ.pop("TRITON_INTERPRET", None)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
+
+
+@pytest.mark.parametrize("halves, stages", [(1, 6), (2, 4)])
+def test_builds_for_sm90(halves, stages):
+    kernel = _compile(halves, stages)
+    ptx = kernel.asm["ptx"]
+    # two consumer warpgroups x HALVES accumulators x 4 k-steps (K = 32 each) of a 128-wide K block
+    assert ptx.count("wgmma.mma_async") == 2 * halves * 4
+    assert ptx.count("cp.async.bulk.tensor") == 2 + halves  # A's two 64-row halves, B's halves
+    assert "setmaxnreg" in ptx  # the producer warp gives its registers to the consumers
+    assert kernel.metadata.shared <= 227 * 1024
+    cuobjdump = shutil.which("cuobjdump") or os.path.join(
+        os.path.dirname(__import__("triton").__file__), "backends/nvidia/bin/cuobjdump"
+    )
+    if os.path.exists(cuobjdump):
+        with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+            f.write(kernel.asm["cubin"])
+        usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        assert int(re.search(r"REG:(\d+)", usage).group(1)) <= 168  # 3 warpgroups x 128 threads fit 64K
+
+
+def test_not_available_without_a_hopper_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert not gluon_gemm.available()
