@@ -23,8 +23,9 @@ import triton
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from rocm_attn.kernels.triton_kernels import ptpc_gemm_gluon as gluon_gemm  # noqa: E402
 from rocm_attn.kernels.triton_kernels.ptpc_gemm import ptpc_gemm_launch  # noqa: E402
+from rocm_attn.testing import fp8_gemm_exact as exact  # noqa: E402
+from rocm_attn.testing import fp8_gemm_operands, rel_err  # noqa: E402
 
-FP8 = torch.float8_e4m3fn
 SHAPES = [(4096, 4096, 4096), (8192, 4096, 14336), (8192, 6144, 4096), (8192, 28672, 4096), (1024, 4096, 4096),
           (4096, 4096, 14336), (8192, 4096, 4096)]
 CONFIGS = [dict(halves=2, stages=4, group_m=8), dict(halves=2, stages=4, group_m=16),
@@ -33,22 +34,7 @@ CONFIGS = [dict(halves=2, stages=4, group_m=8), dict(halves=2, stages=4, group_m
 
 
 def operands(M, N, K, positive=False, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    draw = torch.rand if positive else torch.randn
-    x = draw(M, K, device="cuda", generator=g)
-    w = draw(N, K, device="cuda", generator=g)
-    xs = x.abs().amax(1, keepdim=True).clamp(min=1e-6) / 448
-    ws = w.abs().amax(1, keepdim=True).clamp(min=1e-6) / 448
-    return (x / xs).to(FP8), xs, (w / ws).to(FP8), ws
-
-
-def exact(xq, xs, wq, ws, bias=None):
-    y = (xq.double() @ wq.double().T) * xs.double() * ws.double().T
-    return y if bias is None else y + bias.double()
-
-
-def rel_err(y, ref):
-    return float((y.double() - ref).norm() / ref.norm())
+    return fp8_gemm_operands(M, N, K, positive, generator=torch.Generator(device="cuda").manual_seed(seed))
 
 
 def run_gluon(xq, xs, wq, ws, bias=None, **config):

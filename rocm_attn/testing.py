@@ -41,6 +41,23 @@ class MixedBatch:
     scale: float
 
 
+def fp8_gemm_operands(M: int, N: int, K: int, positive: bool = False, device="cuda", generator=None):
+    """(xq [M, K], x_scale [M, 1], wq [N, K], w_scale [N, 1]): e4m3fn operands of a PTPC GEMM from randn (or,
+    with ``positive``, rand: every product the same sign, the worst case for a truncating accumulator)."""
+    draw = torch.rand if positive else torch.randn
+    x = draw(M, K, device=device, generator=generator)
+    w = draw(N, K, device=device, generator=generator)
+    x_scale = x.abs().amax(1, keepdim=True).clamp(min=1e-6) / 448
+    w_scale = w.abs().amax(1, keepdim=True).clamp(min=1e-6) / 448
+    return (x / x_scale).to(torch.float8_e4m3fn), x_scale, (w / w_scale).to(torch.float8_e4m3fn), w_scale
+
+
+def fp8_gemm_exact(xq, x_scale, wq, w_scale, bias=None) -> torch.Tensor:
+    """The PTPC GEMM of fp8 operands in float64: (xq @ wq^T) * x_scale * w_scale^T (+ bias)."""
+    y = (xq.double() @ wq.double().T) * x_scale.double() * w_scale.double().T
+    return y if bias is None else y + bias.double()
+
+
 def boundary_specs(block_size: int) -> list[tuple[int, int]]:
     """(context_len, query_len) pairs at the usual edges: empty context, a context ending exactly on and
     just past a block boundary, decodes whose token starts or ends a block."""

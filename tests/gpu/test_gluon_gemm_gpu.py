@@ -5,26 +5,11 @@ import pytest
 import torch
 
 from rocm_attn.kernels.triton_kernels import ptpc_gemm_gluon as gluon_gemm
+from rocm_attn.testing import fp8_gemm_exact as exact
+from rocm_attn.testing import fp8_gemm_operands as operands
+from rocm_attn.testing import rel_err
 
 pytestmark = pytest.mark.skipif(not gluon_gemm.available(), reason="needs sm_90 and Gluon")
-FP8 = torch.float8_e4m3fn
-
-
-def operands(M, N, K, positive=False):
-    draw = torch.rand if positive else torch.randn
-    x, w = draw(M, K, device="cuda"), draw(N, K, device="cuda")
-    xs = x.abs().amax(1, keepdim=True).clamp(min=1e-6) / 448
-    ws = w.abs().amax(1, keepdim=True).clamp(min=1e-6) / 448
-    return (x / xs).to(FP8), xs, (w / ws).to(FP8), ws
-
-
-def exact(xq, xs, wq, ws, bias=None):
-    y = (xq.double() @ wq.double().T) * xs.double() * ws.double().T
-    return y if bias is None else y + bias.double()
-
-
-def rel_err(y, ref):
-    return float((y.double() - ref).norm() / ref.norm())
 
 
 def run(xq, xs, wq, ws, bias=None, **config):
