@@ -13,12 +13,15 @@ accumulator in fp32.
 Epilogue: out = acc * x_scale[m] * w_scale[n] (+ bias[n]), stored as out's dtype.
 
 Needs sm_90 and a Triton with Gluon (3.6 and newer); `available()` says whether it can run.
-An experiment, not a provider: on an H100 it is as precise as cuBLASLt's precise GEMM and 10-25% faster than
-our Triton GEMM, but 5-12% slower than cuBLASLt at K = 4096 (benchmarks/RESULTS.md, Session 11;
-benchmarks/bench_gluon_gemm.py), so ptpc_scaled_mm does not call it.
+On an H100 it is as precise as cuBLASLt's precise GEMM and 5-9% faster on Llama-3-8B shapes at M >= 1024
+(benchmarks/RESULTS.md, Session 11; benchmarks/bench_gluon_gemm.py): ptpc_scaled_mm's triton provider runs it
+there (ptpc_gemm_gluon_launch), and auto prefers it to cuBLASLt. The output goes through shared memory and
+one TMA store per 64 x 128 half: storing straight from the MMA layout cost ~15%.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -27,6 +30,7 @@ try:  # Gluon ships with Triton >= 3.5; the CPU CI never launches this kernel
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
         mbarrier,
         tma,
         warpgroup_mma,
@@ -34,8 +38,10 @@ try:  # Gluon ships with Triton >= 3.5; the CPU CI never launches this kernel
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    # the TMA load was renamed (Triton 3.6: async_copy_global_to_shared; newer: async_load)
+    # the TMA copies were renamed (Triton 3.6: async_copy_global_to_shared / _shared_to_global; newer:
+    # async_load / async_store)
     tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+    tma_store = tma.async_store if hasattr(tma, "async_store") else tma.async_copy_shared_to_global
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - older Triton
     HAVE_GLUON = False
@@ -45,11 +51,32 @@ HALF_N = 128  # one wgmma accumulator: 64 x 128 fp32 = 64 registers per thread
 BLOCK_K = 128  # one promotion per 128 K elements, as cuBLASLt's precise mode
 
 
-def available(device: torch.device | None = None) -> bool:
-    """True on an sm_90 CUDA device with Gluon importable."""
-    if not HAVE_GLUON or not torch.cuda.is_available() or torch.version.hip:
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_layout(rows: int, cols: int, dtype_name: str):
+    """The NVMMA shared layout of one TMA box (made once: building it per launch costs host time)."""
+    return gl.NVMMASharedLayout.get_default_for([rows, cols], getattr(gl, dtype_name))
+
+
+@functools.lru_cache(maxsize=None)
+def _available_on(index: int | None) -> bool:
+    if not HAVE_GLUON or torch.version.hip or not torch.cuda.is_available():
         return False
-    return torch.cuda.get_device_capability(device) == (9, 0)
+    return torch.cuda.get_device_capability(index) == (9, 0)
+
+
+def available(device: torch.device | str | None = None) -> bool:
+    """True on an sm_90 CUDA device with Gluon importable (cached per device: it is asked on every call)."""
+    if device is not None:
+        device = torch.device(device)
+        if device.type != "cuda":
+            return False
+        return _available_on(device.index)
+    return _available_on(None)
 
 
 if HAVE_GLUON:
@@ -78,7 +105,7 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                  xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, has_bias):
+                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
         # one warp: waits for a free stage, then TMA-loads A (two 64-row halves) and B (HALVES x 128 rows)
         STAGES: gl.constexpr = ready.type.shape[0]
         HALVES: gl.constexpr = b_bufs.type.shape[0] // STAGES
@@ -100,8 +127,8 @@ if HAVE_GLUON:
                 it += 1
 
     @gluon.jit
-    def _store_half(acc, rows, off_n, xs, ws_ptr, bias_ptr, out_ptr, M, N, stride_om, has_bias,
-                    layout: gl.constexpr):
+    def _store_half(acc, row0, off_n, xs, ws_ptr, bias_ptr, c_desc, c_buf, N, has_bias, layout: gl.constexpr,
+                    PENDING: gl.constexpr):
         cols = off_n + gl.arange(0, _HALF_N, layout=gl.SliceLayout(0, layout))
         n_ok = cols < N
         ws = gl.load(ws_ptr + cols, mask=n_ok, other=0.0)
@@ -110,15 +137,19 @@ if HAVE_GLUON:
         # tensor inside a warp-specialized partition (and has_bias is a runtime value there)
         bias = gl.load(bias_ptr + cols, mask=n_ok & has_bias, other=0.0).to(gl.float32)
         out = out + gl.expand_dims(bias, 0)
-        ptrs = out_ptr + gl.expand_dims(rows.to(gl.int64) * stride_om, 1) + gl.expand_dims(cols, 0)
-        mask = gl.expand_dims(rows < M, 1) & gl.expand_dims(n_ok, 0)
-        gl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+        # through shared memory and one TMA store (it clips rows >= M, columns >= N): far fewer instructions
+        # than scattered stores from the MMA layout, and asynchronous, so the next tile's MMAs start at once
+        tma.store_wait(PENDING)  # this warpgroup's last store out of c_buf is done (PENDING: its other buffers')
+        c_buf.store(out.to(c_desc.dtype))
+        fence_async_shared()
+        tma_store(c_desc, [row0, off_n], c_buf)
 
     @gluon.jit
     def _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                  xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, has_bias, WG: gl.constexpr):
+                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, WG: gl.constexpr):
         STAGES: gl.constexpr = ready.type.shape[0]
         HALVES: gl.constexpr = b_bufs.type.shape[0] // STAGES
+        C_BUFS: gl.constexpr = c_bufs.type.shape[0] // 2  # output staging buffers per warpgroup (1 or HALVES)
         layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, _HALF_N, 32])
         num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, _HALF_N * HALVES)
@@ -150,30 +181,33 @@ if HAVE_GLUON:
 
             rows = off_m + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, layout))
             xs = gl.load(xs_ptr + rows, mask=rows < M, other=0.0)
-            _store_half(acc0, rows, off_n, xs, ws_ptr, bias_ptr, out_ptr, M, N, stride_om, has_bias, layout)
+            _store_half(acc0, off_m + WG * 64, off_n, xs, ws_ptr, bias_ptr, c_desc, c_bufs.index(WG * C_BUFS),
+                        N, has_bias, layout, C_BUFS - 1)
             if HALVES == 2:
-                _store_half(acc1, rows, off_n + _HALF_N, xs, ws_ptr, bias_ptr, out_ptr, M, N, stride_om,
-                            has_bias, layout)
+                _store_half(acc1, off_m + WG * 64, off_n + _HALF_N, xs, ws_ptr, bias_ptr, c_desc,
+                            c_bufs.index(WG * C_BUFS + C_BUFS - 1), N, has_bias, layout, C_BUFS - 1)
+        tma.store_wait(0)
 
     @gluon.jit
     def _consumer_wg0(a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                      xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, has_bias):
-        _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, out_ptr,
-                  stride_om, has_bias, 0)
+                      xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
+        _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
+                  c_bufs, has_bias, 0)
 
     @gluon.jit
     def _consumer_wg1(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                      xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, has_bias):
+                      xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
         # the producer's signature (worker partitions share one)
-        _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, out_ptr,
-                  stride_om, has_bias, 1)
+        _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
+                  c_bufs, has_bias, 1)
 
     @gluon.jit
-    def _ptpc_gemm_gluon_kernel(a_desc, b_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
+    def _ptpc_gemm_gluon_kernel(a_desc, b_desc, c_desc, xs_ptr, ws_ptr, bias_ptr, M, N, K,
                                 HALVES: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                                HAS_BIAS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+                                HAS_BIAS: gl.constexpr, CONSUMER_REGS: gl.constexpr, C_BUFS: gl.constexpr):
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, 64, _BLOCK_K], a_desc.layout)
         b_bufs = gl.allocate_shared_memory(b_desc.dtype, [HALVES * STAGES, _HALF_N, _BLOCK_K], b_desc.layout)
+        c_bufs = gl.allocate_shared_memory(c_desc.dtype, [2 * C_BUFS, 64, _HALF_N], c_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for s in gl.static_range(STAGES):
@@ -182,7 +216,7 @@ if HAVE_GLUON:
 
         group_m = GROUP_M
         has_bias = HAS_BIAS
-        common = (ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, out_ptr, stride_om, has_bias)
+        common = (ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias)
         gl.warp_specialize([
             (_consumer_wg0, (a_bufs, b_bufs) + common),
             (_consumer_wg1, (a_desc, b_desc, a_bufs, b_bufs) + common),
@@ -190,9 +224,43 @@ if HAVE_GLUON:
         ], [4, 1], [CONSUMER_REGS, 24])
 
 
+def takes_shape(M: int, K: int, N: int) -> bool:
+    """TMA's 16-byte strides: K a multiple of 16 (fp8 rows), N of 8 (bf16 / fp16 output rows)."""
+    return M > 0 and K > 0 and N > 0 and K % 16 == 0 and N % 8 == 0
+
+
+@functools.lru_cache(maxsize=4096)
+def pick_halves(M: int, N: int, sms: int) -> int:
+    """128 x 256 tiles (2 halves) unless the 128 x 128 ones fill the SMs' last round of tiles so much
+    better that it pays for their ~10% lower throughput (H100, Session 11: N = 6144 at M = 1024, 192 wide
+    tiles on 132 SMs = 1.45 rounds, ran 44.4 us with narrow tiles against 51.1)."""
+    def rounds(halves):
+        return triton.cdiv(triton.cdiv(M, BLOCK_M) * triton.cdiv(N, HALF_N * halves), sms)
+
+    return 1 if rounds(1) / 0.9 < 2 * rounds(2) else 2
+
+
+def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
+    """The ptpc_scaled_mm triton provider's entry (precise accumulation): operands as prepare_operands
+    leaves them; 3 stages and two output buffers per warpgroup, which measured best on an H100 (Session 11:
+    an interleaved A/B with cuBLASLt, benchmarks/results/h100-2026-11-22/s11/h)."""
+    from .ptpc_gemm import prepare_operands
+
+    ops, out = prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype)
+    if ops is None:
+        return out
+    xq, xs, wq, ws, bias = ops
+    M, N = out.shape
+    halves = pick_halves(M, N, _sm_count(out.device.index if out.device.index is not None else 0))
+    stages, out_buffers = (3, 2) if halves == 2 else (6, 1)
+    return launch(xq.contiguous(), xs, wq.contiguous(), ws, bias, out, halves=halves, stages=stages,
+                  group_m=16, out_buffers=out_buffers)
+
+
 def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
            bias: torch.Tensor | None, out: torch.Tensor,
-           halves: int = 2, stages: int = 4, group_m: int = 8, consumer_regs: int = 232) -> torch.Tensor:
+           halves: int = 2, stages: int = 4, group_m: int = 8, consumer_regs: int = 232,
+           out_buffers: int = 1) -> torch.Tensor:
     """out[M, N] = (xq @ wq^T) * x_scale * w_scale^T (+ bias). xq [M, K], wq [N, K] fp8 (e4m3fn), K-contiguous,
     K a multiple of 16 (TMA's 16-byte strides); x_scale [M] / w_scale [N] fp32 contiguous."""
     if not available(xq.device):
@@ -201,21 +269,40 @@ def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
         raise TypeError(f"ptpc_gemm_gluon takes float8_e4m3fn operands, got {xq.dtype} and {wq.dtype}")
     M, K = xq.shape
     N = wq.shape[0]
-    if wq.shape[1] != K or K % 16 or not (xq.is_contiguous() and wq.is_contiguous()):
-        raise ValueError(f"ptpc_gemm_gluon: need contiguous xq [M, K], wq [N, K], K % 16 == 0; got "
-                         f"{tuple(xq.shape)} and {tuple(wq.shape)}")
-    a_layout = gl.NVMMASharedLayout.get_default_for([64, BLOCK_K], gl.float8e4nv)
-    b_layout = gl.NVMMASharedLayout.get_default_for([HALF_N, BLOCK_K], gl.float8e4nv)
-    a_desc = TensorDescriptor.from_tensor(xq, [64, BLOCK_K], a_layout)
-    b_desc = TensorDescriptor.from_tensor(wq, [HALF_N, BLOCK_K], b_layout)
+    if wq.shape[1] != K or K % 16 or N % 8 or not (xq.is_contiguous() and wq.is_contiguous()):
+        raise ValueError(f"ptpc_gemm_gluon: need contiguous xq [M, K], wq [N, K], K % 16 == 0, N % 8 == 0 (TMA's "
+                         f"16-byte strides); got {tuple(xq.shape)} and {tuple(wq.shape)}")
+    if out.shape != (M, N) or not out.is_contiguous() or out.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"ptpc_gemm_gluon: out must be a contiguous bf16/fp16 [{M}, {N}] tensor")
+    a_desc = TensorDescriptor.from_tensor(xq, [64, BLOCK_K], _smem_layout(64, BLOCK_K, "float8e4nv"))
+    b_desc = TensorDescriptor.from_tensor(wq, [HALF_N, BLOCK_K], _smem_layout(HALF_N, BLOCK_K, "float8e4nv"))
+    out_name = "bfloat16" if out.dtype == torch.bfloat16 else "float16"
+    c_desc = TensorDescriptor.from_tensor(out, [64, HALF_N], _smem_layout(64, HALF_N, out_name))
+    device_index = xq.device.index if xq.device.index is not None else torch.cuda.current_device()
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, HALF_N * halves)
-    grid = (min(tiles, torch.cuda.get_device_properties(xq.device).multi_processor_count),)
-    _ptpc_gemm_gluon_kernel[grid](
-        a_desc, b_desc, x_scale, w_scale, bias if bias is not None else w_scale, out, M, N, K, out.stride(0),
-        HALVES=halves, STAGES=stages, GROUP_M=group_m, HAS_BIAS=bias is not None,
-        CONSUMER_REGS=consumer_regs, num_warps=4,
+    grid = (min(tiles, _sm_count(device_index)),)
+    bias_arg = bias if bias is not None else w_scale
+    args = (a_desc, b_desc, c_desc, x_scale, w_scale, bias_arg, M, N, K,
+            halves, stages, group_m, bias is not None, consumer_regs, out_buffers)
+    # Triton's JIT launch (argument binding, specialization, cache lookup) costs ~80 us of host time per
+    # call, more than cuBLASLt's whole launch; after the first call of a specialization the compiled kernel
+    # is launched directly. The key holds everything the JIT specializes on: the constexprs, each int's
+    # width, == 1 and 16-divisibility, each pointer's 16-byte alignment, the dtypes (descriptor types).
+    key = (device_index, *args[9:], out.dtype, bias_arg.dtype,
+           *((v == 1, v % 16 == 0, v >= 2**31) for v in (M, N, K)),
+           *(t.data_ptr() % 16 == 0 for t in (x_scale, w_scale, bias_arg)))
+    compiled = _COMPILED.get(key)
+    if compiled is not None:
+        compiled[grid + (1, 1)](*args)  # a compiled kernel takes a 3-d grid
+        return out
+    _COMPILED[key] = _ptpc_gemm_gluon_kernel[grid](
+        *args[:9], HALVES=halves, STAGES=stages, GROUP_M=group_m, HAS_BIAS=bias is not None,
+        CONSUMER_REGS=consumer_regs, C_BUFS=out_buffers, num_warps=4,
         # registers are handed out by warpgroup: 3 groups (two consumers, the 1-warp producer's) x 128 threads
         # x maxnreg must fit the SM's 64K; setmaxnreg then moves them to the consumers
         maxnreg=168,
     )
     return out
+
+
+_COMPILED: dict[tuple, object] = {}  # specialization key -> Triton CompiledKernel (see launch)

@@ -3,8 +3,8 @@ against the fp64 product of the same fp8 operands, and as precise as cuBLASLt's 
 all-positive worst case (where fast accumulation loses 7-22%)."""
 import pytest
 import torch
-
 from rocm_attn.kernels.triton_kernels import ptpc_gemm_gluon as gluon_gemm
+
 from rocm_attn.testing import fp8_gemm_exact as exact
 from rocm_attn.testing import fp8_gemm_operands as operands
 from rocm_attn.testing import rel_err
@@ -19,7 +19,8 @@ def run(xq, xs, wq, ws, bias=None, **config):
 
 @pytest.mark.parametrize("M, N, K", [(1, 128, 128), (200, 320, 4160), (1000, 1000, 2048), (4096, 4096, 4096),
                                      (257, 6144, 14336)])
-@pytest.mark.parametrize("config", [dict(halves=2, stages=4), dict(halves=1, stages=6, group_m=16)])
+@pytest.mark.parametrize("config", [dict(halves=2, stages=4), dict(halves=1, stages=6, group_m=16),
+                                    dict(halves=2, stages=3, out_buffers=2)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_matches_the_exact_product(M, N, K, config, with_bias):
     xq, xs, wq, ws = operands(M, N, K)
@@ -37,3 +38,37 @@ def test_as_precise_as_cublaslt_precise(K):
     fast = rel_err(torch._scaled_mm(xq, wq.T, scale_a=xs, scale_b=ws.T, out_dtype=torch.bfloat16,
                                     use_fast_accum=True), ref)
     assert ours <= 1.1 * precise and ours < 5e-3 < fast, (ours, precise, fast)
+
+
+@pytest.mark.parametrize("M, N, K", [(1024, 6144, 4096), (1024, 4096, 4096), (2048, 4096, 14336)])
+def test_the_provider_entry(M, N, K):
+    """ptpc_gemm_gluon_launch, what ptpc_scaled_mm's triton provider calls at M >= 1024: [M, 1] scales, a
+    bias, the tile width pick_halves chooses (N = 6144 at M = 1024 takes the 128-wide tiles)."""
+    from rocm_attn.kernels.triton_kernels.ptpc_gemm_gluon import pick_halves, ptpc_gemm_gluon_launch
+
+    xq, xs, wq, ws = operands(M, N, K)
+    bias = torch.randn(N, device="cuda", dtype=torch.bfloat16)
+    y = ptpc_gemm_gluon_launch(xq, xs, wq, ws, bias, torch.bfloat16)
+    assert y.shape == (M, N) and y.dtype == torch.bfloat16
+    assert rel_err(y, exact(xq, xs, wq, ws, bias)) < 5e-3
+    assert pick_halves(1024, 6144, 132) == 1 and pick_halves(1024, 4096, 132) == 2
+
+
+def test_repeat_calls_reuse_the_compiled_kernel_correctly():
+    """After the first call of a specialization, launch() skips Triton's JIT and launches the cached
+    compiled kernel: later calls (new data, new sizes with the same specialization, or sizes that change
+    it: M = 1, M not a multiple of 16) must still be right."""
+    for M in (64, 64, 48, 1, 17, 1, 64):
+        xq, xs, wq, ws = operands(M, 256, 512)
+        assert rel_err(run(xq, xs, wq, ws), exact(xq, xs, wq, ws)) < 5e-3, M
+    assert len(gluon_gemm._COMPILED) >= 3  # M % 16 == 0, M == 1, neither
+
+
+def test_bad_input_is_refused():
+    xq, xs, wq, ws = operands(64, 128, 128)
+    with pytest.raises(TypeError, match="float8_e4m3fn"):
+        run(xq.to(torch.bfloat16), xs, wq, ws)
+    with pytest.raises(ValueError, match="K % 16"):
+        run(xq[:, :120].contiguous(), xs, wq[:, :120].contiguous(), ws)
+    with pytest.raises(ValueError, match="out must be"):
+        gluon_gemm.launch(xq, xs, wq, ws, None, torch.empty(64, 128, device="cuda", dtype=torch.float32))

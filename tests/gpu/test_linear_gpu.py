@@ -136,7 +136,7 @@ def test_gemm_accumulation_precision(weights, M, provider):
 
 
 @pytest.mark.parametrize("provider,M,truncates", [("torch", 16, True), ("torch", 128, True), ("triton", 128, True),
-                                                  ("triton", 16, False)])
+                                                  ("triton", 16, False), ("triton", 4096, True)])
 def test_fast_accum_reaches_the_gemm(weights, provider, M, truncates):
     """fast_accum=True must change the GEMM's accumulation (not be dropped on the way): on the same-sign
     sums above, skipping the fp32 promotion loses visibly more than the precise mode, and stays finite.

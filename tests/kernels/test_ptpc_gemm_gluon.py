@@ -10,13 +10,12 @@ import subprocess
 import tempfile
 
 import pytest
-
 from rocm_attn.kernels.triton_kernels import ptpc_gemm_gluon as gluon_gemm
 
 pytestmark = pytest.mark.skipif(not gluon_gemm.HAVE_GLUON, reason="this Triton has no Gluon")
 
 
-def _compile(halves, stages):
+def _compile(halves, stages, out_buffers):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
@@ -27,26 +26,28 @@ def _compile(halves, stages):
         pytest.skip("this Triton cannot compile Gluon offline")
     a_layout = gl.NVMMASharedLayout.get_default_for([64, gluon_gemm.BLOCK_K], gl.float8e4nv)
     b_layout = gl.NVMMASharedLayout.get_default_for([gluon_gemm.HALF_N, gluon_gemm.BLOCK_K], gl.float8e4nv)
+    c_layout = gl.NVMMASharedLayout.get_default_for([64, gluon_gemm.HALF_N], gl.bfloat16)
     signature = {
         "a_desc": f"tensordesc<fp8e4nv[64, {gluon_gemm.BLOCK_K}],{a_layout!r}>",
         "b_desc": f"tensordesc<fp8e4nv[{gluon_gemm.HALF_N}, {gluon_gemm.BLOCK_K}],{b_layout!r}>",
-        "xs_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "out_ptr": "*bf16",
-        "M": "i32", "N": "i32", "K": "i32", "stride_om": "i32",
+        "c_desc": f"tensordesc<bf16[64, {gluon_gemm.HALF_N}],{c_layout!r}>",
+        "xs_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
     }
-    constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=8, HAS_BIAS=True, CONSUMER_REGS=232)
+    constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=8, HAS_BIAS=True, CONSUMER_REGS=232, C_BUFS=out_buffers)
     signature.update({name: "constexpr" for name in constexprs})
     src = GluonASTSource(gluon_gemm._ptpc_gemm_gluon_kernel, signature, constexprs, {})
-    os.environ.pop("TRITON_INTERPRET", None)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
 
 
-@pytest.mark.parametrize("halves, stages", [(1, 6), (2, 4)])
-def test_builds_for_sm90(halves, stages):
-    kernel = _compile(halves, stages)
+@pytest.mark.parametrize("halves, stages, out_buffers", [(1, 6, 1), (2, 4, 1), (2, 3, 2)])
+def test_builds_for_sm90(halves, stages, out_buffers, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # a real compile (restored after the test)
+    kernel = _compile(halves, stages, out_buffers)
     ptx = kernel.asm["ptx"]
     # two consumer warpgroups x HALVES accumulators x 4 k-steps (K = 32 each) of a 128-wide K block
     assert ptx.count("wgmma.mma_async") == 2 * halves * 4
-    assert ptx.count("cp.async.bulk.tensor") == 2 + halves  # A's two 64-row halves, B's halves
+    # loads (producer): A's two 64-row halves and B's halves; stores: one per output half in each consumer
+    assert ptx.count("cp.async.bulk.tensor") == 2 + halves + 2 * halves
     assert "setmaxnreg" in ptx  # the producer warp gives its registers to the consumers
     assert kernel.metadata.shared <= 227 * 1024
     cuobjdump = shutil.which("cuobjdump") or os.path.join(
@@ -65,3 +66,25 @@ def test_not_available_without_a_hopper_gpu():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     assert not gluon_gemm.available()
+
+
+def test_the_triton_provider_takes_it_only_where_it_was_measured(monkeypatch):
+    """ptpc_scaled_mm's gate: precise accumulation, M >= GLUON_MIN_M, e4m3fn, bf16/fp16 out, TMA-friendly
+    K and N, an sm_90 GPU (faked here: the gate's own logic is what is tested)."""
+    import torch
+    from rocm_attn.kernels import ptpc_scaled_mm as mm
+
+    monkeypatch.setattr(gluon_gemm, "available", lambda device=None: True)
+    fp8 = torch.float8_e4m3fn
+
+    def takes(M, K=4096, N=4096, dtype=fp8, out_dtype=torch.bfloat16, fast_accum=False):
+        return mm.gluon_takes(torch.empty(M, K, dtype=dtype), torch.empty(N, K, dtype=dtype), out_dtype, fast_accum)
+
+    assert takes(mm.GLUON_MIN_M) and takes(8192, 14336, 4096) and takes(4096, out_dtype=torch.float16)
+    assert not takes(mm.GLUON_MIN_M - 1)  # below the measured crossover: cuBLASLt / the tiled GEMM
+    assert not takes(4096, fast_accum=True)  # the Gluon GEMM is precise-only
+    assert not takes(4096, out_dtype=torch.float32)
+    assert not takes(4096, K=4104) and not takes(4096, N=4100)  # TMA's 16-byte row strides
+    assert not takes(4096, dtype=torch.float8_e4m3fnuz)
+    monkeypatch.setattr(gluon_gemm, "available", lambda device=None: False)
+    assert not takes(4096)
