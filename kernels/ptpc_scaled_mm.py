@@ -225,7 +225,7 @@ def _auto_order(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.bfloat16, f
     if xq.device.type != "cuda":
         return ["torch"]
     choice = cuda_auto_choice(xq.shape[0], wq.shape[0], xq.shape[1])
-    if not torch.version.hip and gluon_takes(xq, wq, out_dtype, fast_accum):
+    if gluon_takes(xq, wq, out_dtype, fast_accum):  # never on ROCm: available() is sm_90 only
         choice = "triton"  # the Gluon precise GEMM
     if torch.version.hip:
         return ["aiter", choice, "triton", "torch"]

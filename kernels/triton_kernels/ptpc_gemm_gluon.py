@@ -251,7 +251,7 @@ def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
         return out
     xq, xs, wq, ws, bias = ops
     M, N = out.shape
-    halves = pick_halves(M, N, _sm_count(out.device.index if out.device.index is not None else 0))
+    halves = pick_halves(M, N, _sm_count(out.device.index))  # a CUDA tensor's device has its index
     stages, out_buffers = (3, 2) if halves == 2 else (6, 1)
     return launch(xq.contiguous(), xs, wq.contiguous(), ws, bias, out, halves=halves, stages=stages,
                   group_m=16, out_buffers=out_buffers)
@@ -278,7 +278,7 @@ def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
     b_desc = TensorDescriptor.from_tensor(wq, [HALF_N, BLOCK_K], _smem_layout(HALF_N, BLOCK_K, "float8e4nv"))
     out_name = "bfloat16" if out.dtype == torch.bfloat16 else "float16"
     c_desc = TensorDescriptor.from_tensor(out, [64, HALF_N], _smem_layout(64, HALF_N, out_name))
-    device_index = xq.device.index if xq.device.index is not None else torch.cuda.current_device()
+    device_index = xq.device.index  # a CUDA tensor's device has its index
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, HALF_N * halves)
     grid = (min(tiles, _sm_count(device_index)),)
     bias_arg = bias if bias is not None else w_scale
