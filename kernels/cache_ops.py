@@ -15,10 +15,9 @@ from __future__ import annotations
 import torch
 
 from .common import check_float, check_gather_index, check_index, check_rank, check_same_device
+from .custom_op import custom_op
 from .kv_cache import KVCache, cache_dims, check_block_table_values, check_cache_tensors, check_slot_values
 from .registry import dispatch, register_provider
-
-
 
 
 def _check_tokens(op: str, name: str, t: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:
@@ -123,7 +122,7 @@ def gather_cache_triton(k_cache, v_cache, block_table, cu_seq_lens, seq_starts, 
 
 # ---------------------------------------------------------------- custom ops
 
-@torch.library.custom_op("rocm_attn::reshape_and_cache", mutates_args=("k_cache", "v_cache"))
+@custom_op("reshape_and_cache", mutates_args=("k_cache", "v_cache"))
 def reshape_and_cache_op(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          slot_mapping: torch.Tensor, layout: str) -> None:
     """Write k/v [T, Hkv, D] into the paged cache at slot_mapping (negative slots skipped)."""
@@ -138,7 +137,7 @@ def _(k, v, k_cache, v_cache, slot_mapping, layout) -> None:
     check_reshape_and_cache(k, v, k_cache, v_cache, slot_mapping, layout)
 
 
-@torch.library.custom_op("rocm_attn::gather_cache", mutates_args=("k_out", "v_out"))
+@custom_op("gather_cache", mutates_args=("k_out", "v_out"))
 def gather_cache_op(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                     cu_seq_lens: torch.Tensor, seq_starts: torch.Tensor, k_out: torch.Tensor,
                     v_out: torch.Tensor, layout: str) -> None:

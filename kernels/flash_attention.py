@@ -38,6 +38,7 @@ from typing import Optional
 import torch
 
 from .common import check_float, check_rank, check_same_device
+from .custom_op import custom_op
 from .registry import dispatch, register_provider, set_auto_order
 
 MAX_HEAD_DIM = 256
@@ -281,7 +282,7 @@ set_auto_order("flash_attn_varlen", _varlen_auto_order)
 # ----------------------------------------------------------------------------- custom ops
 
 
-@torch.library.custom_op("rocm_attn::flash_attn_varlen", mutates_args=())
+@custom_op("flash_attn_varlen", mutates_args=())
 def flash_attn_varlen(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
@@ -302,7 +303,7 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, ca
     return out, q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
-@torch.library.custom_op("rocm_attn::flash_attention", mutates_args=())
+@custom_op("flash_attention", mutates_args=())
 def flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor],
     scale: float, causal: bool, sliding_window: int = 0, softcap: float = 0.0,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import check_float, check_rank, check_same_device
+from .custom_op import custom_op
 from .per_token_quant import per_token_quant_fp8_torch
 from .platform import fp8_dtype, fp8_max
 from .registry import dispatch, register_provider
@@ -80,7 +81,7 @@ def rms_norm_quant_fp8_triton(x, weight, eps):
     return rms_norm_quant_fp8_launch(x, None, weight, eps, fp8_dtype(), fp8_max())[:2]
 
 
-@torch.library.custom_op("rocm_attn::rms_norm_quant_fp8", mutates_args=())
+@custom_op("rms_norm_quant_fp8", mutates_args=())
 def rms_norm_quant_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm (HF Llama) then per-token FP8 quant: -> (xq [..., K] fp8, x_scale [..., 1] fp32)."""
     _check_norm_inputs("rms_norm_quant_fp8", x, weight, eps)
@@ -112,7 +113,7 @@ def fused_add_rms_norm_quant_fp8_triton(x, residual, weight, eps):
     return rms_norm_quant_fp8_launch(x, residual, weight, eps, fp8_dtype(), fp8_max())
 
 
-@torch.library.custom_op("rocm_attn::fused_add_rms_norm_quant_fp8", mutates_args=())
+@custom_op("fused_add_rms_norm_quant_fp8", mutates_args=())
 def fused_add_rms_norm_quant_fp8(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -164,7 +165,7 @@ def silu_mul_quant_fp8_triton(gate_up, up=None):
     return silu_mul_quant_fp8_launch(gate_up, fp8_dtype(), fp8_max(), up=up)
 
 
-@torch.library.custom_op("rocm_attn::silu_mul_quant_fp8", mutates_args=())
+@custom_op("silu_mul_quant_fp8", mutates_args=())
 def silu_mul_quant_fp8(gate_up: torch.Tensor, up: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """silu(gate) * up then per-token FP8 quant -> (xq [..., N], x_scale [..., 1]).
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .common import check_float, check_rank, check_same_device
+from .custom_op import custom_op
 from .registry import dispatch, register_provider
 
 
@@ -55,7 +56,7 @@ def merge_attn_states_triton(prefix_out, prefix_lse, suffix_out, suffix_lse):
     return merge_attn_states_launch(prefix_out, prefix_lse, suffix_out, suffix_lse)
 
 
-@torch.library.custom_op("rocm_attn::merge_attn_states", mutates_args=())
+@custom_op("merge_attn_states", mutates_args=())
 def merge_attn_states(prefix_out: torch.Tensor, prefix_lse: torch.Tensor, suffix_out: torch.Tensor,
                       suffix_lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(prefix_out, prefix_lse [H,T]) + (suffix_out, suffix_lse) -> (out [T,H,D], lse [H,T] fp32)."""

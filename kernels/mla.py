@@ -26,6 +26,7 @@ import math
 import torch
 
 from .common import check_float, check_gather_index, check_index, check_rank, check_same_device
+from .custom_op import custom_op
 from .kv_cache import CACHE_DTYPES, BlockAllocator, check_block_table_values, check_slot_values
 from .registry import dispatch, register_provider, set_auto_order
 
@@ -257,7 +258,7 @@ set_auto_order("mla_decode", _decode_auto_order)
 
 # ---------------------------------------------------------------- custom ops
 
-@torch.library.custom_op("rocm_attn::mla_reshape_and_cache", mutates_args=("latent_cache",))
+@custom_op("mla_reshape_and_cache", mutates_args=("latent_cache",))
 def mla_reshape_and_cache(kv_c: torch.Tensor, k_pe: torch.Tensor, latent_cache: torch.Tensor,
                           slot_mapping: torch.Tensor) -> None:
     """latent_cache[slot] = [kv_c, k_pe] of each token (negative slots skipped)."""
@@ -271,7 +272,7 @@ def _(kv_c, k_pe, latent_cache, slot_mapping) -> None:
     check_mla_reshape_and_cache(kv_c, k_pe, latent_cache, slot_mapping)
 
 
-@torch.library.custom_op("rocm_attn::mla_gather_cache", mutates_args=("out",))
+@custom_op("mla_gather_cache", mutates_args=("out",))
 def mla_gather_cache(latent_cache: torch.Tensor, block_table: torch.Tensor, cu_seq_lens: torch.Tensor,
                      seq_starts: torch.Tensor, out: torch.Tensor) -> None:
     """Copy chunks of sequences' latent rows out of the paged cache into ``out`` (a workspace)."""
@@ -284,7 +285,7 @@ def _(latent_cache, block_table, cu_seq_lens, seq_starts, out) -> None:
     check_mla_gather_cache(latent_cache, block_table, cu_seq_lens, seq_starts, out)
 
 
-@torch.library.custom_op("rocm_attn::mla_decode", mutates_args=())
+@custom_op("mla_decode", mutates_args=())
 def mla_decode(q: torch.Tensor, latent_cache: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
                scale: float, kv_lora_rank: int, return_lse: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Absorbed MLA decode -> (out [B,H,kv_lora_rank] in latent space, lse [H,B] fp32). See module doc.

@@ -31,6 +31,7 @@ import torch
 
 from .attention_metadata import AttentionMetadata, metadata_from_tensors
 from .common import check_float, check_rank, check_same_device
+from .custom_op import custom_op
 from .mla import MLACache
 from .platform import get_platform
 from .registry import Kernels, requested_kernels, use_kernels
@@ -288,7 +289,7 @@ def _mla_dense_absorbed(q, kv_c, k_pe, w_uk, w_uv_t, attn_mask, scale, causal):
     return torch.matmul(o_lat, w_uv_t)  # [B, H, Sq, V]
 
 
-@torch.library.custom_op("rocm_attn::mla_attention_dense", mutates_args=())
+@custom_op("mla_attention_dense", mutates_args=())
 def mla_attention_dense(q: torch.Tensor, kv_c: torch.Tensor, k_pe: torch.Tensor, w_uk: torch.Tensor,
                         w_uv_t: torch.Tensor, attn_mask: Optional[torch.Tensor], scale: float,
                         causal: bool) -> torch.Tensor:

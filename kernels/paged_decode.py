@@ -20,6 +20,7 @@ import math
 import torch
 
 from .common import check_float, check_rank, check_same_device
+from .custom_op import custom_op
 from .flash_attention import attend_fp32
 from .kv_cache import cache_dims, check_block_table_values, check_cache_tensors
 from .registry import dispatch, register_provider, set_auto_order
@@ -135,7 +136,7 @@ def _auto_order(q, *args, **kwargs):
 set_auto_order("paged_decode", _auto_order)
 
 
-@torch.library.custom_op("rocm_attn::paged_decode", mutates_args=())
+@custom_op("paged_decode", mutates_args=())
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
                  block_table: torch.Tensor, scale: float, layout: str, sliding_window: int = 0,
                  softcap: float = 0.0) -> torch.Tensor:

@@ -15,9 +15,12 @@ spoils its own output: the per-token scale isolates it from the other rows.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .common import check_float, check_rank
+from .custom_op import custom_op
 from .platform import fp8_dtype, fp8_max
 from .registry import dispatch, register_provider
 
@@ -27,11 +30,13 @@ def to_fp32(value: float) -> float:
     return float(torch.tensor(value, dtype=torch.float32))
 
 
+@functools.lru_cache(maxsize=None)  # asked at every kernel launch: a tensor round trip costs host time
 def inv_fp8_max(fp8_max_value: float) -> float:
     """1 / fp8_max rounded to fp32: scale = amax * inv_fp8_max (see the module docstring)."""
     return to_fp32(1.0 / fp8_max_value)
 
 
+@functools.lru_cache(maxsize=None)
 def scale_floor(fp8_max_value: float) -> float:
     # The smallest scale we hand out: keeps 0/0 out of zero rows (vLLM uses the same idea).
     return to_fp32(1.0 / (fp8_max_value * 512.0))
@@ -74,7 +79,7 @@ def per_token_quant_fp8_aiter(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return xq.view(x.shape), scale.view(*x.shape[:-1], 1).float()
 
 
-@torch.library.custom_op("rocm_attn::per_token_quant_fp8", mutates_args=())
+@custom_op("per_token_quant_fp8", mutates_args=())
 def per_token_quant_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., K] (fp32/fp16/bf16) -> (xq [..., K] fp8, scale [..., 1] fp32)."""
     check_quant_input("per_token_quant_fp8", x)

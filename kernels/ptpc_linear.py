@@ -22,6 +22,7 @@ import math
 import torch
 
 from .common import check_float, check_rank, check_same_device, is_fp8
+from .custom_op import custom_op
 from .per_token_quant import inv_fp8_max, per_token_quant_fp8_aiter, per_token_quant_fp8_torch, scale_floor
 from .platform import fp8_dtype, fp8_max
 from .ptpc_scaled_mm import ptpc_scaled_mm_aiter, ptpc_scaled_mm_torch, scaled_mm_fallback
@@ -104,7 +105,7 @@ def ptpc_linear_aiter(x, wq, w_scale, bias=None, fast_accum=False):
 # ---- the ops --------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("rocm_attn::ptpc_linear", mutates_args=())
+@custom_op("ptpc_linear", mutates_args=())
 def ptpc_linear(
     x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
     fast_accum: bool = False,
@@ -146,7 +147,7 @@ def fp8_per_tensor_linear_torch(x, wq, w_scale, bias=None):
 register_provider("fp8_per_tensor_linear", "torch")(fp8_per_tensor_linear_torch)
 
 
-@torch.library.custom_op("rocm_attn::fp8_per_tensor_linear", mutates_args=())
+@custom_op("fp8_per_tensor_linear", mutates_args=())
 def fp8_per_tensor_linear(
     x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -24,6 +24,7 @@ import os
 import torch
 
 from .common import FLOAT_DTYPES, check_float, check_rank, check_same_device, is_fp8
+from .custom_op import custom_op
 from .registry import dispatch, register_provider, set_auto_order
 
 # ---- auto choice on a CUDA GPU (tuned with benchmarks/tune_linear.py on an H100) ----------
@@ -50,17 +51,21 @@ CUDA_AUTO_TABLE: dict[tuple[int, int] | None, list[tuple[int | None, str]]] = {
 GLUON_MIN_M = 1024
 
 
+_GLUON_OUT_DTYPES = (torch.bfloat16, torch.float16)
+
+
 def gluon_takes(xq, wq, out_dtype, fast_accum) -> bool:
     """Whether the Gluon precise GEMM runs this call (the triton provider's choice at large M).
-    ROCM_ATTN_GLUON_GEMM=0 turns it off (then the tiled Triton GEMM / torch._scaled_mm run, as before)."""
+    ROCM_ATTN_GLUON_GEMM=0 turns it off (then the tiled Triton GEMM / torch._scaled_mm run, as before).
+    Asked twice per call on auto's path (choosing the provider, then inside it): the cheap tests go first."""
+    if fast_accum or xq.shape[0] < GLUON_MIN_M or xq.dtype != torch.float8_e4m3fn:
+        return False
+    if out_dtype not in _GLUON_OUT_DTYPES:
+        return False
     from .triton_kernels import ptpc_gemm_gluon
 
     return (
-        not fast_accum
-        and xq.shape[0] >= GLUON_MIN_M
-        and xq.dtype == torch.float8_e4m3fn
-        and out_dtype in (torch.bfloat16, torch.float16)
-        and ptpc_gemm_gluon.takes_shape(*xq.shape, wq.shape[0])
+        ptpc_gemm_gluon.takes_shape(*xq.shape, wq.shape[0])
         and os.environ.get("ROCM_ATTN_GLUON_GEMM", "1") != "0"
         and ptpc_gemm_gluon.available(xq.device)
     )
@@ -238,7 +243,7 @@ set_auto_order(OP, _auto_order)
 # ---- the op ---------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("rocm_attn::ptpc_scaled_mm", mutates_args=())
+@custom_op("ptpc_scaled_mm", mutates_args=())
 def ptpc_scaled_mm(
     xq: torch.Tensor,
     x_scale: torch.Tensor,

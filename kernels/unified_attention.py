@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from .common import check_float, check_rank, check_same_device
+from .custom_op import custom_op
 from .kv_cache import cache_block_size, cache_dims, check_block_table_values, check_cache_tensors, to_standard
 from .registry import dispatch, register_provider
 
@@ -108,7 +109,7 @@ def unified_attention_triton(q, k_cache, v_cache, query_start_loc, seq_lens, blo
                                     sliding_window, softcap, max_query_len, max_seq_len)
 
 
-@torch.library.custom_op("rocm_attn::unified_attention", mutates_args=())
+@custom_op("unified_attention", mutates_args=())
 def unified_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, query_start_loc: torch.Tensor,
                       seq_lens: torch.Tensor, block_table: torch.Tensor, scale: float, layout: str,
                       sliding_window: int, softcap: float, max_query_len: int, max_seq_len: int) -> torch.Tensor:

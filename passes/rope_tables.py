@@ -16,10 +16,11 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from ..kernels.custom_op import custom_op
 from .report import GraphReport
 
 
-@torch.library.custom_op("rocm_attn::materialize", mutates_args=())
+@custom_op("materialize", mutates_args=())
 def materialize(x: torch.Tensor) -> torch.Tensor:
     """A copy of x: the compiler stores x here instead of recomputing it inside every reader."""
     return x.clone()

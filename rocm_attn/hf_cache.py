@@ -45,6 +45,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from .kernels.attention import attention as paged_attention
 from .kernels.attention import get_attention_backend
 from .kernels.attention_metadata import build_metadata_from_allocator
+from .kernels.custom_op import custom_op
 from .kernels.kv_cache import BlockAllocator, CacheFullError, KVCache
 
 log = logging.getLogger("rocm_attn")
@@ -340,7 +341,7 @@ class RocmAttnCache(Cache):
 _TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
 
 
-@torch.library.custom_op("rocm_attn::hf_paged_attention", mutates_args=(), tags=_TAGS)
+@custom_op("hf_paged_attention", mutates_args=(), tags=_TAGS)
 def hf_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor],
                        cache_id: int, layer_idx: int, scale: float, sliding_window: int,
                        softcap: float) -> torch.Tensor:

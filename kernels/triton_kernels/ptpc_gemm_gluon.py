@@ -253,8 +253,9 @@ def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
     M, N = out.shape
     halves = pick_halves(M, N, _sm_count(out.device.index))  # a CUDA tensor's device has its index
     stages, out_buffers = (3, 2) if halves == 2 else (6, 1)
-    return launch(xq.contiguous(), xs, wq.contiguous(), ws, bias, out, halves=halves, stages=stages,
-                  group_m=16, out_buffers=out_buffers)
+    # the provider's gate (ptpc_scaled_mm.gluon_takes) checked what launch() would check: launch unchecked
+    return _launch_checked_inputs(xq.contiguous(), xs, wq.contiguous(), ws, bias, out, halves, stages, 16,
+                                  232, out_buffers)
 
 
 def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
@@ -274,6 +275,15 @@ def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
                          f"16-byte strides); got {tuple(xq.shape)} and {tuple(wq.shape)}")
     if out.shape != (M, N) or not out.is_contiguous() or out.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"ptpc_gemm_gluon: out must be a contiguous bf16/fp16 [{M}, {N}] tensor")
+    return _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, group_m, consumer_regs,
+                                  out_buffers)
+
+
+def _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, group_m, consumer_regs,
+                           out_buffers):
+    """launch() after its checks (the triton provider's gate has made the same ones)."""
+    M, K = xq.shape
+    N = wq.shape[0]
     a_desc = TensorDescriptor.from_tensor(xq, [64, BLOCK_K], _smem_layout(64, BLOCK_K, "float8e4nv"))
     b_desc = TensorDescriptor.from_tensor(wq, [HALF_N, BLOCK_K], _smem_layout(HALF_N, BLOCK_K, "float8e4nv"))
     out_name = "bfloat16" if out.dtype == torch.bfloat16 else "float16"
