@@ -19,7 +19,9 @@ Columns (median times, CUDA-graph replay so Python dispatch does not swamp small
               the large copy's bandwidth, launch and ramp-up included)
 Every variant (bf16 and ours alike) is timed rotating over copies of its inputs (weight and
 activations) that together exceed ROTATE_BYTES (> 2x the H100's 50 MB L2): one CUDA graph runs
-the op once per copy, and the time is divided by the number of copies. Timing one buffer over
+the op once per copy, and the time is divided by the number of copies. Each shape times its
+variants round-robin, --rounds times (default 3), and keeps each variant's median, so slow drift
+of the GPU's clocks falls on all of them alike. Timing one buffer over
 and over measured the L2, not HBM (bf16 K = N = 4096, M = 16 ran at 3.7 TB/s).
 Ratios are bf16 time / our time (> 1: faster than bf16). Writes JSON (--out) and prints a
 markdown table. benchmarks/tune_linear.py times the candidate kernels one by one and prints
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -59,13 +62,6 @@ def input_copies(tensors) -> list[tuple]:
     return [tuple(tensors)] + [tuple(t.clone() for t in tensors) for _ in range(n - 1)]
 
 
-def bench_rotated(fn, *tensors) -> tuple[float, int]:
-    """(median ms of one fn(*tensors) call, number of copies): each replay of the graph runs fn
-    once on every copy of the inputs, so no call finds its inputs in L2."""
-    sets = input_copies(tensors)
-    return bench(lambda: [fn(*s) for s in sets]) / len(sets), len(sets)
-
-
 def copy_bandwidth_gbs() -> float:
     src = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
@@ -73,7 +69,7 @@ def copy_bandwidth_gbs() -> float:
     return 2 * src.numel() / ms / 1e6  # read + write
 
 
-def run_shape(K, N, M, copy_gbs):
+def run_shape(K, N, M, copy_gbs, rounds: int = 3):
     from rocm_attn.kernels import use_kernels
     from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
 
@@ -104,19 +100,28 @@ def run_shape(K, N, M, copy_gbs):
     def fast(fn):
         return lambda *a: fn(*a, fast=True)
 
-    timings = {
-        "bf16": bench_rotated(F.linear, x, w),
-        "scaled_mm": bench_rotated(scaled_mm, xq, x_scale, wq_t, w_scale_t),
-        "scaled_mm_fast": bench_rotated(fast(scaled_mm), xq, x_scale, wq_t, w_scale_t),
-        "triton_mm": bench_rotated(triton_mm, xq, x_scale, wq, w_scale),
-        "triton_mm_fast": bench_rotated(fast(triton_mm), xq, x_scale, wq, w_scale),
-        "ptpc_linear": bench_rotated(ops.ptpc_linear, x, wq, w_scale),
-        "ptpc_linear_fast": bench_rotated(lambda *a: ops.ptpc_linear(*a, fast_accum=True), x, wq, w_scale),
-        "norm_mm": bench_rotated(norm_mm, x, norm_w, wq, w_scale),
-        "norm_mm_fast": bench_rotated(fast(norm_mm), x, norm_w, wq, w_scale),
-        "quant": bench_rotated(ops.per_token_quant_fp8, x),
-        "copy_same_bytes": bench_rotated(lambda s, d: d.copy_(s), copy_src, torch.empty_like(copy_src)),
+    variants = {
+        "bf16": (F.linear, (x, w)),
+        "scaled_mm": (scaled_mm, (xq, x_scale, wq_t, w_scale_t)),
+        "scaled_mm_fast": (fast(scaled_mm), (xq, x_scale, wq_t, w_scale_t)),
+        "triton_mm": (triton_mm, (xq, x_scale, wq, w_scale)),
+        "triton_mm_fast": (fast(triton_mm), (xq, x_scale, wq, w_scale)),
+        "ptpc_linear": (ops.ptpc_linear, (x, wq, w_scale)),
+        "ptpc_linear_fast": (lambda *a: ops.ptpc_linear(*a, fast_accum=True), (x, wq, w_scale)),
+        "norm_mm": (norm_mm, (x, norm_w, wq, w_scale)),
+        "norm_mm_fast": (fast(norm_mm), (x, norm_w, wq, w_scale)),
+        "quant": (ops.per_token_quant_fp8, (x,)),
+        "copy_same_bytes": (lambda s, d: d.copy_(s), (copy_src, torch.empty_like(copy_src))),
     }
+    # Round-robin over the variants, `rounds` times, median per variant: a variant timed once, after the
+    # others, drifts with the GPU's thermal state (up to ~10% on the long kernels, Session 11).
+    rotated = {name: (fn, input_copies(tensors)) for name, (fn, tensors) in variants.items()}
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (fn, sets) in rotated.items():
+            samples[name].append(bench(lambda fn=fn, sets=sets: [fn(*s) for s in sets]) / len(sets))
+    timings = {name: (statistics.median(v), len(rotated[name][1])) for name, v in samples.items()}
+    del rotated
     errors = accumulation_errors(x, w, scaled_mm, triton_mm)
     t = {k: ms for k, (ms, _) in timings.items()}
     flop = 2.0 * M * N * K
@@ -128,7 +133,8 @@ def run_shape(K, N, M, copy_gbs):
            "quant_pct_copy": 100.0 * quant_bytes / t["quant"] / 1e6 / copy_gbs,
            "quant_pct_same_size_copy": 100.0 * t["copy_same_bytes"] / t["quant"],
            "weight_read_gbs_ptpc": N * K / t["ptpc_linear"] / 1e6,
-           "input_copies": {k: n for k, (_, n) in timings.items()}, "rel_err": errors}
+           "input_copies": {k: n for k, (_, n) in timings.items()}, "rel_err": errors,
+           "samples_ms": samples}
     return row
 
 
@@ -188,18 +194,21 @@ def main(argv=None):
     ap.add_argument("--out", default="bench_linear.json", help="JSON results path")
     ap.add_argument("--quick", action="store_true", help="a subset that runs in < 60 s")
     ap.add_argument("--ms", type=str, default=None, help="comma-separated M values (override)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved timing rounds per shape (median; default 3, --quick 1)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_linear needs a CUDA/ROCm GPU")
     kns = QUICK_KN if args.quick else LLAMA_KN
     ms = [int(m) for m in args.ms.split(",")] if args.ms else (QUICK_MS if args.quick else MS)
+    rounds = 1 if args.quick and args.rounds == 3 else max(1, args.rounds)
     torch.manual_seed(0)
     start = time.time()
     copy_gbs = copy_bandwidth_gbs()
     rows = []
     for K, N in kns:
         for M in ms:
-            rows.append(run_shape(K, N, M, copy_gbs))
+            rows.append(run_shape(K, N, M, copy_gbs, rounds))
             r = rows[-1]
             print(f"K={K} N={N} M={M}: ptpc_linear {r['vs_bf16']['ptpc_linear']:.2f}x bf16 "
                   f"({r['ms']['ptpc_linear'] * 1e3:.1f} us); norm_mm {r['vs_bf16']['norm_mm']:.2f}x, "
@@ -210,7 +219,7 @@ def main(argv=None):
     print(table)
     result = {"device": device, "torch": torch.__version__, "copy_gbs": copy_gbs, "rows": rows,
               "method": f"weights and activations rotated over copies >= {ROTATE_BYTES >> 20} MiB "
-                        "per variant",
+                        f"per variant; median of {rounds} interleaved rounds",
               "seconds": time.time() - start,
               "command": "python benchmarks/bench_linear.py" + (" --quick" if args.quick else "")}
     with open(args.out, "w") as f:

@@ -3,10 +3,9 @@
 Memory bound: read K inputs, write K fp8 bytes and one scale. Rows up to MAX_SINGLE_BLOCK
 elements are read once (kept in registers between the amax and the quant pass); longer
 rows loop twice over LOOP_BLOCK chunks, the second read hitting L2. Measured on an H100
-(benchmarks/tune_linear.py): K = 4096 is best as one 4096 block with 4 warps (91% of copy
-at M = 4096; 8 warps at M <= 1024, 16 at M <= 256); K = 14336 as 2048-wide chunks with 16
-warps (82% of copy, 68% with 4096 and 8 warps; a single 16384 block ran at half the copy
-bandwidth: register pressure).
+(benchmarks/tune_linear.py): K = 4096 is best as one 4096 block with 8 warps (16 at
+M <= 256); K = 14336 as 2048-wide chunks with 16 warps at every M (Session 12: 1024-16384 wide
+blocks with 4-32 warps, single-pass 16384 included, all slower).
 
 scale = max(amax * INV_FP8_MAX, SCALE_FLOOR) (fp32 multiply by constants rounded to fp32)
 and q = x / scale with IEEE division (div_rn): bit for bit what the torch reference does on
@@ -26,8 +25,7 @@ from ..per_token_quant import inv_fp8_max, scale_floor
 MAX_SINGLE_BLOCK = 8192
 LOOP_BLOCK = 2048
 LOOP_WARPS = 16
-SMALL_M_ROWS = 256  # up to here a 4096 block runs 16 warps, up to MID_M_ROWS 8 (else 4)
-MID_M_ROWS = 1024
+SMALL_M_ROWS = 256  # up to here a 4096 block runs 16 warps, above it 8
 
 
 @triton.jit
@@ -69,8 +67,10 @@ def default_quant_config(K: int, M: int | None = None) -> tuple[int, int, bool]:
         warps = 1 if block <= 512 else 4 if block <= 4096 else 8
         if M is not None and block == 4096:  # measured at K = 4096
             # few rows = few programs: spread each row over more threads so its loads all fly at
-            # once (H100, K = 4096: M = 1 1.83 us with 16 warps vs 2.42 with 4; M = 1024 6.9 vs 7.9)
-            warps = 16 if M <= SMALL_M_ROWS else 8 if M <= MID_M_ROWS else warps
+            # once (H100, K = 4096: M = 1 1.83 us with 16 warps vs 2.42 with 4; M = 1024 6.9 vs 7.9).
+            # Above, 8 warps (Session 12, inputs rotated out of L2: M = 2048 / 4096 / 8192 11.1 / 19.9 /
+            # 36.1 us against 12.9 / 21.7 / 37.9 with 4)
+            warps = 16 if M <= SMALL_M_ROWS else 8
         return block, warps, True
     return LOOP_BLOCK, LOOP_WARPS, False
 

@@ -36,3 +36,13 @@ def test_fp8_accumulation_markdown_reads_its_json():
     table = acc.markdown({"speed": [speed], "accuracy": [accuracy]})
     assert "| 1024 | 4096 | 4096 | 48.0 | 32.0 (1.50x) | 30.0 (1.60x) | 40.0 (1.20x)" in table
     assert "| 4096 | positive | 1.9e-03 | 6.7e-02 | 2.0e-03" in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_profile_host_without_a_gpu():
+    profile_host = load("profile_host")
+    with pytest.raises(SystemExit, match="needs a GPU"):
+        profile_host.main(["--variant", "inductor", "--shape", "2x64"])
+    with pytest.raises(SystemExit) as exc:  # a model bench_e2e does not know: argparse's error (exit 2)
+        profile_host.main(["--model", "gpt2"])
+    assert exc.value.code == 2
