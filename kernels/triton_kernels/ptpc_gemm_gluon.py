@@ -49,6 +49,7 @@ except ImportError:  # pragma: no cover - older Triton
 BLOCK_M = 128  # two consumer warpgroups of 64 rows
 HALF_N = 128  # one wgmma accumulator: 64 x 128 fp32 = 64 registers per thread
 BLOCK_K = 128  # one promotion per 128 K elements, as cuBLASLt's precise mode
+CONSUMER_REGS = 232  # registers per consumer thread after setmaxnreg (the producer warp keeps 24)
 
 
 @functools.lru_cache(maxsize=None)
@@ -254,13 +255,14 @@ def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
     halves = pick_halves(M, N, _sm_count(out.device.index))  # a CUDA tensor's device has its index
     stages, out_buffers = (3, 2) if halves == 2 else (6, 1)
     # the provider's gate (ptpc_scaled_mm.gluon_takes) checked what launch() would check: launch unchecked
-    return _launch_checked_inputs(xq.contiguous(), xs, wq.contiguous(), ws, bias, out, halves, stages, 16,
-                                  232, out_buffers)
+    return _launch_checked_inputs(xq.contiguous(), xs, wq.contiguous(), ws, bias, out, halves=halves,
+                                  stages=stages, group_m=16, consumer_regs=CONSUMER_REGS,
+                                  out_buffers=out_buffers)
 
 
 def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
            bias: torch.Tensor | None, out: torch.Tensor,
-           halves: int = 2, stages: int = 4, group_m: int = 8, consumer_regs: int = 232,
+           halves: int = 2, stages: int = 4, group_m: int = 8, consumer_regs: int = CONSUMER_REGS,
            out_buffers: int = 1) -> torch.Tensor:
     """out[M, N] = (xq @ wq^T) * x_scale * w_scale^T (+ bias). xq [M, K], wq [N, K] fp8 (e4m3fn), K-contiguous,
     K a multiple of 16 (TMA's 16-byte strides); x_scale [M] / w_scale [N] fp32 contiguous."""
