@@ -78,3 +78,12 @@ def test_forward_with_grad_works_and_backward_raises():
         (a + b).sum().backward()
     with torch.no_grad():
         assert not scale_add(x).requires_grad
+
+
+@pytest.mark.skipif(not hasattr(torch.Tag, "cudagraph_unsafe"), reason="this torch has no cudagraph_unsafe tag")
+def test_tags_reach_the_op():
+    """hf_paged_attention reads a live cache outside the graph: CUDA graphs must not capture it."""
+    import rocm_attn.hf_cache  # noqa: F401  (registers the op)
+
+    assert torch.Tag.cudagraph_unsafe in torch.ops.rocm_attn.hf_paged_attention.default.tags
+    assert torch.Tag.cudagraph_unsafe not in torch.ops.rocm_attn.ptpc_scaled_mm.default.tags
