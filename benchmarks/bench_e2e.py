@@ -34,6 +34,24 @@ Measured per (model, variant):
            --phases weights: only this (one row per variant, nothing timed)
 Every case runs in try/except: a variant that cannot run a case gets a note, the rest go on.
 Writes JSON (--out) with rows and a markdown table.
+
+--rounds N (N > 1; prefill only): interleaved timing. On an H100 the compiled prefill is power-capped (~690 W,
+SM clock ~1635 MHz median, 1350-1965), so timing variant A fully and then B lets the drift fall unevenly
+on them (our variant vs torchao moved between 1.06x and 1.10x run to run). With --rounds, per model every
+variant is built and kept resident (one Dynamo reset before the first; all must fit in GPU memory), each
+shape is compiled by every variant's first call, then timed in N rounds; in each round every variant runs
+--iters synced calls, in the same order (as benchmarks/bench_linear.py does for kernels):
+
+    python benchmarks/bench_e2e.py --models qwen3 --layers 8 --phases prefill --prefill-shapes 8x1024 \
+        --variants inductor,rocm_attn_ptpc:TRITON_ATTN,torchao_fp8_rowwise --rounds 3 --iters 5 \
+        --out results/e2e_rounds.json
+
+Each prefill row then has tokens_per_s / ms from the median of all N x --iters samples, rounds, round_ms
+(each round's median), samples_ms, and against "inductor" and "torchao_fp8_rowwise" when in the run:
+x_<base>_rounds (per round: <base>'s round ms / this row's) and x_<base> (the same of the overall
+medians); the table gets a second, per-round part. peak_gib is None (the variants share the GPU: see
+peak_note). --rounds > 1 needs --phases prefill and no --profile (run decode, weights and profiles
+without it); --rounds 1 (default) is the one-variant-at-a-time run above.
 """
 
 from __future__ import annotations
@@ -42,6 +60,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -180,6 +199,10 @@ class Skip(Exception):
     """A variant that cannot run here (a missing package): one row with the reason."""
 
 
+def error_note(exc: Exception) -> str:
+    return f"error: {type(exc).__name__}: {str(exc)[:200]}"
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -247,26 +270,35 @@ def weight_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def run_variant(family, variant, args, device) -> list[dict]:
+def setup_variant(family, variant, args, device):
+    """(model, prefill callable, the fields all its rows share); (None, None, a note row) where the variant
+    cannot be built here."""
     base = {"model": family, "variant": variant}
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    torch._dynamo.reset()
     model = build_model(family, args.layers, device, args.cpu_smoke)
     bf16_bytes = weight_bytes(model)
     try:
         forward, note = prepare(model, variant, not args.no_compile)
     except Skip as exc:
-        return [{**base, "case": "all", "note": str(exc)}]
+        return None, None, {**base, "case": "all", "note": str(exc)}
     except Exception as exc:
-        return [{**base, "case": "all", "note": f"error: {type(exc).__name__}: {str(exc)[:200]}"}]
+        return None, None, {**base, "case": "all", "note": error_note(exc)}
     common = {
         **base,
         "weight_gib": weight_bytes(model) / 2**30,
         "weight_vs_bf16": weight_bytes(model) / bf16_bytes,
         "setup": note,
     }
+    return model, forward, common
+
+
+def run_variant(family, variant, args, device) -> list[dict]:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    torch._dynamo.reset()
+    model, forward, common = setup_variant(family, variant, args, device)
+    if model is None:
+        return [common]
     rows = [] if (args.prefill or args.batches) else [{**common, "case": "weights", "phase": "weights"}]
     for batch, tokens in args.prefill:
         row = {
@@ -284,7 +316,7 @@ def run_variant(family, variant, args, device) -> list[dict]:
                 row["profile"] = profile_prefill(forward, model.config.vocab_size, batch, tokens, device)
                 print(f"profile {family} {variant} {batch}x{tokens}\n{row['profile']}", flush=True)
         except Exception as exc:  # one case that cannot run (memory, an unsupported shape): say why, go on
-            row["note"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+            row["note"] = error_note(exc)
         rows.append(row)
         print(json.dumps(rounded(row)), flush=True)
     for batch in args.batches:
@@ -299,13 +331,119 @@ def run_variant(family, variant, args, device) -> list[dict]:
         try:
             row.update(measure_decode(model, batch, args.context, args.new_tokens, device))
         except Exception as exc:
-            row["note"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+            row["note"] = error_note(exc)
         rows.append(row)
         print(json.dumps(rounded(row)), flush=True)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     for row in rows:
         row["peak_gib"] = peak
     del forward, model
+    gc.collect()
+    return rows
+
+
+RATIO_BASES = ("inductor", "torchao_fp8_rowwise")  # --rounds: every row's speed-up over these, per round
+PEAK_NOTE = "peak memory not per-variant in --rounds mode (all variants resident at once)"
+
+
+@torch.no_grad()
+def measure_prefill_rounds(forwards: dict, vocab: int, batch: int, tokens: int, device: str, iters: int,
+                           rounds: int) -> dict:
+    """{variant: its prefill measurement} of all ``forwards`` at once: each one's first call (the compile),
+    then ``rounds`` rounds, each timing every variant ``iters`` calls, in the same order. A variant that
+    fails gets {"note": why} and leaves the rounds; the others go on."""
+    ids = torch.randint(1, vocab, (batch, tokens), device=device)  # the same tokens for every variant
+    calls = {v: (lambda f=f: f(input_ids=ids, use_cache=False, logits_to_keep=1))
+             for v, f in forwards.items()}
+    out = {v: {} for v in calls}
+    samples = {v: [] for v in calls}  # per variant: one list of `iters` seconds per round
+    for variant, call in calls.items():
+        try:
+            out[variant]["first_s"] = seconds(call, device)
+            if variant.startswith("rocm_attn"):  # the report of the compile just done: this variant's
+                out[variant]["attention_mask"] = attention_mask_notes()
+        except Exception as exc:
+            out[variant]["note"] = error_note(exc)
+    for _ in range(rounds):
+        for variant, call in calls.items():
+            if "note" in out[variant]:
+                continue
+            try:
+                samples[variant].append([seconds(call, device) for _ in range(iters)])
+            except Exception as exc:
+                out[variant]["note"] = error_note(exc)
+    for variant, per_round in samples.items():
+        if "note" in out[variant]:
+            continue
+        flat = [t for times in per_round for t in times]
+        steady = statistics.median(flat)
+        out[variant].update({
+            "tokens_per_s": batch * tokens / steady,
+            "ms": steady * 1e3,
+            "compile_s": max(out[variant]["first_s"] - steady, 0.0),
+            "rounds": rounds,
+            "round_ms": [statistics.median(times) * 1e3 for times in per_round],
+            "samples_ms": [t * 1e3 for t in flat],  # in call order, `iters` per round
+        })
+    return out
+
+
+def add_round_ratios(rows: list[dict]) -> None:
+    """On the rows of one case: x_<base>_rounds = <base>'s round median ms / this row's, per round (> 1:
+    faster than <base>; the two were timed minutes apart at most, under the same clocks), and x_<base> =
+    the same of the medians over all rounds."""
+    timed = [r for r in rows if "round_ms" in r]
+    for row in timed:
+        for base in timed:
+            if base is row or base["variant"] not in RATIO_BASES:
+                continue
+            name = base["variant"]
+            row[f"x_{name}_rounds"] = [b / r for b, r in zip(base["round_ms"], row["round_ms"], strict=True)]
+            row[f"x_{name}"] = base["ms"] / row["ms"]
+
+
+def run_family_rounds(family, variants, args, device) -> list[dict]:
+    """--rounds: prefill of every variant of ``family`` interleaved. All are built and kept resident, then
+    each shape is compiled per variant and timed round-robin, so the GPU's clock drift (power cap) falls on
+    all variants alike instead of on whichever ran last."""
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()  # once: a reset between variants would throw away the compiled code of those built
+    # All variants' graphs share the model's code objects. Without automatic dynamic shapes each variant compiles
+    # one static graph per shape, as in a one-variant run (with it, the second variant's differing weights made
+    # Dynamo recompile everything with dynamic shapes: twice the compile time, and other code than the
+    # one-variant run times); the recompile limit grows so that no variant silently runs eager.
+    limit = max(torch._dynamo.config.recompile_limit, 2 * len(variants) * max(len(args.prefill), 1))
+    with torch._dynamo.config.patch(automatic_dynamic_shapes=False, recompile_limit=limit):
+        return _run_family_rounds(family, variants, args, device)
+
+
+def _run_family_rounds(family, variants, args, device) -> list[dict]:
+    rows, models, forwards, common = [], [], {}, {}
+    for variant in variants:
+        print(f"== {family} {variant} (build)", file=sys.stderr, flush=True)
+        model, forward, fields = setup_variant(family, variant, args, device)
+        if model is None:  # skipped or failed: its note row, and no part in the rounds
+            rows.append(fields)
+            continue
+        models.append(model)
+        forwards[variant], common[variant] = forward, fields
+    for batch, tokens in args.prefill if forwards else []:
+        case = f"prefill {batch}x{tokens}"
+        print(f"== {family} {case}: {args.rounds} rounds of {', '.join(forwards)}", file=sys.stderr,
+              flush=True)
+        vocab = models[0].config.vocab_size
+        results = measure_prefill_rounds(forwards, vocab, batch, tokens, device, args.iters, args.rounds)
+        case_rows = [
+            {**common[v], "case": case, "phase": "prefill", "batch": batch, "tokens": tokens, **result,
+             "peak_gib": None, "peak_note": PEAK_NOTE}
+            for v, result in results.items()
+        ]
+        add_round_ratios(case_rows)
+        for row in case_rows:
+            print(json.dumps(rounded(row)), flush=True)
+        rows += case_rows
+    del forwards, models
     gc.collect()
     return rows
 
@@ -366,6 +504,27 @@ def markdown(rows: list[dict]) -> str:
             f"| {ratio(r, 'inductor')} | {first:.1f} | {weights} "
             f"| {peak} | {r.get('note', '')} |"
         )
+    timed = [r for r in rows if "round_ms" in r]
+    if timed:  # --rounds: each round's median and the ratios of the same round
+        bases = [b for b in RATIO_BASES if any(f"x_{b}" in r for r in timed)]
+        lines += [
+            "",
+            f"--rounds {timed[0]['rounds']}: prefill timed round-robin; ms = each round's median of --iters "
+            "calls; x base = base ms / this ms: overall medians (per round). " + PEAK_NOTE,
+            "",
+            "| model | variant | case | ms per round | "
+            + " | ".join(f"x {b} (rounds)" for b in bases) + " |",
+            "|---|---|---|---|" + "---|" * len(bases),
+        ]
+        for r in timed:
+            cells = [
+                f"{r[f'x_{b}']:.3f} ({', '.join(f'{x:.3f}' for x in r[f'x_{b}_rounds'])})"
+                if f"x_{b}" in r else "-"
+                for b in bases
+            ]
+            per_round = ", ".join(f"{ms:.2f}" for ms in r["round_ms"])
+            lines.append(f"| {r['model']} | {r['variant']} | {r['case']} | {per_round} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -385,6 +544,9 @@ def parse_args(argv=None):
     ap.add_argument("--prefill-shapes", default=None, help="comma-separated BxS (default 1x8192,8x1024)")
     ap.add_argument("--profile", action="store_true",
                     help="after timing each prefill case, profile one call: top CUDA kernels into the row")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="> 1: prefill only (--phases prefill, no --profile): every variant built first, "
+                         "then timed round-robin, N rounds of --iters calls each; medians, per-round ratios")
     ap.add_argument(
         "--cpu-smoke", action="store_true", help="tiny config, tiny shapes, CPU: checks the code paths"
     )
@@ -392,6 +554,13 @@ def parse_args(argv=None):
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     if not phases or phases - {"prefill", "decode", "weights"} or ("weights" in phases and len(phases) > 1):
         ap.error(f"--phases: prefill and/or decode, or weights alone (got {args.phases!r})")
+    if args.rounds < 1:
+        ap.error(f"--rounds: 1 or more (got {args.rounds})")
+    if args.rounds > 1 and phases != {"prefill"}:  # decode and weights keep the one-variant-at-a-time runs
+        ap.error(f"--rounds {args.rounds} interleaves prefill only: pass --phases prefill "
+                 f"(got --phases {args.phases!r}; run decode or weights without --rounds)")
+    if args.rounds > 1 and args.profile:
+        ap.error("--rounds with --profile: profile in a run without --rounds")
     args.prefill, args.batches, args.context = PREFILL_SHAPES, DECODE_BATCHES, DECODE_CONTEXT
     args.models = args.models or (None if args.cpu_smoke else "llama,qwen3")
     if args.cpu_smoke:
@@ -434,6 +603,12 @@ def main(argv=None):
     start = time.time()
     rows = []
     for family in models:
+        if args.rounds > 1:  # every variant at once, prefill interleaved
+            new_rows = run_family_rounds(family, variants, args, device)
+            for row in new_rows:
+                print(json.dumps(row, default=str), file=sys.stderr, flush=True)
+            rows += new_rows
+            continue
         for variant in variants:
             print(f"== {family} {variant}", file=sys.stderr, flush=True)
             new_rows = run_variant(family, variant, args, device)
@@ -448,6 +623,7 @@ def main(argv=None):
         "models": models,
         "variants": variants,
         "layers": args.layers,
+        "rounds": args.rounds,
         "rows": rows,
         "table": table,
         "seconds": time.time() - start,

@@ -103,6 +103,22 @@ def parameter_of(node, gm: fx.GraphModule, example_inputs) -> torch.nn.Parameter
     return None
 
 
+def tensor_of(node, gm: fx.GraphModule, example_inputs) -> torch.Tensor | None:
+    """The real tensor behind a placeholder (a lifted parameter or buffer) or a get_attr, else None."""
+    if not isinstance(node, fx.Node):
+        return None
+    t = None
+    if node.op == "placeholder":
+        idx = placeholder_index(gm).get(node)
+        if idx is not None and example_inputs is not None and idx < len(example_inputs):
+            t = example_inputs[idx]
+    elif node.op == "get_attr":
+        t = gm
+        for part in str(node.target).split("."):
+            t = getattr(t, part, None)
+    return t if isinstance(t, torch.Tensor) else None
+
+
 def add_constant(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
     """Store a tensor on the GraphModule as a buffer (a static input to Inductor, like a weight)."""
     base = re.sub(r"[^0-9a-zA-Z_]", "_", name)

@@ -10,6 +10,14 @@ the quant is shared by every linear that reads x, and the post-grad norm_quant p
 the RMSNorm that produced x, as for an unpatched model (the nodes are linear.py's emit_quant / emit_mm).
 The split is what the op itself runs (its providers are quant + scaled_mm), so it is exact. The weights
 stay the module's buffers: no copy.
+
+Linears that read the same x and whose wq, w_scale (and bias) are adjacent rows of one buffer (patch() lays
+q/k/v and gate/up out so, Config.fuse_projections) become one wider GEMM, each output a narrow() of it:
+
+    ptpc_scaled_mm(xq, xs, wq[rows of q|k|v], ...)[..., offset : offset + N_i]
+
+Rows of a GEMM do not interact and each keeps its own scale, so this is exact too; the wide weight is a view
+of the buffer the modules' views share (no copy).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from .graph_utils import arg, is_call, value
+from .graph_utils import arg, is_call, tensor_of, value
 
 NAME = "patched_linear"
 
@@ -40,3 +48,70 @@ def operands(node: fx.Node):
     if value(x).dim() < 2:
         return "ptpc_linear on a 1-D input"
     return x, wq, ws, bias, bool(fast_accum)
+
+
+def _rows_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """One view over tensors that are contiguous, consecutive row blocks of one storage, in this order
+    (the same dtype, device and trailing shape), else None."""
+    if any(t is None for t in tensors):
+        return None
+    first = tensors[0]
+    row = first[0].numel() if first.dim() > 1 else 1  # elements per row
+    offset = first.storage_offset()
+    for t in tensors:
+        same_storage = t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        if (not t.is_contiguous() or t.dtype != first.dtype or t.device != first.device
+                or t.shape[1:] != first.shape[1:] or not same_storage or t.storage_offset() != offset):
+            return None
+        offset += t.shape[0] * row
+    rows = sum(t.shape[0] for t in tensors)
+    return torch.as_strided(first, (rows, *first.shape[1:]), first.stride(), first.storage_offset())
+
+
+def shared_weight_groups(calls: list, gm: fx.GraphModule, example_inputs) -> list[list]:
+    """calls: [(node, (x, wq, ws, bias, fast_accum))] reading one x -> groups (lists of calls, each in
+    weight-row order) that can run as one GEMM; a call that fits no group is a group of its own. A group's members share
+    fast_accum, have all or no bias, and their wq / w_scale / bias are adjacent rows of one buffer each."""
+    def storage_key(call):
+        wq = tensor_of(call[1][1], gm, example_inputs)
+        try:
+            return (wq.untyped_storage().data_ptr(), wq.storage_offset())
+        except Exception:  # no tensor, or one without real storage (fake, meta): run it on its own
+            return None
+
+    keyed = [(storage_key(c), c) for c in calls]
+    singles = [[c] for k, c in keyed if k is None]
+    ordered = sorted(((k, c) for k, c in keyed if k is not None), key=lambda kc: kc[0])
+    groups: list[list] = []
+    for _, call in ordered:
+        if groups and merged_operands(groups[-1] + [call], gm, example_inputs) is not None:
+            groups[-1].append(call)
+        else:
+            groups.append([call])
+    return groups + singles
+
+
+def merged_operands(group: list, gm: fx.GraphModule, example_inputs):
+    """(wq, w_scale, bias | None) views spanning the group's rows, or None when they are not adjacent rows of
+    one buffer each (or the members differ in fast_accum / having a bias)."""
+    ops = [c[1] for c in group]
+    if len({o[4] for o in ops}) != 1 or len({o[3] is None for o in ops}) != 1:
+        return None
+    merged = []
+    for i in (1, 2, 3):
+        if ops[0][i] is None:
+            merged.append(None)
+            continue
+        try:
+            view = _rows_view([tensor_of(o[i], gm, example_inputs) for o in ops])
+        except Exception:  # tensors without real storage
+            view = None
+        if view is None:
+            return None
+        merged.append(view)
+    return tuple(merged)
+
+
+def out_features(ops) -> int:
+    """N of one call's operands (x, wq [N, K], ...)."""
+    return value(ops[1]).shape[0]

@@ -9,7 +9,10 @@ What it changes, in place:
    and calling ``torch.ops.rocm_attn.ptpc_linear`` (or ``fp8_per_tensor_linear``); the input embedding
    becomes an ``FP8Embedding`` (Config.quantize_embeddings, on by default): an fp8 table [V, D] and an
    fp32 scale per row [V, 1], shared with a tied lm_head's when that is a PTPC FP8Linear (a tied
-   embedding whose lm_head stays bf16 is kept: an fp8 copy would add memory);
+   embedding whose lm_head stays bf16 is kept: an fp8 copy would add memory); sibling projections that
+   read one input (q/k/v, gate/up: PROJECTION_GROUPS) keep their fp8 weights, scales and biases in one
+   buffer each, as row views (Config.fuse_projections): no extra memory, and a compiled graph runs the
+   group as one wider GEMM (passes/patched_linear_split.py);
 2. attention goes through this library: ``"rocm_attn"`` is registered with HF's AttentionInterface and
    AttentionMaskInterface and set as the model's attention implementation;
 3. ``generate()`` gets a paged ``RocmAttnCache`` (unless the caller passes a cache or a
@@ -110,6 +113,7 @@ class PatchReport:
     embedding_bytes_before: int = 0  # the input embedding's table (+ scales once fp8)
     embedding_bytes_after: int = 0
     compile_decode: bool = False
+    projection_groups: int = 0  # sibling projections sharing one weight buffer (q/k/v, gate/up)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -125,6 +129,8 @@ class PatchReport:
             + (f" ({', '.join(self.linears_skipped[:4])}{', ...' if len(self.linears_skipped) > 4 else ''})"
                if self.linears_skipped else ""),
             f"  linear weights      {self.weight_bytes_before * mib:.1f} MiB -> {self.weight_bytes_after * mib:.1f} MiB",
+            *([f"  projection groups   {self.projection_groups} (q/k/v, gate/up: one weight buffer each, "
+               "one GEMM each when compiled)"] if self.projection_groups else []),
             *([f"  embedding weights   {self.embedding_bytes_before * mib:.1f} MiB -> "
                f"{self.embedding_bytes_after * mib:.1f} MiB "
                f"({'fp8' if self.embeddings_quantized else 'kept'})"] if self.embedding_bytes_before else []),
@@ -196,6 +202,45 @@ def _quantize_input_embedding(model, report: PatchReport, name: str, tied_head: 
     report.embedding_bytes_after = _tensor_bytes(new.wq, new.w_scale)
 
 
+# Sibling projections of HF decoder layers that read the same input, in the order their outputs are laid out
+# (gate before up: the [gate | up] order silu_mul_quant_fp8 reads).
+PROJECTION_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _can_share_storage(members: list[FP8Linear]) -> bool:
+    first = members[0]
+    return all(
+        m.quantization == "ptpc_fp8" and m.in_features == first.in_features
+        and m.fast_accum == first.fast_accum and m.wq.dtype == first.wq.dtype and m.wq.device == first.wq.device
+        and (m.bias is None) == (first.bias is None)
+        and (m.bias is None or m.bias.dtype == first.bias.dtype)
+        for m in members
+    )
+
+
+def _share_projection_storage(model, report: PatchReport) -> None:
+    """Config.fuse_projections: each PROJECTION_GROUPS group of PTPC FP8Linears under one module gets its wq,
+    w_scale and bias concatenated into one buffer; the modules keep row views of it (same values, same memory).
+    The compile pass (passes/patched_linear_split.py) then runs linears that read the same input and whose
+    weights are adjacent rows of one buffer as one GEMM; it checks both itself, so a model whose projections do
+    not share an input is still correct (it runs them one by one)."""
+    for parent in model.modules():
+        for names in PROJECTION_GROUPS:
+            members = [m for m in (getattr(parent, n, None) for n in names) if isinstance(m, FP8Linear)]
+            if len(members) < 2 or not _can_share_storage(members):
+                continue
+            for attr in ("wq", "w_scale", "bias"):
+                parts = [getattr(m, attr) for m in members]
+                if parts[0] is None:
+                    continue
+                fused = torch.cat(parts, dim=0)
+                row = 0
+                for m, part in zip(members, parts, strict=True):
+                    setattr(m, attr, fused.narrow(0, row, part.shape[0]))
+                    row += part.shape[0]
+            report.projection_groups += 1
+
+
 def _check_model(model) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"rocm_attn.patch: expected a Hugging Face model (nn.Module), got {type(model).__name__}")
@@ -254,6 +299,9 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
         report.linears_replaced += 1
         report.weight_bytes_after += _tensor_bytes(new.wq, new.w_scale, new.bias)
+
+    if config.fuse_projections and config.quantization == "ptpc_fp8":
+        _share_projection_storage(model, report)
 
     # 1b. the input embedding (Config.quantize_embeddings, on by default)
     if embedding_name is not None:

@@ -6,6 +6,8 @@ the bf16 perplexity with Hugging Face's own loss."""
 import importlib.util
 import json
 import math
+import pathlib
+import statistics
 
 import pytest
 import torch
@@ -79,6 +81,63 @@ def test_bench_e2e_cpu_smoke(tmp_path):
     assert by[("rocm_attn_none", "prefill 1x64")]["weight_vs_bf16"] == 1.0
     assert "| llama | rocm_attn_ptpc:TRITON_ATTN | decode b2 ctx32 |" in (tmp_path / "results.md").read_text()
     check_plot(tmp_path, "bench_e2e")
+
+
+def load_script(name):
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_e2e_rounds_cpu_smoke(tmp_path):
+    """--rounds 2: every variant built first, prefill timed round-robin; per-round medians and per-round
+    ratios against inductor (and torchao where installed). --cpu-smoke runs "inductor" uncompiled: this
+    checks the plumbing, not the speed."""
+    out = tmp_path / "e2e.json"
+    variants = "eager,inductor,rocm_attn_ptpc:TRITON_ATTN,torchao_fp8_rowwise"
+    argv = ["--cpu-smoke", "--phases", "prefill", "--rounds", "2", "--variants", variants, "--out", str(out)]
+    limit = torch._dynamo.config.recompile_limit
+    load_script("bench_e2e").main(argv)
+    assert torch._dynamo.config.recompile_limit == limit  # the run's Dynamo settings do not leak
+    result = json.loads(out.read_text())
+    by = {(r["variant"], r["case"]): r for r in result["rows"]}
+    timed = ["eager", "inductor", "rocm_attn_ptpc:TRITON_ATTN"]
+    if has("torchao"):
+        timed.append("torchao_fp8_rowwise")
+    else:  # its note row, and no part in the rounds
+        assert "torchao not installed" in by[("torchao_fp8_rowwise", "all")]["note"]
+    bases = [b for b in ("inductor", "torchao_fp8_rowwise") if b in timed]
+    for variant in timed:
+        for case in ("prefill 1x64", "prefill 2x32"):
+            row = by[(variant, case)]
+            assert "note" not in row, row
+            assert row["rounds"] == 2 and len(row["round_ms"]) == 2 and len(row["samples_ms"]) == 2 * 2
+            assert row["ms"] == pytest.approx(statistics.median(row["samples_ms"]))
+            assert row["peak_gib"] is None and "not per-variant" in row["peak_note"]
+            for base in bases:
+                if base == variant:
+                    assert f"x_{base}" not in row and f"x_{base}_rounds" not in row
+                    continue
+                ref = by[(base, case)]
+                per_round = [b / r for b, r in zip(ref["round_ms"], row["round_ms"], strict=True)]
+                assert row[f"x_{base}_rounds"] == pytest.approx(per_round)
+                assert row[f"x_{base}"] == pytest.approx(ref["ms"] / row["ms"])
+    assert "| llama | rocm_attn_ptpc:TRITON_ATTN | prefill 2x32 |" in result["table"]
+    assert "x inductor (rounds)" in result["table"] and result["rounds"] == 2
+
+
+@pytest.mark.parametrize("extra", [
+    ["--rounds", "2"],  # the default phases include decode
+    ["--rounds", "2", "--phases", "weights"],
+    ["--rounds", "2", "--phases", "prefill", "--profile"],
+    ["--rounds", "0"],
+])
+def test_bench_e2e_rounds_rejects_what_it_cannot_interleave(extra, capsys):
+    with pytest.raises(SystemExit) as exc:
+        load_script("bench_e2e").parse_args(["--cpu-smoke", *extra])
+    assert exc.value.code == 2 and "--rounds" in capsys.readouterr().err
 
 
 def test_bench_e2e_weights_phase_lm_head(tmp_path):
