@@ -20,6 +20,8 @@ Variants (--variants, comma-separated; default all):
                         promotion of the partial sums, as torchao's rowwise default)
   rocm_attn_ptpc_lm_head  as rocm_attn_ptpc:TRITON_ATTN with the lm_head quantized too (skip_modules without
                         "lm_head"; the default keeps it bf16); for the weight-memory row
+  rocm_attn_ptpc_unfused  as rocm_attn_ptpc:TRITON_ATTN with fuse_projections=False (q/k/v and gate/up as
+                        separate GEMMs, each with its own weight buffer): the A/B of the projection fusion
   rocm_attn_ptpc_bf16_embed  as rocm_attn_ptpc:TRITON_ATTN with quantize_embeddings=False (the input
                         embedding kept bf16; the default stores it in fp8, one scale per row); weight row
   (rocm_attn variants: prefill is torch.compile(model, backend="rocm_attn"); decode is generate() on the
@@ -154,7 +156,7 @@ def backends() -> list[str]:
 
 def all_variants() -> list[str]:
     return ["eager", "inductor", "torchao_fp8_rowwise", "rocm_attn_none", "rocm_attn_ptpc_fast_accum",
-            "rocm_attn_ptpc_lm_head", "rocm_attn_ptpc_bf16_embed"] + [
+            "rocm_attn_ptpc_lm_head", "rocm_attn_ptpc_bf16_embed", "rocm_attn_ptpc_unfused"] + [
         f"rocm_attn_ptpc:{b}" for b in backends()
     ]
 
@@ -187,11 +189,13 @@ def prepare(model, variant: str, compile: bool):
         else:
             quantization, backend = "ptpc_fp8", variant.partition(":")[2] or "TRITON_ATTN"
         options = {"quantization": quantization, "attention_backend": backend, "fast_accum": fast_accum,
-                   "skip_modules": skip, "quantize_embeddings": variant != "rocm_attn_ptpc_bf16_embed"}
+                   "skip_modules": skip, "quantize_embeddings": variant != "rocm_attn_ptpc_bf16_embed",
+                   "fuse_projections": variant != "rocm_attn_ptpc_unfused"}
         rocm_attn.patch(model, compile=compile, **options)
         prefill = torch.compile(model, backend="rocm_attn", options=options) if compile else model
         r = model.rocm_attn_report
-        return prefill, f"{r.linears_replaced} linears fp8, {r.attention_layers} attention layers"
+        groups = f", {r.projection_groups} projection groups" if r.projection_groups else ""
+        return prefill, f"{r.linears_replaced} linears fp8{groups}, {r.attention_layers} attention layers"
     raise ValueError(f"bench_e2e: unknown variant {variant!r}; known: {', '.join(all_variants())}")
 
 
@@ -342,7 +346,7 @@ def run_variant(family, variant, args, device) -> list[dict]:
     return rows
 
 
-RATIO_BASES = ("inductor", "torchao_fp8_rowwise")  # --rounds: every row's speed-up over these, per round
+RATIO_BASES = ("inductor", "torchao_fp8_rowwise", "rocm_attn_ptpc_unfused")  # --rounds: speed-ups over these
 PEAK_NOTE = "peak memory not per-variant in --rounds mode (all variants resident at once)"
 
 
