@@ -70,8 +70,9 @@ def _rows_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
 
 def shared_weight_groups(calls: list, gm: fx.GraphModule, example_inputs) -> list[list]:
     """calls: [(node, (x, wq, ws, bias, fast_accum))] reading one x -> groups (lists of calls, each in
-    weight-row order) that can run as one GEMM; a call that fits no group is a group of its own. A group's members share
-    fast_accum, have all or no bias, and their wq / w_scale / bias are adjacent rows of one buffer each."""
+    weight-row order) that can run as one GEMM; a call that fits no group is a group of its own. A group's
+    members share fast_accum, have all or no bias, and their wq / w_scale / bias are adjacent rows of one
+    buffer each."""
     def storage_key(call):
         wq = tensor_of(call[1][1], gm, example_inputs)
         try:
