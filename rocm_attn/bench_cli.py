@@ -1,7 +1,7 @@
 """``rocm-attn bench`` and ``rocm-attn eval``.
 
     rocm-attn bench [kernels|e2e|serving|all] --out DIR [--quick] [--layers N] [--models M] [--variants V]
-                    [--phases P] [--iters N] [--cpu-smoke]
+                    [--phases P] [--iters N] [--rounds N] [--cpu-smoke]
     rocm-attn eval [--tokens N] [--window W] [--stride S] [--out DIR]
 
 ``bench`` runs the scripts of the repository's ``benchmarks/`` folder (it needs a source checkout: an
@@ -66,6 +66,8 @@ def script_args(name: str, args) -> list[str]:
         extra += ["--phases", args.phases]
     if args.iters and name in ("bench_e2e", "bench_serving", "bench_compile"):
         extra += ["--iters", str(args.iters)]
+    if args.rounds and name == "bench_e2e":
+        extra += ["--rounds", str(args.rounds)]
     return extra
 
 
@@ -290,6 +292,8 @@ def add_parsers(sub) -> None:
         "--variants", default=None, help="e2e: comma-separated variants (see benchmarks/bench_e2e.py)"
     )
     bench.add_argument("--iters", type=int, default=None, help="e2e, serving, compile: timed calls")
+    bench.add_argument("--rounds", type=int, default=None,
+                       help="e2e: > 1 times the prefill variants round-robin, N rounds (needs --phases prefill)")
     bench.add_argument("--phases", default=None,
                        help="e2e: prefill and/or decode, or weights (weight bytes only; see bench_e2e.py)")
     bench.set_defaults(func=cmd_bench)

@@ -3,6 +3,7 @@
 The serving smoke checks every backend's step against a per-sequence SDPA loop; the eval check recomputes
 the bf16 perplexity with Hugging Face's own loss."""
 
+import argparse
 import importlib.util
 import json
 import math
@@ -239,3 +240,12 @@ def test_eval_rejects_bad_arguments():
         cli.main(["eval", "--variants", "int4", "--tokens", "8"])
     with pytest.raises(ValueError, match="tokens"):
         cli.main(["eval", "--tokens", "1"])
+
+
+def test_bench_passes_rounds_to_e2e_only():
+    from rocm_attn import bench_cli
+
+    args = argparse.Namespace(quick=False, layers=None, cpu_smoke=False, models=None, variants=None,
+                              phases="prefill", iters=None, rounds=3)
+    assert bench_cli.script_args("bench_e2e", args)[-2:] == ["--rounds", "3"]
+    assert "--rounds" not in bench_cli.script_args("bench_serving", args)
