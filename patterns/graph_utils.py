@@ -80,31 +80,8 @@ def is_to_local(node: fx.Node) -> bool:
     return node.op == "call_function" and getattr(node.target, "__name__", "") == "prim_to_local"
 
 
-def parameter_of(node, gm: fx.GraphModule, example_inputs) -> torch.nn.Parameter | None:
-    """The real nn.Parameter behind a placeholder (Dynamo lifts parameters to inputs) or get_attr."""
-    if not isinstance(node, fx.Node):
-        return None
-    if node.op == "placeholder":
-        idx = placeholder_index(gm).get(node)
-        if idx is None or example_inputs is None or idx >= len(example_inputs):
-            return None
-        t = example_inputs[idx]
-        return t if isinstance(t, torch.nn.Parameter) else None
-    if node.op == "get_attr":
-        t = gm
-        for part in str(node.target).split("."):
-            t = getattr(t, part, None)
-        return t if isinstance(t, torch.nn.Parameter) else None
-    if is_to_local(node):
-        # a tensor-parallel weight (a DTensor parameter, e.g. HF tp_plan="auto"): this rank's shard,
-        # so FP8 weight scales are per channel of the shard
-        t = parameter_of(node.args[0], gm, example_inputs)
-        return t.to_local() if t is not None and hasattr(t, "to_local") else None
-    return None
-
-
 def tensor_of(node, gm: fx.GraphModule, example_inputs) -> torch.Tensor | None:
-    """The real tensor behind a placeholder (a lifted parameter or buffer) or a get_attr, else None."""
+    """The real tensor behind a placeholder (Dynamo lifts parameters and buffers to inputs) or a get_attr."""
     if not isinstance(node, fx.Node):
         return None
     t = None
@@ -117,6 +94,17 @@ def tensor_of(node, gm: fx.GraphModule, example_inputs) -> torch.Tensor | None:
         for part in str(node.target).split("."):
             t = getattr(t, part, None)
     return t if isinstance(t, torch.Tensor) else None
+
+
+def parameter_of(node, gm: fx.GraphModule, example_inputs) -> torch.nn.Parameter | None:
+    """The real nn.Parameter behind a placeholder or get_attr (tensor_of), or a DTensor parameter's shard."""
+    if isinstance(node, fx.Node) and is_to_local(node):
+        # a tensor-parallel weight (a DTensor parameter, e.g. HF tp_plan="auto"): this rank's shard,
+        # so FP8 weight scales are per channel of the shard
+        t = parameter_of(node.args[0], gm, example_inputs)
+        return t.to_local() if t is not None and hasattr(t, "to_local") else None
+    t = tensor_of(node, gm, example_inputs)
+    return t if isinstance(t, torch.nn.Parameter) else None
 
 
 def add_constant(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
