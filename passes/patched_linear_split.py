@@ -32,8 +32,8 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
         with graph.inserting_before(calls[0][0]):  # the first reader of x: every later one sees the quant
             xq, xs = linear.emit_quant(graph, x)
         groups = (patched_linear.shared_weight_groups(calls, gm, example_inputs) if config.fuse_projections
-                  else [[c] for c in calls])
-        for group in groups:
+                  else [([c], None) for c in calls])
+        for group, merged in groups:
             # the module's own fast_accum (patch) or the compile config's
             fast_accum = group[0][1][4] or config.fast_accum
             if len(group) == 1:
@@ -45,7 +45,7 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
                 erase_if_unused(graph, [node])
                 split += 1
                 continue
-            wq, ws, bias = patched_linear.merged_operands(group, gm, example_inputs)
+            wq, ws, bias = merged
             name = f"shared_{group[0][0].name}"
             with graph.inserting_before(min((c[0] for c in group), key=order.__getitem__)):
                 wq_node, ws_node = (graph.get_attr(add_constant(gm, f"{name}_{what}", t))

@@ -68,11 +68,11 @@ def _rows_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return torch.as_strided(first, (rows, *first.shape[1:]), first.stride(), first.storage_offset())
 
 
-def shared_weight_groups(calls: list, gm: fx.GraphModule, example_inputs) -> list[list]:
-    """calls: [(node, (x, wq, ws, bias, fast_accum))] reading one x -> groups (lists of calls, each in
-    weight-row order) that can run as one GEMM; a call that fits no group is a group of its own. A group's
-    members share fast_accum, have all or no bias, and their wq / w_scale / bias are adjacent rows of one
-    buffer each."""
+def shared_weight_groups(calls: list, gm: fx.GraphModule, example_inputs) -> list[tuple[list, tuple | None]]:
+    """calls: [(node, (x, wq, ws, bias, fast_accum))] reading one x -> [(group, operands)]: groups (lists of
+    calls, each in weight-row order) that can run as one GEMM, with merged_operands' views spanning the group
+    (None for a group of one: a call that fits no group). A group's members share fast_accum, have all or no
+    bias, and their wq / w_scale / bias are adjacent rows of one buffer each."""
     def storage_key(call):
         wq = tensor_of(call[1][1], gm, example_inputs)
         try:
@@ -81,14 +81,15 @@ def shared_weight_groups(calls: list, gm: fx.GraphModule, example_inputs) -> lis
             return None
 
     keyed = [(storage_key(c), c) for c in calls]
-    singles = [[c] for k, c in keyed if k is None]
+    singles = [([c], None) for k, c in keyed if k is None]
     ordered = sorted(((k, c) for k, c in keyed if k is not None), key=lambda kc: kc[0])
-    groups: list[list] = []
+    groups: list[tuple[list, tuple | None]] = []
     for _, call in ordered:
-        if groups and merged_operands(groups[-1] + [call], gm, example_inputs) is not None:
-            groups[-1].append(call)
+        merged = merged_operands(groups[-1][0] + [call], gm, example_inputs) if groups else None
+        if merged is not None:
+            groups[-1] = (groups[-1][0] + [call], merged)
         else:
-            groups.append([call])
+            groups.append(([call], None))
     return groups + singles
 
 
