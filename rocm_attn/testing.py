@@ -276,3 +276,33 @@ def capture_passes(fn, *args, **options):
 def count_calls(gm, *targets) -> int:
     """How many call_function nodes of ``gm`` call one of ``targets``."""
     return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target in targets)
+
+
+# ---------------------------------------------------------------- MLA decode (kernel-level tests)
+def make_latent_cache(seq_lens, L, R, block_size, dtype=torch.float32, seed=0):
+    """Random latent rows of each sequence on shuffled pages (other pages hold garbage); dense rows too."""
+    gen = torch.Generator().manual_seed(seed)
+    need = [-(-n // block_size) for n in seq_lens]
+    cache = torch.randn(sum(need) + 2, block_size, L + R, generator=gen).to(dtype)
+    ids = list(range(cache.shape[0]))
+    random.Random(seed).shuffle(ids)
+    table = torch.zeros(len(seq_lens), max(max(need), 1), dtype=torch.int32)
+    dense = []
+    for b, (n, k) in enumerate(zip(seq_lens, need, strict=True)):
+        blocks, ids = ids[:k], ids[k:]
+        table[b, :k] = torch.tensor(blocks, dtype=torch.int32)
+        rows = torch.randn(n, L + R, generator=gen).to(dtype)
+        for p in range(n):
+            cache[blocks[p // block_size], p % block_size] = rows[p]
+        dense.append(rows)
+    return cache, table, dense
+
+
+def reference_mla_decode(q, dense, scale, L):
+    """float64 MQA of each sequence's query (all heads) over its latent rows; empty -> 0 and -inf."""
+    outs, lses = [], []
+    for b, rows in enumerate(dense):
+        s = q[b].double() @ rows.double().t() * scale  # [H, n]
+        outs.append(torch.softmax(s, -1).nan_to_num(0.0) @ rows.double()[:, :L])
+        lses.append(torch.logsumexp(s, -1))
+    return torch.stack(outs), torch.stack(lses, dim=1)

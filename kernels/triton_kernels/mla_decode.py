@@ -16,6 +16,8 @@ Two variants, one kernel (constexpr switches), chosen per config:
   - chunked q (BLOCK_K < L): q_nope is loaded per BLOCK_K-column chunk inside the loop and the scores
     accumulate over chunks, so registers hold mainly the accumulator.
 
+A third stage 1, fed by TMA (mla_decode_tma.py, configs with tma=True), joins the candidates on Hopper.
+
 Shapes: L = kv_lora_rank (512), R = qk_rope_head_dim (64), both padded to powers of two. On the GPU the
 config (tile, variant, warps, stages) is picked once per (heads, L, R, dtype) by timing stage 1 + the
 reduce for every entry of DECODE_CONFIGS, each with its own split count; `benchmarks/bench_mla.py --tune`
@@ -172,7 +174,8 @@ def _mla_decode_reduce_kernel(
 
 
 class DecodeConfig(NamedTuple):
-    """One stage-1 tile. block_v / block_k None = the whole (padded) L: no value split / q loaded once."""
+    """One stage-1 tile. block_v / block_k None = the whole (padded) L: no value split / q loaded once.
+    tma: run mla_decode_tma.py's kernel (whole L, TMA-fed) instead of this file's."""
 
     block_h: int
     block_n: int
@@ -180,11 +183,12 @@ class DecodeConfig(NamedTuple):
     block_k: int | None = None
     num_warps: int = 4
     num_stages: int = 2
+    tma: bool = False
 
     @property
     def name(self) -> str:
         return (f"h{self.block_h} n{self.block_n} v{self.block_v or 'L'} k{self.block_k or 'L'} "
-                f"w{self.num_warps} s{self.num_stages}")
+                f"w{self.num_warps} s{self.num_stages}{' tma' if self.tma else ''}")
 
 
 # Classic tiles. Session 3's five (18-19% of copy at 64 x 4k..32k): more heads per program = fewer re-reads
@@ -204,6 +208,10 @@ VSPLIT_CONFIGS = [DecodeConfig(64, 32, 256, None, 8, 3), DecodeConfig(64, 16, 25
                   DecodeConfig(64, 16, None, 128, 8, 3), DecodeConfig(64, 32, 256, 128, 8, 2),
                   DecodeConfig(32, 32, None, None, 8, 3)]
 DECODE_CONFIGS = CLASSIC_CONFIGS + VSPLIT_CONFIGS
+# TMA-fed tiles (mla_decode_tma.py), candidates only where tma_unsupported_reason allows them. Session 14
+# (H100, 128 heads, 64 x 4k / 64 x 32k / 128 x 8k): h64 n64 w8 s2 0.275 / 2.13 / 1.09 ms against h32 n64's
+# 0.382 / 2.96 / 1.49 (45-47% of copy against 33%); n32 tiles and 16 warps were slower.
+TMA_CONFIGS = [DecodeConfig(64, 64, None, None, 8, 2, tma=True)]
 SMALL_CONFIG = DecodeConfig(16, 32, None, None, 4, 2)  # <= 16 heads: nothing to choose
 INTERPRET_CONFIG = DecodeConfig(16, 16, None, None, 4, 1)
 
@@ -236,9 +244,22 @@ def pick_config(key, configs, run: Callable[[DecodeConfig], None], timer: Callab
     return _tuned[key]
 
 
-def tuned_config(q: torch.Tensor, kv_lora_rank: int, configs=None) -> DecodeConfig | None:
-    """The config picked for this q's (heads, L, R, dtype, device); None before the first call."""
-    return _tuned.get(_tune_key(q, kv_lora_rank, tuple(configs or DECODE_CONFIGS)))
+def candidate_configs(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank: int) -> list[DecodeConfig]:
+    """What the launcher times by default: DECODE_CONFIGS, plus the TMA_CONFIGS that can run this call."""
+    from .mla_decode_tma import tma_unsupported_reason
+
+    runs = [c for c in TMA_CONFIGS
+            if tma_unsupported_reason(q, latent_cache, kv_lora_rank, c.block_h, c.block_n) is None]
+    return DECODE_CONFIGS + runs
+
+
+def tuned_config(q: torch.Tensor, kv_lora_rank: int, configs=None, latent_cache=None) -> DecodeConfig | None:
+    """The config picked for this q's (heads, L, R, dtype, device) among `configs` (default: the launcher's
+    own candidates for this q and latent_cache, or DECODE_CONFIGS without a cache); None before the first
+    call."""
+    if configs is None:
+        configs = DECODE_CONFIGS if latent_cache is None else candidate_configs(q, latent_cache, kv_lora_rank)
+    return _tuned.get(_tune_key(q, kv_lora_rank, tuple(configs)))
 
 
 def _tune_key(q: torch.Tensor, L: int, configs: tuple) -> tuple:
@@ -246,6 +267,8 @@ def _tune_key(q: torch.Tensor, L: int, configs: tuple) -> tuple:
 
 
 def _check_config(cfg: DecodeConfig, block_l: int) -> None:
+    if cfg.tma and (cfg.block_v or cfg.block_k):
+        raise ValueError("mla_decode_launch: a tma config has no value split or q chunks (block_v / block_k)")
     for name in ("block_h", "block_n", "block_v", "block_k"):
         v = getattr(cfg, name)
         if v is not None and (v < 16 or v & (v - 1)):
@@ -261,9 +284,12 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
     """q [B,H,L+R], latent_cache [nb,bs,L+R] -> (out [B,H,L], lse [H,B] fp32).
 
     config: one fixed tile (benchmarks, tests); else the interpreter / <= 16 heads use a fixed tile and
-    the GPU picks the fastest of `configs` (default DECODE_CONFIGS) on the first call per
-    (heads, L, R, dtype). num_splits: override the split count. reduce_heads: heads per reduce program.
+    the GPU picks the fastest of `configs` (default candidate_configs: DECODE_CONFIGS and, where they can
+    run, the TMA_CONFIGS) on the first call per (heads, L, R, dtype, candidates). num_splits: override the
+    split count. reduce_heads: heads per reduce program.
     """
+    from .mla_decode_tma import launch_tma  # (it imports this module's reduce_splits)
+
     q = q if q.stride(-1) == 1 else q.contiguous()
     B, H, width = q.shape
     L, R = kv_lora_rank, width - kv_lora_rank
@@ -280,12 +306,15 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
     def run(cfg: DecodeConfig) -> None:
         _check_config(cfg, block_l)
         splits = num_splits or (3 if interp else num_splits_for(B, H, L, cfg, sms))  # 3: exercise the reduce
-        _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, reduce_heads, out, lse)
+        if cfg.tma:
+            launch_tma(q, latent_cache, seq_lens, block_table, scale, L, cfg, splits, out, lse, reduce_heads)
+        else:
+            _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, reduce_heads, out, lse)
 
     if config is None and (interp or H <= 16):
         config = INTERPRET_CONFIG if interp else SMALL_CONFIG
     if config is None:
-        configs = tuple(configs or DECODE_CONFIGS)
+        configs = tuple(configs or candidate_configs(q, latent_cache, L))
         timer = lambda fn: triton.testing.do_bench(fn, warmup=5, rep=20)  # noqa: E731
         config = pick_config(_tune_key(q, L, configs), configs, run, timer)
     run(config)
@@ -320,8 +349,15 @@ def _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, re
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if splits > 1:
-        _mla_decode_reduce_kernel[(triton.cdiv(H, reduce_heads), B)](
-            mid_o, mid_lse, out, lse, *mo_strides, *ml_strides,
-            out.stride(0), out.stride(1), lse.stride(0),
-            splits, H, L=L, BLOCK_L=block_l, BLOCK_HR=reduce_heads, num_warps=4,
-        )
+        reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads)
+
+
+def reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads=1) -> None:
+    """Stage 2: merge each head's split partials (mid_o [B, H, splits, L] fp32, mid_lse [B, H, splits] log2)
+    into out [B, H, L] and lse [H, B] (natural log)."""
+    B, H, L = out.shape
+    _mla_decode_reduce_kernel[(triton.cdiv(H, reduce_heads), B)](
+        mid_o, mid_lse, out, lse, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
+        mid_lse.stride(0), mid_lse.stride(1), out.stride(0), out.stride(1), lse.stride(0),
+        splits, H, L=L, BLOCK_L=triton.next_power_of_2(L), BLOCK_HR=reduce_heads, num_warps=4,
+    )

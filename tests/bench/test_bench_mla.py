@@ -6,7 +6,6 @@ import pathlib
 
 import pytest
 import triton
-
 from rocm_attn.kernels.triton_kernels import mla_decode as md
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_mla.py"
@@ -22,7 +21,7 @@ def load_script():
 def test_tune_grid_covers_the_defaults_with_valid_tiles():
     grid = load_script().tune_grid()
     assert len(set(grid)) == len(grid)
-    assert set(md.DECODE_CONFIGS) <= set(grid)  # --tune measures every config the launcher may pick
+    assert set(md.DECODE_CONFIGS + md.TMA_CONFIGS) <= set(grid)  # --tune measures every config the launcher may pick
     for cfg in grid:
         md._check_config(cfg, 512)
 

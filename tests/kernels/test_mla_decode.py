@@ -2,43 +2,14 @@
 chunked q BLOCK_K, both) and the multi-head reduce vs a float64 reference on small L; the split count
 per config; the config picker; bad tiles."""
 
-import random
-
 import pytest
 import torch
 from rocm_attn.kernels.triton_kernels import mla_decode as md
 from rocm_attn.kernels.triton_kernels.mla_decode import DecodeConfig, mla_decode_launch
 
+from rocm_attn.testing import make_latent_cache as make_cache
+from rocm_attn.testing import reference_mla_decode as reference_decode
 from rocm_attn.testing import rel_err
-
-
-def make_cache(seq_lens, L, R, block_size, dtype=torch.float32, seed=0):
-    """Random latent rows of each sequence on shuffled pages (other pages hold garbage); dense rows too."""
-    gen = torch.Generator().manual_seed(seed)
-    need = [-(-n // block_size) for n in seq_lens]
-    cache = torch.randn(sum(need) + 2, block_size, L + R, generator=gen).to(dtype)
-    ids = list(range(cache.shape[0]))
-    random.Random(seed).shuffle(ids)
-    table = torch.zeros(len(seq_lens), max(max(need), 1), dtype=torch.int32)
-    dense = []
-    for b, (n, k) in enumerate(zip(seq_lens, need, strict=True)):
-        blocks, ids = ids[:k], ids[k:]
-        table[b, :k] = torch.tensor(blocks, dtype=torch.int32)
-        rows = torch.randn(n, L + R, generator=gen).to(dtype)
-        for p in range(n):
-            cache[blocks[p // block_size], p % block_size] = rows[p]
-        dense.append(rows)
-    return cache, table, dense
-
-
-def reference_decode(q, dense, scale, L):
-    """float64 MQA of each sequence's query (all heads) over its latent rows; empty -> 0 and -inf."""
-    outs, lses = [], []
-    for b, rows in enumerate(dense):
-        s = q[b].double() @ rows.double().t() * scale  # [H, n]
-        outs.append(torch.softmax(s, -1).nan_to_num(0.0) @ rows.double()[:, :L])
-        lses.append(torch.logsumexp(s, -1))
-    return torch.stack(outs), torch.stack(lses, dim=1)
 
 
 def check(q, cache, table, dense, seq_lens, scale, L, tol=1e-5, **kw):
