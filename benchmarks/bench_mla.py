@@ -8,10 +8,12 @@
 
 decode  B x ctx = 64/128 x 4k/8k/32k (128 x 32k skipped: 4.8 GB cache is fine, but it is left out to stay
         under 2 min): one mla_decode call (q already absorbed). GB/s = latent-cache bytes read / time,
-        vs a device-to-device copy (read + write bytes / time). Target: >= 75% of copy.
+        vs a device-to-device copy (read + write bytes / time) of 512 MiB ("% copy", every session's
+        column) and of the decode's own byte count ("% same-size copy": the same working-set size).
+        Target: >= 75% of copy.
         Triton rows: the op (fastest of its candidate configs, picked config named), and the launcher limited to
-        the session-3 configs ("classic"), the value-split / chunked-q ones ("vsplit") or the TMA-fed ones
-        ("tma", Hopper only).
+        the session-3 configs ("classic"), the value-split / chunked-q ones ("vsplit"), the TMA-fed ones
+        ("tma", Hopper) or the Gluon kernel ("gluon", sm_90).
         Also the whole decode step (absorb q, mla_decode, W_UV) through mla_attention for B x ctx = 64 x 8k.
 prefill one causal sequence S = 4k / 8k on the up-projected problem (q, k [S,128,192], v [S,128,128]):
         our flash_attn_varlen vs F.scaled_dot_product_attention (whatever backend torch picks for
@@ -48,10 +50,15 @@ def bench(fn) -> float:
         return float(triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median"))
 
 
-def copy_bandwidth_gbs() -> float:
-    src = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
+def copy_bandwidth_gbs(nbytes: int = 2**30) -> float:
+    """(bytes read + written) / time of a device copy moving nbytes in all (default: a 512 MiB copy, the
+    "% copy" column of every session); with nbytes = a decode's cache bytes, the "% same-size copy" one."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    return 2 * src.numel() / bench(lambda: dst.copy_(src)) / 1e6
+    gbs = 2 * src.numel() / bench(lambda: dst.copy_(src)) / 1e6
+    del src, dst
+    torch.cuda.empty_cache()
+    return gbs
 
 
 def decode_setup(batch, ctx, seed=0):
@@ -74,8 +81,10 @@ def decode_rows(copy_gbs, cases, kernels):
 
     rows = []
     for batch, ctx in cases:
-        cache, table, lens, q = decode_setup(batch, ctx)
         nbytes = batch * ctx * (L + R) * 2
+        # a copy moving the bytes the decode reads (half read, half written): the same working-set size
+        same_gbs = copy_bandwidth_gbs(nbytes)
+        cache, table, lens, q = decode_setup(batch, ctx)
         for prov in kernels:
             def fn(prov=prov):
                 with use_kernels(prov):
@@ -89,23 +98,23 @@ def decode_rows(copy_gbs, cases, kernels):
             picked = md.tuned_config(q, L, latent_cache=cache.latent_cache) if prov == "triton" else None
             impl = f"mla_decode[{prov}]" + (f" picked {picked.name}" if picked else "")
             rows.append(dict(case="decode", batch=batch, ctx=ctx, impl=impl, ms=ms, gbs=gbs,
-                             frac_copy=gbs / copy_gbs))
+                             frac_copy=gbs / copy_gbs, frac_copy_same=gbs / same_gbs))
         # the launcher limited to one family of configs: which family wins, and by how much
         for name, configs in (("classic", md.CLASSIC_CONFIGS), ("vsplit", md.VSPLIT_CONFIGS),
-                              ("tma", md.TMA_CONFIGS)):
+                              ("tma", md.TMA_CONFIGS), ("gluon", md.GLUON_CONFIGS)):
             def limited(configs=configs, q=q, cache=cache, lens=lens, table=table):
                 md.mla_decode_launch(q, cache.latent_cache, lens, table, 0.1352, L, configs=configs)
 
             try:
                 ms = bench(limited)
-            except RuntimeError as e:  # no config of this family runs here (TMA before Hopper)
+            except RuntimeError as e:  # no config of this family runs here (TMA / Gluon before Hopper)
                 rows.append(dict(case="decode", batch=batch, ctx=ctx, impl=f"triton {name} configs",
                                  note=str(e)[:120]))
                 continue
             gbs = nbytes / ms / 1e6
             impl = f"triton {name} configs, picked {md.tuned_config(q, L, configs).name}"
             rows.append(dict(case="decode", batch=batch, ctx=ctx, impl=impl, ms=ms, gbs=gbs,
-                             frac_copy=gbs / copy_gbs))
+                             frac_copy=gbs / copy_gbs, frac_copy_same=gbs / same_gbs))
         del cache, q
         torch.cuda.empty_cache()
     return rows
@@ -128,9 +137,10 @@ def decode_step_row(copy_gbs, batch=64, ctx=8192):
                       scale=0.1352, metadata=md)
 
     ms = bench(fn)
-    gbs = batch * ctx * (L + R) * 2 / ms / 1e6
+    nbytes = batch * ctx * (L + R) * 2
+    gbs = nbytes / ms / 1e6
     return dict(case="decode step", batch=batch, ctx=ctx, impl="mla_attention TRITON_MLA", ms=ms, gbs=gbs,
-                frac_copy=gbs / copy_gbs)
+                frac_copy=gbs / copy_gbs, frac_copy_same=gbs / copy_bandwidth_gbs(nbytes))
 
 
 def sdpa_backend_name(q, k, v) -> str:
@@ -189,6 +199,7 @@ def prefill_rows(seqs):
 def tune_grid():
     """DecodeConfigs for --tune; value split / chunked q only at >= 64 heads; 64 x 64 tiles (classic only) fit
     shared memory with one stage; the TMA tiles last."""
+    from rocm_attn.kernels.triton_kernels import mla_decode as md
     from rocm_attn.kernels.triton_kernels.mla_decode import DecodeConfig
 
     grid = []
@@ -202,9 +213,10 @@ def tune_grid():
                                 or (bh == 128 and w == 4):
                             continue
                         grid.append(DecodeConfig(bh, bn, bv, bk, w, st))
-    # TMA-fed tiles (Hopper): 64 heads over two warp groups; skipped with a note elsewhere
-    grid += [DecodeConfig(64, bn, None, None, 8, st, tma=True) for bn, st in ((64, 1), (64, 2), (32, 2), (32, 3),
-                                                                               (16, 4))]
+    # TMA-fed tiles (Hopper): 64 heads over two warp groups; then the Gluon kernel (sm_90)
+    grid += [DecodeConfig(64, bn, None, None, 8, st, kernel="tma") for bn, st in ((64, 1), (64, 2), (32, 2),
+                                                                                   (32, 3), (16, 4))]
+    grid += md.GLUON_CONFIGS  # one fixed tile
     return grid
 
 
@@ -268,7 +280,7 @@ def resources(configs=None):
     cuobjdump = pathlib.Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
     lines = ["| config | registers | spill bytes | shared KB | fits | MMA |", "|---|---|---|---|---|---|"]
     for cfg in configs or md.DECODE_CONFIGS:
-        if cfg.tma:  # another kernel (mla_decode_tma.py), with descriptor arguments: not compiled here
+        if cfg.kernel != "gather":  # other kernels (mla_decode_tma.py, _gluon.py): not compiled here
             continue
         consts = dict(BLOCK_SIZE=PAGE, L=L, R=R, BLOCK_L=L, BLOCK_R=R, BLOCK_H=cfg.block_h,
                       BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v or L, BLOCK_K=cfg.block_k or L,
@@ -297,16 +309,18 @@ def resources(configs=None):
 
 
 def markdown(rows, copy_gbs, device, command):
-    out = [f"MLA on {device}; copy ceiling {copy_gbs:.0f} GB/s; command: `{command}`", "",
-           "| case | shape | impl | ms | GB/s | % copy | TFLOP/s | vs SDPA |", "|---|---|---|---|---|---|---|---|"]
+    out = [f"MLA on {device}; copy ceiling {copy_gbs:.0f} GB/s (512 MiB); \"same-size copy\": a copy moving the "
+           f"bytes the decode reads; command: `{command}`", "",
+           "| case | shape | impl | ms | GB/s | % copy | % same-size copy | TFLOP/s | vs SDPA |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         shape = f"S={r['S']}" if "S" in r else f"{r['batch']}x{r['ctx']}"
         if "note" in r:
-            out.append(f"| {r['case']} | {shape} | {r['impl']} | - | - | - | - | {r['note']} |")
+            out.append(f"| {r['case']} | {shape} | {r['impl']} | - | - | - | - | - | {r['note']} |")
             continue
-        f = lambda k, fmt: format(r[k], fmt) if k in r else ""  # noqa: E731
+        f = lambda k, fmt, scale=1: format(scale * r[k], fmt) if k in r else ""  # noqa: E731
         out.append(f"| {r['case']} | {shape} | {r['impl']} | {r['ms']:.3f} | {f('gbs', '.0f')} | "
-                   f"{format(100 * r['frac_copy'], '.0f') if 'frac_copy' in r else ''} | {f('tflops', '.0f')} | "
+                   f"{f('frac_copy', '.0f', 100)} | {f('frac_copy_same', '.0f', 100)} | {f('tflops', '.0f')} | "
                    f"{f('vs_sdpa', '.2f')} |")
     return "\n".join(out)
 

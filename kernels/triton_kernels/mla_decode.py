@@ -16,7 +16,9 @@ Two variants, one kernel (constexpr switches), chosen per config:
   - chunked q (BLOCK_K < L): q_nope is loaded per BLOCK_K-column chunk inside the loop and the scores
     accumulate over chunks, so registers hold mainly the accumulator.
 
-A third stage 1, fed by TMA (mla_decode_tma.py, configs with tma=True), joins the candidates on Hopper.
+Two more stage-1 kernels join the candidates where they can run (DecodeConfig.kernel): one fed by TMA
+(mla_decode_tma.py, Hopper) and a warp-specialized Gluon one (mla_decode_gluon.py, sm_90), the fastest;
+ROCM_ATTN_GLUON_MLA=0 leaves the Gluon one out.
 
 Shapes: L = kv_lora_rank (512), R = qk_rope_head_dim (64), both padded to powers of two. On the GPU the
 config (tile, variant, warps, stages) is picked once per (heads, L, R, dtype) by timing stage 1 + the
@@ -27,6 +29,7 @@ sweeps a wider grid.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, NamedTuple
 
 import torch
@@ -175,7 +178,8 @@ def _mla_decode_reduce_kernel(
 
 class DecodeConfig(NamedTuple):
     """One stage-1 tile. block_v / block_k None = the whole (padded) L: no value split / q loaded once.
-    tma: run mla_decode_tma.py's kernel (whole L, TMA-fed) instead of this file's."""
+    kernel: "gather" (this file's, rows gathered through pointers), "tma" (mla_decode_tma.py, TMA-fed) or
+    "gluon" (mla_decode_gluon.py, warp-specialized; its tile is fixed: 64 heads, 64 tokens, 2 stages)."""
 
     block_h: int
     block_n: int
@@ -183,12 +187,12 @@ class DecodeConfig(NamedTuple):
     block_k: int | None = None
     num_warps: int = 4
     num_stages: int = 2
-    tma: bool = False
+    kernel: str = "gather"
 
     @property
     def name(self) -> str:
         return (f"h{self.block_h} n{self.block_n} v{self.block_v or 'L'} k{self.block_k or 'L'} "
-                f"w{self.num_warps} s{self.num_stages}{' tma' if self.tma else ''}")
+                f"w{self.num_warps} s{self.num_stages}{'' if self.kernel == 'gather' else ' ' + self.kernel}")
 
 
 # Classic tiles. Session 3's five (18-19% of copy at 64 x 4k..32k): more heads per program = fewer re-reads
@@ -211,7 +215,9 @@ DECODE_CONFIGS = CLASSIC_CONFIGS + VSPLIT_CONFIGS
 # TMA-fed tiles (mla_decode_tma.py), candidates only where tma_unsupported_reason allows them. Session 14
 # (H100, 128 heads, 64 x 4k / 64 x 32k / 128 x 8k): h64 n64 w8 s2 0.275 / 2.13 / 1.09 ms against h32 n64's
 # 0.382 / 2.96 / 1.49 (45-47% of copy against 33%); n32 tiles and 16 warps were slower.
-TMA_CONFIGS = [DecodeConfig(64, 64, None, None, 8, 2, tma=True)]
+TMA_CONFIGS = [DecodeConfig(64, 64, None, None, 8, 2, kernel="tma")]
+# The Gluon kernel (mla_decode_gluon.py; sm_90): 83-89% of copy at the same shapes (Session 14).
+GLUON_CONFIGS = [DecodeConfig(64, 64, None, None, 4, 2, kernel="gluon")]
 SMALL_CONFIG = DecodeConfig(16, 32, None, None, 4, 2)  # <= 16 heads: nothing to choose
 INTERPRET_CONFIG = DecodeConfig(16, 16, None, None, 4, 1)
 
@@ -244,13 +250,28 @@ def pick_config(key, configs, run: Callable[[DecodeConfig], None], timer: Callab
     return _tuned[key]
 
 
-def candidate_configs(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank: int) -> list[DecodeConfig]:
-    """What the launcher times by default: DECODE_CONFIGS, plus the TMA_CONFIGS that can run this call."""
-    from .mla_decode_tma import tma_unsupported_reason
+def unsupported_reason(cfg: DecodeConfig, q: torch.Tensor, latent_cache: torch.Tensor,
+                       kv_lora_rank: int) -> str | None:
+    """Why cfg's kernel cannot run this call (None: it can). The gather kernel runs everything."""
+    if cfg.kernel == "tma":
+        from .mla_decode_tma import tma_unsupported_reason
 
-    runs = [c for c in TMA_CONFIGS
-            if tma_unsupported_reason(q, latent_cache, kv_lora_rank, c.block_h, c.block_n) is None]
-    return DECODE_CONFIGS + runs
+        return tma_unsupported_reason(q, latent_cache, kv_lora_rank, cfg.block_h, cfg.block_n)
+    if cfg.kernel == "gluon":
+        from .mla_decode_gluon import unsupported_reason as gluon_unsupported_reason
+
+        if os.environ.get("ROCM_ATTN_GLUON_MLA", "1") == "0":
+            return "turned off (ROCM_ATTN_GLUON_MLA=0)"
+        return gluon_unsupported_reason(q, latent_cache, kv_lora_rank)
+    return None
+
+
+def candidate_configs(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank: int) -> list[DecodeConfig]:
+    """What the launcher times by default: DECODE_CONFIGS, plus the TMA and Gluon configs that can run this
+    call."""
+    extra = [c for c in TMA_CONFIGS + GLUON_CONFIGS
+             if unsupported_reason(c, q, latent_cache, kv_lora_rank) is None]
+    return DECODE_CONFIGS + extra
 
 
 def tuned_config(q: torch.Tensor, kv_lora_rank: int, configs=None, latent_cache=None) -> DecodeConfig | None:
@@ -267,8 +288,13 @@ def _tune_key(q: torch.Tensor, L: int, configs: tuple) -> tuple:
 
 
 def _check_config(cfg: DecodeConfig, block_l: int) -> None:
-    if cfg.tma and (cfg.block_v or cfg.block_k):
-        raise ValueError("mla_decode_launch: a tma config has no value split or q chunks (block_v / block_k)")
+    if cfg.kernel not in ("gather", "tma", "gluon"):
+        raise ValueError(f"mla_decode_launch: kernel={cfg.kernel!r} is not one of gather, tma, gluon")
+    if cfg.kernel != "gather" and (cfg.block_v or cfg.block_k):
+        raise ValueError(f"mla_decode_launch: a {cfg.kernel} config has no value split or q chunks "
+                         "(block_v / block_k)")
+    if cfg.kernel == "gluon" and cfg not in GLUON_CONFIGS:
+        raise ValueError(f"mla_decode_launch: the gluon kernel's tile is fixed: {GLUON_CONFIGS[0].name}")
     for name in ("block_h", "block_n", "block_v", "block_k"):
         v = getattr(cfg, name)
         if v is not None and (v < 16 or v & (v - 1)):
@@ -285,10 +311,11 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
 
     config: one fixed tile (benchmarks, tests); else the interpreter / <= 16 heads use a fixed tile and
     the GPU picks the fastest of `configs` (default candidate_configs: DECODE_CONFIGS and, where they can
-    run, the TMA_CONFIGS) on the first call per (heads, L, R, dtype, candidates). num_splits: override the
-    split count. reduce_heads: heads per reduce program.
+    run, the TMA and Gluon configs) on the first call per (heads, L, R, dtype, candidates). num_splits:
+    override the split count. reduce_heads: heads per reduce program.
     """
-    from .mla_decode_tma import launch_tma  # (it imports this module's reduce_splits)
+    from .mla_decode_gluon import launch_gluon  # (both import this module's reduce_splits)
+    from .mla_decode_tma import launch_tma
 
     q = q if q.stride(-1) == 1 else q.contiguous()
     B, H, width = q.shape
@@ -306,8 +333,10 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
     def run(cfg: DecodeConfig) -> None:
         _check_config(cfg, block_l)
         splits = num_splits or (3 if interp else num_splits_for(B, H, L, cfg, sms))  # 3: exercise the reduce
-        if cfg.tma:
+        if cfg.kernel == "tma":
             launch_tma(q, latent_cache, seq_lens, block_table, scale, L, cfg, splits, out, lse, reduce_heads)
+        elif cfg.kernel == "gluon":
+            launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, lse, reduce_heads)
         else:
             _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, reduce_heads, out, lse)
 

@@ -18,7 +18,7 @@ cache) and must never reach the product.
 Eligibility (tma_unsupported_reason): an NVIDIA GPU with TMA (sm_90+) or the interpreter, 16-bit dtypes on
 the GPU, contiguous q and cache with 16-byte aligned rows, heads a multiple of BLOCK_H, pages a multiple of
 BLOCK_N, kv_lora_rank / 2 and the rope width powers of two in [16, 256]. mla_decode_launch adds the TMA
-configs to the candidates it times only when they are eligible.
+configs (DecodeConfig.kernel "tma") to the candidates it times only when they are eligible.
 """
 
 from __future__ import annotations

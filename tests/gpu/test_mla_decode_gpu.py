@@ -1,6 +1,6 @@
-"""Every mla_decode stage-1 config (classic, the untimed value-split / chunked-q ones, the TMA-fed ones) at
+"""Every mla_decode stage-1 config (classic, the untimed value-split / chunked-q ones, TMA-fed, Gluon) at
 DeepSeek-V3 sizes vs the torch provider, one and several splits, 1 or 4 heads per reduce program; the
-launcher's pick, with and without the TMA candidates; NaN in the unused rows of the last pages.
+launcher's pick, with and without the TMA / Gluon candidates; NaN in the unused rows of the last pages.
 
     python -m pytest tests/gpu/test_mla_decode_gpu.py -x
 """
@@ -30,10 +30,14 @@ def decode_args(batch, heads, max_len, block_size=64, seed=0):
     return q, cache, b.metadata.seq_lens, b.metadata.block_table, 0.1352, 512
 
 
-@pytest.mark.parametrize("cfg", md.DECODE_CONFIGS + md.TMA_CONFIGS, ids=lambda c: c.name.replace(" ", "-"))
+@pytest.mark.parametrize("cfg", md.DECODE_CONFIGS + md.TMA_CONFIGS + md.GLUON_CONFIGS,
+                         ids=lambda c: c.name.replace(" ", "-"))
 @pytest.mark.parametrize("splits, reduce_heads", [(1, 1), (None, 1), (5, 4)])
 def test_config_vs_torch(cfg, splits, reduce_heads):
     args = decode_args(6, 128, 3000)
+    reason = md.unsupported_reason(cfg, args[0], args[1], args[5])
+    if reason:
+        pytest.skip(f"{cfg.name}: {reason}")
     ref, ref_lse = mla_decode_torch(*args)
     try:
         out, lse = md.mla_decode_launch(*args, num_splits=splits, config=cfg, reduce_heads=reduce_heads)
@@ -60,13 +64,13 @@ def test_launcher_with_tma_candidates_and_nan_past_the_ends():
         if n % 64:
             cache[table[b, (n - 1) // 64], n % 64:] = float("nan")
     candidates = md.candidate_configs(q, cache, L)
-    assert set(md.TMA_CONFIGS) <= set(candidates)
+    assert set(md.TMA_CONFIGS) <= set(candidates)  # and the Gluon one on an sm_90 GPU
     ref, ref_lse = mla_decode_torch(q, cache, lens, table, scale, L)
     out, lse = md.mla_decode_launch(q, cache, lens, table, scale, L)
     assert md.tuned_config(q, L, latent_cache=cache) in candidates
     assert rel_err(out, ref.float()) < 1e-2
     torch.testing.assert_close(lse, ref_lse, rtol=1e-3, atol=1e-2)
-    for cfg in md.TMA_CONFIGS:
+    for cfg in [c for c in md.TMA_CONFIGS + md.GLUON_CONFIGS if c in candidates]:
         for splits in (1, 4):
             out, _ = md.mla_decode_launch(q, cache, lens, table, scale, L, config=cfg, num_splits=splits)
             assert rel_err(out, ref.float()) < 1e-2, (cfg.name, splits)

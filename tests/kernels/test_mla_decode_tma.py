@@ -11,7 +11,7 @@ from rocm_attn.kernels.triton_kernels.mla_decode_tma import tma_unsupported_reas
 from rocm_attn.testing import make_latent_cache as make_cache
 from rocm_attn.testing import reference_mla_decode, rel_err
 
-TMA_TILE = DecodeConfig(16, 16, None, None, 4, 1, tma=True)
+TMA_TILE = DecodeConfig(16, 16, None, None, 4, 1, kernel="tma")
 
 
 def check(q, cache, table, dense, seq_lens, scale, L, tol=1e-5, **kw):
@@ -80,4 +80,4 @@ def test_tma_config_with_a_value_split_is_refused():
     cache, table, _ = make_cache([5], 64, 16, 16)
     with pytest.raises(ValueError, match="tma config has no value split"):
         mla_decode_launch(torch.randn(1, 16, 80), cache, torch.tensor([5]), table, 0.3, 64,
-                          config=DecodeConfig(16, 16, 32, None, 4, 1, tma=True))
+                          config=DecodeConfig(16, 16, 32, None, 4, 1, kernel="tma"))
