@@ -19,6 +19,9 @@ Shared memory (L 512, R 64, bf16): q 72 KB + 2 stages x 72 KB + P 8 KB = 224 KB 
 The last tile of a split, when partial, holds rows past the sequence's end (anything, NaN in a fresh cache):
 group 0 zeroes them in shared memory before either P @ V reads them (the scores are masked anyway).
 
+Tile and ring: 64 tokens x 2 stages. launch_gluon(block_n=, stages=) builds other ones; smaller tiles in a
+deeper ring (32 x 4, 16 x 8) are correct but 20-40% slower on an H100 (benchmarks/RESULTS.md, Session 14).
+
 Needs sm_90 and a Triton with Gluon (3.6 and newer); `available()` says whether it can run here.
 """
 
@@ -47,8 +50,8 @@ except ImportError:  # pragma: no cover - older Triton
     HAVE_GLUON = False
 
 BLOCK_H = 64  # heads per program: one wgmma M tile per warp group
-BLOCK_N = 64  # latent rows (tokens) per tile
-STAGES = 2
+BLOCK_N = 64  # latent rows (tokens) per tile (the launcher's; launch_gluon takes others)
+STAGES = 2  # tiles in flight
 CONSUMER_REGS = 232  # registers per consumer thread after setmaxnreg (the producer warp keeps 24)
 LOG2E = 1.4426950408889634
 
@@ -70,7 +73,8 @@ def available(device: torch.device | str | None = None) -> bool:
     return _available_on(None)
 
 
-def unsupported_reason(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank: int) -> str | None:
+def unsupported_reason(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank: int,
+                       block_n: int = BLOCK_N) -> str | None:
     """Why this kernel cannot run the call (None: it can)."""
     L, R = kv_lora_rank, q.shape[-1] - kv_lora_rank
     if not available(q.device):
@@ -81,8 +85,8 @@ def unsupported_reason(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank
         return f"kv_lora_rank {L} / rope {R}: built for 256 or 512 / 64 (shared memory is sized for them)"
     if q.shape[1] % BLOCK_H:
         return f"{q.shape[1]} heads are not a multiple of {BLOCK_H}"
-    if latent_cache.shape[1] % BLOCK_N:
-        return f"block_size {latent_cache.shape[1]} is not a multiple of {BLOCK_N}"
+    if latent_cache.shape[1] % block_n:
+        return f"block_size {latent_cache.shape[1]} is not a multiple of {block_n}"
     if not (q.is_contiguous() and latent_cache.is_contiguous()):
         return "q and the latent cache must be contiguous"
     if q.data_ptr() % 16 or latent_cache.data_ptr() % 16:
@@ -91,20 +95,19 @@ def unsupported_reason(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank
 
 
 if HAVE_GLUON:
-    _BLOCK_N = gl.constexpr(BLOCK_N)
     _BLOCK_H = gl.constexpr(BLOCK_H)
 
     @gluon.jit
-    def _split_range(seq_lens_ptr, b, split, num_splits):
-        """[start, end) of this split: whole tiles per split, the last one partial."""
+    def _split_range(seq_lens_ptr, b, split, num_splits, BN: gl.constexpr):
+        """[start, end) of this split: whole BN-token tiles per split, the last one partial."""
         seq_len = gl.load(seq_lens_ptr + b)
-        split_len = gl.cdiv(gl.cdiv(seq_len, num_splits), _BLOCK_N) * _BLOCK_N
+        split_len = gl.cdiv(gl.cdiv(seq_len, num_splits), BN) * BN
         start = split * split_len
         end = gl.minimum(start + split_len, seq_len)
         return start, end
 
     # Every partition gets the same arguments (worker partitions share one signature); the tile shapes travel
-    # in the shared-memory types. kv_lo / kv_hi: [STAGES, 64, L/2] value halves, k_pe: [STAGES, 64, R].
+    # in the shared-memory types. kv_lo / kv_hi: [STAGES, BN, L/2] value halves, k_pe: [STAGES, BN, R].
 
     @gluon.jit
     def _producer(q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc, q_lo, q_hi, q_pe, kv_lo, kv_hi, k_pe,
@@ -113,11 +116,12 @@ if HAVE_GLUON:
                   stride_ob, stride_oh, stride_lse_h, stride_mo_b, stride_mo_h, stride_mo_s, stride_ml_b,
                   stride_ml_h, qk_scale, num_heads):
         NUM_STAGES: gl.constexpr = kv_ready.type.shape[0]
+        BN: gl.constexpr = kv_lo.type.shape[1]
         LH: gl.constexpr = kv_lo.type.shape[2]
         head_group = gl.program_id(0)
         split = gl.program_id(1)
         b = gl.program_id(2)
-        start, end = _split_range(seq_lens_ptr, b, split, gl.num_programs(1))
+        start, end = _split_range(seq_lens_ptr, b, split, gl.num_programs(1), BN)
         q_row = b * num_heads + head_group * _BLOCK_H
         mbarrier.expect(q_bar, 2 * q_half_desc.block_type.nbytes + q_rope_desc.block_type.nbytes)
         tma_load(q_half_desc, [q_row, 0], q_bar, q_lo)
@@ -125,7 +129,7 @@ if HAVE_GLUON:
         tma_load(q_rope_desc, [q_row, 2 * LH], q_bar, q_pe)
         bt_row = block_table_ptr + b.to(gl.int64) * stride_bt
         t = 0
-        for n0 in range(start, end, _BLOCK_N):
+        for n0 in range(start, end, BN):
             s = t % NUM_STAGES
             mbarrier.wait(kv_empty.index(s), ((t // NUM_STAGES) & 1) ^ 1)  # both groups are done with it
             row = gl.load(bt_row + n0 // page) * page + n0 % page
@@ -138,9 +142,10 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _zero_rows_past(buf, valid_rows):
-        """Rows >= valid_rows of a [64, W] shared tile := 0 (16 rows at a time: few registers)."""
+        """Rows >= valid_rows of a [BN, W] shared tile := 0 (16 rows at a time: few registers)."""
+        ROWS: gl.constexpr = buf.type.shape[0]
         layout: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
-        for r0 in gl.static_range(0, _BLOCK_N, 16):
+        for r0 in gl.static_range(0, ROWS, 16):
             part = buf.slice(r0, 16, dim=0)
             x = part.load(layout)
             rows = r0 + gl.arange(0, 16, layout=gl.SliceLayout(1, layout))
@@ -174,23 +179,24 @@ if HAVE_GLUON:
                            stride_mo_h, stride_mo_s, stride_ml_b, stride_ml_h, qk_scale, num_heads):
         # warp group 0 (the default partition)
         NUM_STAGES: gl.constexpr = kv_ready.type.shape[0]
+        BN: gl.constexpr = kv_lo.type.shape[1]
         LH: gl.constexpr = kv_lo.type.shape[2]
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, _BLOCK_N, 16])
+                                                           instr_shape=[16, BN, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, LH, 16])
         head_group = gl.program_id(0)
         split = gl.program_id(1)
         num_splits = gl.num_programs(1)
         b = gl.program_id(2)
-        start, end = _split_range(seq_lens_ptr, b, split, num_splits)
+        start, end = _split_range(seq_lens_ptr, b, split, num_splits, BN)
         m_i = gl.full([_BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
         l_i = gl.zeros([_BLOCK_H], gl.float32, gl.SliceLayout(1, s_layout))
         acc = gl.zeros([_BLOCK_H, LH], gl.float32, o_layout)
-        s_zero = gl.zeros([_BLOCK_H, _BLOCK_N], gl.float32, s_layout)
+        s_zero = gl.zeros([_BLOCK_H, BN], gl.float32, s_layout)
         mbarrier.wait(q_bar, 0)
         t = 0
-        for n0 in range(start, end, _BLOCK_N):
+        for n0 in range(start, end, BN):
             s = t % NUM_STAGES
             mbarrier.wait(kv_ready.index(s), (t // NUM_STAGES) & 1)
             # scores over the whole latent row: three async wgmmas into one accumulator, one wait
@@ -199,8 +205,8 @@ if HAVE_GLUON:
             sc = warpgroup_mma(q_pe, k_pe.index(s).permute((1, 0)), sc, is_async=True)
             sc = warpgroup_mma_wait(0, deps=(sc,))
             sc = sc * qk_scale
-            if n0 + _BLOCK_N > end:  # the partial last tile: mask the scores, zero the value rows
-                cols = n0 + gl.arange(0, _BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+            if n0 + BN > end:  # the partial last tile: mask the scores, zero the value rows
+                cols = n0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
                 sc = gl.where(gl.expand_dims(cols < end, 0), sc, float("-inf"))
                 _zero_rows_past(kv_lo.index(s), end - n0)
                 _zero_rows_past(kv_hi.index(s), end - n0)
@@ -242,6 +248,7 @@ if HAVE_GLUON:
                         stride_mo_s, stride_ml_b, stride_ml_h, qk_scale, num_heads):
         # warp group 1: P @ V[:, L/2:] with group 0's P
         NUM_STAGES: gl.constexpr = kv_ready.type.shape[0]
+        BN: gl.constexpr = kv_hi.type.shape[1]
         LH: gl.constexpr = kv_hi.type.shape[2]
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, LH, 16])
@@ -249,11 +256,11 @@ if HAVE_GLUON:
         split = gl.program_id(1)
         num_splits = gl.num_programs(1)
         b = gl.program_id(2)
-        start, end = _split_range(seq_lens_ptr, b, split, num_splits)
+        start, end = _split_range(seq_lens_ptr, b, split, num_splits, BN)
         acc = gl.zeros([_BLOCK_H, LH], gl.float32, o_layout)
         row_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
         t = 0
-        for n0 in range(start, end, _BLOCK_N):
+        for n0 in range(start, end, BN):
             s = t % NUM_STAGES
             mbarrier.wait(kv_ready.index(s), (t // NUM_STAGES) & 1)
             mbarrier.wait(p_full, t & 1)
@@ -277,15 +284,16 @@ if HAVE_GLUON:
                                  NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr):
         LH: gl.constexpr = q_half_desc.block_type.shape[1]
         R: gl.constexpr = q_rope_desc.block_type.shape[1]
+        BN: gl.constexpr = kv_half_desc.block_type.shape[0]
         dtype: gl.constexpr = q_half_desc.dtype
         q_lo = gl.allocate_shared_memory(dtype, [_BLOCK_H, LH], q_half_desc.layout)
         q_hi = gl.allocate_shared_memory(dtype, [_BLOCK_H, LH], q_half_desc.layout)
         q_pe = gl.allocate_shared_memory(dtype, [_BLOCK_H, R], q_rope_desc.layout)
-        kv_lo = gl.allocate_shared_memory(dtype, [NUM_STAGES, _BLOCK_N, LH], kv_half_desc.layout)
-        kv_hi = gl.allocate_shared_memory(dtype, [NUM_STAGES, _BLOCK_N, LH], kv_half_desc.layout)
-        k_pe = gl.allocate_shared_memory(dtype, [NUM_STAGES, _BLOCK_N, R], k_rope_desc.layout)
-        p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_BLOCK_H, _BLOCK_N], dtype)
-        p_smem = gl.allocate_shared_memory(dtype, [_BLOCK_H, _BLOCK_N], p_layout)
+        kv_lo = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN, LH], kv_half_desc.layout)
+        kv_hi = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN, LH], kv_half_desc.layout)
+        k_pe = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN, R], k_rope_desc.layout)
+        p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_BLOCK_H, BN], dtype)
+        p_smem = gl.allocate_shared_memory(dtype, [_BLOCK_H, BN], p_layout)
         alpha_smem = gl.allocate_shared_memory(gl.float32, [_BLOCK_H], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         kv_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -317,11 +325,13 @@ def _smem_layout(rows: int, cols: int, dtype_name: str):
     return gl.NVMMASharedLayout.get_default_for([rows, cols], getattr(gl, dtype_name))
 
 
-def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, lse, reduce_heads=1) -> None:
-    """Stage 1 (this kernel) and, with splits > 1, mla_decode's reduce; writes out [B, H, L], lse [H, B]."""
+def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, lse, reduce_heads=1,
+                 block_n=BLOCK_N, stages=STAGES) -> None:
+    """Stage 1 (this kernel) and, with splits > 1, mla_decode's reduce; writes out [B, H, L], lse [H, B].
+    block_n tokens per tile in a ring of `stages` (their product x 1152 bytes + q's 72 KB must fit 227 KB)."""
     from .mla_decode import reduce_splits
 
-    reason = unsupported_reason(q, latent_cache, L)
+    reason = unsupported_reason(q, latent_cache, L, block_n)
     if reason:
         raise ValueError(f"mla_decode (gluon): {reason}")
     B, H, W = q.shape
@@ -331,8 +341,8 @@ def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, 
     q2d, cache2d = q.view(B * H, W), latent_cache.view(num_blocks * page, W)
     q_half = TensorDescriptor.from_tensor(q2d, [BLOCK_H, L // 2], _smem_layout(BLOCK_H, L // 2, name))
     q_rope = TensorDescriptor.from_tensor(q2d, [BLOCK_H, R], _smem_layout(BLOCK_H, R, name))
-    kv_half = TensorDescriptor.from_tensor(cache2d, [BLOCK_N, L // 2], _smem_layout(BLOCK_N, L // 2, name))
-    k_rope = TensorDescriptor.from_tensor(cache2d, [BLOCK_N, R], _smem_layout(BLOCK_N, R, name))
+    kv_half = TensorDescriptor.from_tensor(cache2d, [block_n, L // 2], _smem_layout(block_n, L // 2, name))
+    k_rope = TensorDescriptor.from_tensor(cache2d, [block_n, R], _smem_layout(block_n, R, name))
     if splits > 1:
         mid_o = torch.empty(B, H, splits, L, dtype=torch.float32, device=q.device)
         mid_lse = torch.empty(B, H, splits, dtype=torch.float32, device=q.device)
@@ -346,7 +356,7 @@ def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, 
         q_half, q_rope, kv_half, k_rope, seq_lens, block_table, block_table.stride(0), page, out, lse, mid_o,
         mid_lse, out.stride(0), out.stride(1), lse.stride(0), *mo_strides, *ml_strides,
         float(scale) * LOG2E, H,
-        NUM_STAGES=STAGES, CONSUMER_REGS=CONSUMER_REGS, num_warps=4, maxnreg=168,
+        NUM_STAGES=stages, CONSUMER_REGS=CONSUMER_REGS, num_warps=4, maxnreg=168,
     )
     if splits > 1:
         reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads)

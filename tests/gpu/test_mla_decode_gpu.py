@@ -74,3 +74,20 @@ def test_launcher_with_tma_candidates_and_nan_past_the_ends():
         for splits in (1, 4):
             out, _ = md.mla_decode_launch(q, cache, lens, table, scale, L, config=cfg, num_splits=splits)
             assert rel_err(out, ref.float()) < 1e-2, (cfg.name, splits)
+
+
+@pytest.mark.parametrize("block_n, stages", [(32, 4), (16, 8)])
+def test_gluon_tile_and_ring_parameters(block_n, stages):
+    # launch_gluon's tile / ring knobs (the launcher keeps 64 x 2, the fastest: RESULTS Session 14)
+    from rocm_attn.kernels.triton_kernels import mla_decode_gluon as mg
+
+    q, cache, lens, table, scale, L = decode_args(6, 128, 1500, seed=3)
+    if mg.unsupported_reason(q, cache, L, block_n):
+        pytest.skip(mg.unsupported_reason(q, cache, L, block_n))
+    ref, ref_lse = mla_decode_torch(q, cache, lens, table, scale, L)
+    for splits in (1, 3):
+        out = torch.empty(q.shape[0], q.shape[1], L, dtype=q.dtype, device="cuda")
+        lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device="cuda")
+        mg.launch_gluon(q, cache, lens, table, scale, L, splits, out, lse, block_n=block_n, stages=stages)
+        assert rel_err(out, ref.float()) < 1e-2
+        torch.testing.assert_close(lse, ref_lse, rtol=1e-3, atol=1e-2)
