@@ -21,9 +21,9 @@ Two more stage-1 kernels join the candidates where they can run (DecodeConfig.ke
 ROCM_ATTN_GLUON_MLA=0 leaves the Gluon one out.
 
 Shapes: L = kv_lora_rank (512), R = qk_rope_head_dim (64), both padded to powers of two. On the GPU the
-config (tile, variant, warps, stages) is picked once per (heads, L, R, dtype) by timing stage 1 + the
-reduce for every entry of DECODE_CONFIGS, each with its own split count; `benchmarks/bench_mla.py --tune`
-sweeps a wider grid.
+config (kernel, tile, variant, warps, stages) is picked once per (heads, L, R, dtype, candidates) by timing
+stage 1 + the reduce for every candidate (candidate_configs), each with its own split count;
+`benchmarks/bench_mla.py --tune` sweeps a wider grid.
 """
 
 from __future__ import annotations
@@ -214,9 +214,9 @@ VSPLIT_CONFIGS = [DecodeConfig(64, 32, 256, None, 8, 3), DecodeConfig(64, 16, 25
 DECODE_CONFIGS = CLASSIC_CONFIGS + VSPLIT_CONFIGS
 # TMA-fed tiles (mla_decode_tma.py), candidates only where tma_unsupported_reason allows them. Session 14
 # (H100, 128 heads, 64 x 4k / 64 x 32k / 128 x 8k): h64 n64 w8 s2 0.275 / 2.13 / 1.09 ms against h32 n64's
-# 0.382 / 2.96 / 1.49 (45-47% of copy against 33%); n32 tiles and 16 warps were slower.
+# 0.382 / 2.96 / 1.49 (45-48% of copy against 33%); n32 tiles and 16 warps were slower.
 TMA_CONFIGS = [DecodeConfig(64, 64, None, None, 8, 2, kernel="tma")]
-# The Gluon kernel (mla_decode_gluon.py; sm_90): 83-89% of copy at the same shapes (Session 14).
+# The Gluon kernel (mla_decode_gluon.py; sm_90): 84-93% of copy at the same shapes (Session 14).
 GLUON_CONFIGS = [DecodeConfig(64, 64, None, None, 4, 2, kernel="gluon")]
 SMALL_CONFIG = DecodeConfig(16, 32, None, None, 4, 2)  # <= 16 heads: nothing to choose
 INTERPRET_CONFIG = DecodeConfig(16, 16, None, None, 4, 1)

@@ -81,8 +81,8 @@ def unsupported_reason(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank
         return "needs an sm_90 GPU and a Triton with Gluon"
     if q.dtype not in (torch.bfloat16, torch.float16) or latent_cache.dtype != q.dtype:
         return "bf16 / fp16 q and cache only"
-    if L not in (256, 512) or R != 64:
-        return f"kv_lora_rank {L} / rope {R}: built for 256 or 512 / 64 (shared memory is sized for them)"
+    if L != 512 or R != 64:
+        return f"kv_lora_rank {L} / rope {R}: built and measured for 512 / 64 (DeepSeek-V2/V3, Kimi K2)"
     if q.shape[1] % BLOCK_H:
         return f"{q.shape[1]} heads are not a multiple of {BLOCK_H}"
     if latent_cache.shape[1] % block_n:
