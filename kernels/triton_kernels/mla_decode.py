@@ -355,14 +355,7 @@ def _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, re
     block_l = triton.next_power_of_2(L)
     block_v = min(cfg.block_v or block_l, block_l)
     block_k = min(cfg.block_k or block_l, block_l)
-    if splits > 1:
-        # fp32 partials only when there is something to merge
-        mid_o = torch.empty(B, H, splits, L, dtype=torch.float32, device=q.device)
-        mid_lse = torch.empty(B, H, splits, dtype=torch.float32, device=q.device)
-        mo_strides = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2))
-        ml_strides = (mid_lse.stride(0), mid_lse.stride(1))
-    else:
-        mid_o, mid_lse, mo_strides, ml_strides = out, lse, (0, 0, 0), (0, 0)  # unused
+    mid_o, mid_lse, mo_strides, ml_strides = split_partials(out, lse, splits)
     _mla_decode_split_kernel[(triton.cdiv(H, cfg.block_h) * (block_l // block_v), splits, B)](
         q, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse,
         q.stride(0), q.stride(1),
@@ -379,6 +372,18 @@ def _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, re
     )
     if splits > 1:
         reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads)
+
+
+def split_partials(out, lse, splits):
+    """Stage 1's partial buffers (mid_o [B, H, splits, L] fp32, mid_lse [B, H, splits]) and their strides;
+    with one split there is nothing to merge: out / lse stand in (unused) and the strides are 0."""
+    if splits == 1:
+        return out, lse, (0, 0, 0), (0, 0)
+    B, H, L = out.shape
+    mid_o = torch.empty(B, H, splits, L, dtype=torch.float32, device=out.device)
+    mid_lse = torch.empty(B, H, splits, dtype=torch.float32, device=out.device)
+    mo_strides = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2))
+    return mid_o, mid_lse, mo_strides, (mid_lse.stride(0), mid_lse.stride(1))
 
 
 def reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads=1) -> None:

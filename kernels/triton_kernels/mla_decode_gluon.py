@@ -31,46 +31,29 @@ import functools
 
 import torch
 
-try:  # Gluon ships with Triton >= 3.5; the CPU CI only compiles this kernel offline
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
+from .mla_decode_tma import tma_layout_reason
+
+# Gluon's imports, its TMA-load name across Triton versions and available() (sm_90 with Gluon importable,
+# cached per device) are the Gluon GEMM's
+from .ptpc_gemm_gluon import HAVE_GLUON, available
+
+if HAVE_GLUON:
+    from .ptpc_gemm_gluon import (
+        TensorDescriptor,
         fence_async_shared,
+        gl,
+        gluon,
         mbarrier,
-        tma,
+        tma_load,
         warpgroup_mma,
         warpgroup_mma_wait,
     )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    # renamed after Triton 3.6 (async_copy_global_to_shared -> async_load)
-    tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
-    HAVE_GLUON = True
-except ImportError:  # pragma: no cover - older Triton
-    HAVE_GLUON = False
 
 BLOCK_H = 64  # heads per program: one wgmma M tile per warp group
 BLOCK_N = 64  # latent rows (tokens) per tile (the launcher's; launch_gluon takes others)
 STAGES = 2  # tiles in flight
 CONSUMER_REGS = 232  # registers per consumer thread after setmaxnreg (the producer warp keeps 24)
 LOG2E = 1.4426950408889634
-
-
-@functools.lru_cache(maxsize=None)
-def _available_on(index: int | None) -> bool:
-    if not HAVE_GLUON or torch.version.hip or not torch.cuda.is_available():
-        return False
-    return torch.cuda.get_device_capability(index) == (9, 0)
-
-
-def available(device: torch.device | str | None = None) -> bool:
-    """True on an sm_90 CUDA device with Gluon importable."""
-    if device is not None:
-        device = torch.device(device)
-        if device.type != "cuda":
-            return False
-        return _available_on(device.index)
-    return _available_on(None)
 
 
 def unsupported_reason(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank: int,
@@ -87,24 +70,25 @@ def unsupported_reason(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank
         return f"{q.shape[1]} heads are not a multiple of {BLOCK_H}"
     if latent_cache.shape[1] % block_n:
         return f"block_size {latent_cache.shape[1]} is not a multiple of {block_n}"
-    if not (q.is_contiguous() and latent_cache.is_contiguous()):
-        return "q and the latent cache must be contiguous"
-    if q.data_ptr() % 16 or latent_cache.data_ptr() % 16:
-        return "q and the cache must be 16-byte aligned"
-    return None
+    return tma_layout_reason(q, latent_cache)
 
 
 if HAVE_GLUON:
     _BLOCK_H = gl.constexpr(BLOCK_H)
 
     @gluon.jit
-    def _split_range(seq_lens_ptr, b, split, num_splits, BN: gl.constexpr):
-        """[start, end) of this split: whole BN-token tiles per split, the last one partial."""
+    def _program_tokens(seq_lens_ptr, BN: gl.constexpr):
+        """This program's (head group, split, splits, sequence) and its tokens [start, end): whole BN-token
+        tiles per split, the last one partial."""
+        head_group = gl.program_id(0)
+        split = gl.program_id(1)
+        num_splits = gl.num_programs(1)
+        b = gl.program_id(2)
         seq_len = gl.load(seq_lens_ptr + b)
         split_len = gl.cdiv(gl.cdiv(seq_len, num_splits), BN) * BN
         start = split * split_len
         end = gl.minimum(start + split_len, seq_len)
-        return start, end
+        return head_group, split, num_splits, b, start, end
 
     # Every partition gets the same arguments (worker partitions share one signature); the tile shapes travel
     # in the shared-memory types. kv_lo / kv_hi: [STAGES, BN, L/2] value halves, k_pe: [STAGES, BN, R].
@@ -118,10 +102,7 @@ if HAVE_GLUON:
         NUM_STAGES: gl.constexpr = kv_ready.type.shape[0]
         BN: gl.constexpr = kv_lo.type.shape[1]
         LH: gl.constexpr = kv_lo.type.shape[2]
-        head_group = gl.program_id(0)
-        split = gl.program_id(1)
-        b = gl.program_id(2)
-        start, end = _split_range(seq_lens_ptr, b, split, gl.num_programs(1), BN)
+        head_group, split, num_splits, b, start, end = _program_tokens(seq_lens_ptr, BN)
         q_row = b * num_heads + head_group * _BLOCK_H
         mbarrier.expect(q_bar, 2 * q_half_desc.block_type.nbytes + q_rope_desc.block_type.nbytes)
         tma_load(q_half_desc, [q_row, 0], q_bar, q_lo)
@@ -185,11 +166,7 @@ if HAVE_GLUON:
                                                            instr_shape=[16, BN, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, LH, 16])
-        head_group = gl.program_id(0)
-        split = gl.program_id(1)
-        num_splits = gl.num_programs(1)
-        b = gl.program_id(2)
-        start, end = _split_range(seq_lens_ptr, b, split, num_splits, BN)
+        head_group, split, num_splits, b, start, end = _program_tokens(seq_lens_ptr, BN)
         m_i = gl.full([_BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
         l_i = gl.zeros([_BLOCK_H], gl.float32, gl.SliceLayout(1, s_layout))
         acc = gl.zeros([_BLOCK_H, LH], gl.float32, o_layout)
@@ -252,11 +229,7 @@ if HAVE_GLUON:
         LH: gl.constexpr = kv_hi.type.shape[2]
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, LH, 16])
-        head_group = gl.program_id(0)
-        split = gl.program_id(1)
-        num_splits = gl.num_programs(1)
-        b = gl.program_id(2)
-        start, end = _split_range(seq_lens_ptr, b, split, num_splits, BN)
+        head_group, split, num_splits, b, start, end = _program_tokens(seq_lens_ptr, BN)
         acc = gl.zeros([_BLOCK_H, LH], gl.float32, o_layout)
         row_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
         t = 0
@@ -329,7 +302,7 @@ def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, 
                  block_n=BLOCK_N, stages=STAGES) -> None:
     """Stage 1 (this kernel) and, with splits > 1, mla_decode's reduce; writes out [B, H, L], lse [H, B].
     block_n tokens per tile in a ring of `stages` (their product x 1152 bytes + q's 72 KB must fit 227 KB)."""
-    from .mla_decode import reduce_splits
+    from .mla_decode import reduce_splits, split_partials
 
     reason = unsupported_reason(q, latent_cache, L, block_n)
     if reason:
@@ -343,13 +316,7 @@ def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, 
     q_rope = TensorDescriptor.from_tensor(q2d, [BLOCK_H, R], _smem_layout(BLOCK_H, R, name))
     kv_half = TensorDescriptor.from_tensor(cache2d, [block_n, L // 2], _smem_layout(block_n, L // 2, name))
     k_rope = TensorDescriptor.from_tensor(cache2d, [block_n, R], _smem_layout(block_n, R, name))
-    if splits > 1:
-        mid_o = torch.empty(B, H, splits, L, dtype=torch.float32, device=q.device)
-        mid_lse = torch.empty(B, H, splits, dtype=torch.float32, device=q.device)
-        mo_strides = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2))
-        ml_strides = (mid_lse.stride(0), mid_lse.stride(1))
-    else:
-        mid_o, mid_lse, mo_strides, ml_strides = out, lse, (0, 0, 0), (0, 0)  # unused
+    mid_o, mid_lse, mo_strides, ml_strides = split_partials(out, lse, splits)
     seq_lens = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
     block_table = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
     _mla_decode_gluon_kernel[(H // BLOCK_H, splits, B)](

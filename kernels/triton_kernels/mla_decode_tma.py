@@ -29,7 +29,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..platform import triton_interpret
-from .mla_decode import reduce_splits
+from .mla_decode import reduce_splits, split_partials
 
 LOG2E = 1.4426950408889634
 
@@ -144,9 +144,14 @@ def tma_unsupported_reason(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_
         return f"{q.shape[1]} heads are not a multiple of the {block_h}-head tile"
     if latent_cache.shape[1] % block_n:
         return f"block_size {latent_cache.shape[1]} is not a multiple of the {block_n}-token tile"
+    return tma_layout_reason(q, latent_cache)
+
+
+def tma_layout_reason(q: torch.Tensor, latent_cache: torch.Tensor) -> str | None:
+    """q [B, H, W] and the cache [blocks, page, W] as TMA reads them: contiguous, 16-byte aligned rows."""
     if not (q.is_contiguous() and latent_cache.is_contiguous()):
         return "q and the latent cache must be contiguous"
-    if (L + R) * q.element_size() % 16 or q.data_ptr() % 16 or latent_cache.data_ptr() % 16:
+    if q.shape[-1] * q.element_size() % 16 or q.data_ptr() % 16 or latent_cache.data_ptr() % 16:
         return "rows must be 16-byte aligned"
     return None
 
@@ -165,13 +170,7 @@ def launch_tma(q, latent_cache, seq_lens, block_table, scale, L, cfg, splits, ou
     q_rope = TensorDescriptor.from_tensor(q2d, [cfg.block_h, R])
     kv_half = TensorDescriptor.from_tensor(cache2d, [cfg.block_n, L // 2])
     k_rope = TensorDescriptor.from_tensor(cache2d, [cfg.block_n, R])
-    if splits > 1:
-        mid_o = torch.empty(B, H, splits, L, dtype=torch.float32, device=q.device)
-        mid_lse = torch.empty(B, H, splits, dtype=torch.float32, device=q.device)
-    else:
-        mid_o, mid_lse = out, lse  # unused: one split writes the output directly
-    mo_strides = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2)) if splits > 1 else (0, 0, 0)
-    ml_strides = (mid_lse.stride(0), mid_lse.stride(1)) if splits > 1 else (0, 0)
+    mid_o, mid_lse, mo_strides, ml_strides = split_partials(out, lse, splits)
     _mla_decode_tma_kernel[(H // cfg.block_h, splits, B)](
         q_half, q_rope, kv_half, k_rope, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse,
         block_table.stride(0), *mo_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
