@@ -218,7 +218,7 @@ DECODE_CONFIGS = CLASSIC_CONFIGS + VSPLIT_CONFIGS
 TMA_CONFIGS = [DecodeConfig(64, 64, None, None, 8, 2, kernel="tma")]
 # The Gluon kernel (mla_decode_gluon.py; sm_90): 84-93% of copy at the same shapes (Session 14).
 GLUON_CONFIGS = [DecodeConfig(64, 64, None, None, 4, 2, kernel="gluon")]
-SMALL_CONFIG = DecodeConfig(16, 32, None, None, 4, 2)  # <= 16 heads: nothing to choose
+SMALL_CONFIG = DecodeConfig(16, 32, None, None, 4, 2)  # <= 16 heads: the one gather tile
 INTERPRET_CONFIG = DecodeConfig(16, 16, None, None, 4, 1)
 
 _tuned: dict = {}  # (heads, L, R, dtype, device, configs) -> the fastest DecodeConfig
@@ -266,12 +266,26 @@ def unsupported_reason(cfg: DecodeConfig, q: torch.Tensor, latent_cache: torch.T
     return None
 
 
+def gpu_time_ms(fn: Callable[[], None]) -> float:
+    """Median GPU time of fn, replayed from a CUDA graph: what a graph-captured decode step pays. Timed call
+    after call instead (do_bench), the TMA and Gluon kernels' longer Python launch (~245 us against ~190 us
+    per call, Session 14) hid their shorter GPU time at small batches, and the launcher kept the gather kernel
+    at 1.7 TB/s where the Gluon one runs 2.6-3.0 (32 heads). Falls back to do_bench where a graph cannot be
+    captured."""
+    torch.cuda.synchronize()  # do_bench_cudagraph warms up on a side stream: the inputs must be ready
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median"))
+    except Exception:  # e.g. called while another graph is being captured
+        torch.cuda.synchronize()
+        return float(triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median"))
+
+
 def candidate_configs(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank: int) -> list[DecodeConfig]:
-    """What the launcher times by default: DECODE_CONFIGS, plus the TMA and Gluon configs that can run this
-    call."""
+    """What the launcher times by default: DECODE_CONFIGS (SMALL_CONFIG alone at <= 16 heads), plus the TMA
+    and Gluon configs that can run this call."""
     extra = [c for c in TMA_CONFIGS + GLUON_CONFIGS
              if unsupported_reason(c, q, latent_cache, kv_lora_rank) is None]
-    return DECODE_CONFIGS + extra
+    return ([SMALL_CONFIG] if q.shape[1] <= 16 else DECODE_CONFIGS) + extra
 
 
 def tuned_config(q: torch.Tensor, kv_lora_rank: int, configs=None, latent_cache=None) -> DecodeConfig | None:
@@ -309,10 +323,10 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
                       config: DecodeConfig | None = None, configs=None, reduce_heads=1):
     """q [B,H,L+R], latent_cache [nb,bs,L+R] -> (out [B,H,L], lse [H,B] fp32).
 
-    config: one fixed tile (benchmarks, tests); else the interpreter / <= 16 heads use a fixed tile and
-    the GPU picks the fastest of `configs` (default candidate_configs: DECODE_CONFIGS and, where they can
-    run, the TMA and Gluon configs) on the first call per (heads, L, R, dtype, candidates). num_splits:
-    override the split count. reduce_heads: heads per reduce program.
+    config: one fixed tile (benchmarks, tests); else the interpreter uses a fixed tile and the GPU picks
+    the fastest of `configs` (default candidate_configs: DECODE_CONFIGS, or SMALL_CONFIG at <= 16 heads, and
+    the TMA and Gluon configs where they can run) on the first call per (heads, L, R, dtype, candidates).
+    num_splits: override the split count. reduce_heads: heads per reduce program.
     """
     from .mla_decode_gluon import launch_gluon  # (both import this module's reduce_splits)
     from .mla_decode_tma import launch_tma
@@ -340,12 +354,11 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
         else:
             _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, reduce_heads, out, lse)
 
-    if config is None and (interp or H <= 16):
-        config = INTERPRET_CONFIG if interp else SMALL_CONFIG
+    if config is None and interp:
+        config = INTERPRET_CONFIG
     if config is None:
         configs = tuple(configs or candidate_configs(q, latent_cache, L))
-        timer = lambda fn: triton.testing.do_bench(fn, warmup=5, rep=20)  # noqa: E731
-        config = pick_config(_tune_key(q, L, configs), configs, run, timer)
+        config = pick_config(_tune_key(q, L, configs), configs, run, gpu_time_ms)
     run(config)
     return out, lse
 

@@ -19,6 +19,10 @@ Shared memory (L 512, R 64, bf16): q 72 KB + 2 stages x 72 KB + P 8 KB = 224 KB 
 The last tile of a split, when partial, holds rows past the sequence's end (anything, NaN in a fresh cache):
 group 0 zeroes them in shared memory before either P @ V reads them (the scores are masked anyway).
 
+Heads: 64 per program. With fewer (tensor parallel: DeepSeek-V3's 128 heads over 8 GPUs leave 16), or a count
+that is not a multiple of 64, a program's q tile also holds the next sequence's rows (or TMA's zero fill past
+the end): they cost MMA work, not memory traffic, and their outputs are not stored.
+
 Tile and ring: 64 tokens x 2 stages. launch_gluon(block_n=, stages=) builds other ones; smaller tiles in a
 deeper ring (32 x 4, 16 x 8) are correct but 20-40% slower on an H100 (benchmarks/RESULTS.md, Session 14).
 
@@ -66,8 +70,6 @@ def unsupported_reason(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank
         return "bf16 / fp16 q and cache only"
     if L != 512 or R != 64:
         return f"kv_lora_rank {L} / rope {R}: built and measured for 512 / 64 (DeepSeek-V2/V3, Kimi K2)"
-    if q.shape[1] % BLOCK_H:
-        return f"{q.shape[1]} heads are not a multiple of {BLOCK_H}"
     if latent_cache.shape[1] % block_n:
         return f"block_size {latent_cache.shape[1]} is not a multiple of {block_n}"
     return tma_layout_reason(q, latent_cache)
@@ -134,23 +136,24 @@ if HAVE_GLUON:
             part.store(x)
 
     @gluon.jit
-    def _store_output(acc, l_i, col0, b, split, head_group, num_splits, out_ptr, mid_o_ptr,
+    def _store_output(acc, l_i, col0, b, split, head_group, num_splits, num_heads, out_ptr, mid_o_ptr,
                       stride_ob, stride_oh, stride_mo_b, stride_mo_h, stride_mo_s, layout: gl.constexpr):
-        """acc / l into out (one split) or the fp32 partial (several)."""
+        """acc / l into out (one split) or the fp32 partial (several); rows past num_heads are dropped."""
         LH: gl.constexpr = acc.type.shape[1]
         l_safe = gl.where(l_i > 0.0, l_i, 1.0)
         heads = head_group * _BLOCK_H + gl.arange(0, _BLOCK_H, layout=gl.SliceLayout(1, layout))
         cols = col0 + gl.arange(0, LH, layout=gl.SliceLayout(0, layout))
+        mask = gl.expand_dims(heads < num_heads, 1) & gl.expand_dims(cols >= 0, 0)
         out = acc / gl.expand_dims(l_safe, 1)
         if num_splits == 1:
             o_ptr = (out_ptr + b.to(gl.int64) * stride_ob + gl.expand_dims(heads * stride_oh, 1)
                      + gl.expand_dims(cols, 0))
-            gl.store(o_ptr, out.to(out_ptr.dtype.element_ty))
+            gl.store(o_ptr, out.to(out_ptr.dtype.element_ty), mask=mask)
         else:
             m_ptr = (mid_o_ptr + b.to(gl.int64) * stride_mo_b
                      + gl.expand_dims(heads.to(gl.int64) * stride_mo_h, 1) + split * stride_mo_s
                      + gl.expand_dims(cols, 0))
-            gl.store(m_ptr, out)
+            gl.store(m_ptr, out, mask=mask)
 
     @gluon.jit
     def _scores_softmax_pv(q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc, q_lo, q_hi, q_pe, kv_lo,
@@ -210,12 +213,13 @@ if HAVE_GLUON:
         seen = l_i > 0.0
         lse2 = gl.where(seen, m_i + gl.log2(gl.where(seen, l_i, 1.0)), float("-inf"))
         if num_splits == 1:
-            gl.store(lse_ptr + heads * stride_lse_h + b, lse2 * 0.6931471805599453)
+            gl.store(lse_ptr + heads * stride_lse_h + b, lse2 * 0.6931471805599453, mask=heads < num_heads)
         else:
-            gl.store(mid_lse_ptr + b.to(gl.int64) * stride_ml_b + heads * stride_ml_h + split, lse2)
+            gl.store(mid_lse_ptr + b.to(gl.int64) * stride_ml_b + heads * stride_ml_h + split, lse2,
+                     mask=heads < num_heads)
         _store_output(acc, gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 0, b, split, head_group,
-                      num_splits, out_ptr, mid_o_ptr, stride_ob, stride_oh, stride_mo_b, stride_mo_h,
-                      stride_mo_s, o_layout)
+                      num_splits, num_heads, out_ptr, mid_o_ptr, stride_ob, stride_oh, stride_mo_b,
+                      stride_mo_h, stride_mo_s, o_layout)
 
     @gluon.jit
     def _second_half_pv(q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc, q_lo, q_hi, q_pe, kv_lo, kv_hi,
@@ -246,8 +250,8 @@ if HAVE_GLUON:
             t += 1
         mbarrier.wait(fin_bar, 0)
         l_i = alpha_smem.load(row_layout)
-        _store_output(acc, l_i, LH, b, split, head_group, num_splits, out_ptr, mid_o_ptr, stride_ob,
-                      stride_oh, stride_mo_b, stride_mo_h, stride_mo_s, o_layout)
+        _store_output(acc, l_i, LH, b, split, head_group, num_splits, num_heads, out_ptr, mid_o_ptr,
+                      stride_ob, stride_oh, stride_mo_b, stride_mo_h, stride_mo_s, o_layout)
 
     @gluon.jit
     def _mla_decode_gluon_kernel(q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc,
@@ -319,7 +323,7 @@ def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, 
     mid_o, mid_lse, mo_strides, ml_strides = split_partials(out, lse, splits)
     seq_lens = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
     block_table = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
-    _mla_decode_gluon_kernel[(H // BLOCK_H, splits, B)](
+    _mla_decode_gluon_kernel[(-(-H // BLOCK_H), splits, B)](
         q_half, q_rope, kv_half, k_rope, seq_lens, block_table, block_table.stride(0), page, out, lse, mid_o,
         mid_lse, out.stride(0), out.stride(1), lse.stride(0), *mo_strides, *ml_strides,
         float(scale) * LOG2E, H,

@@ -74,6 +74,7 @@ def test_candidates_add_tma_only_where_it_runs():
     cache, _, _ = make_cache([5], 64, 16, 64)  # page 64: the 64-token TMA tile fits
     assert md.candidate_configs(torch.randn(1, 128, 80), cache, 64) == md.DECODE_CONFIGS + md.TMA_CONFIGS
     assert md.candidate_configs(torch.randn(1, 40, 80), cache, 64) == md.DECODE_CONFIGS  # 40 heads
+    assert md.candidate_configs(torch.randn(1, 16, 80), cache, 64) == [md.SMALL_CONFIG]  # <= 16: one gather tile
 
 
 def test_tma_config_with_a_value_split_is_refused():
