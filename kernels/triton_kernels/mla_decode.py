@@ -221,7 +221,7 @@ GLUON_CONFIGS = [DecodeConfig(64, 64, None, None, 4, 2, kernel="gluon")]
 SMALL_CONFIG = DecodeConfig(16, 32, None, None, 4, 2)  # <= 16 heads: the one gather tile
 INTERPRET_CONFIG = DecodeConfig(16, 16, None, None, 4, 1)
 
-_tuned: dict = {}  # (heads, L, R, dtype, device, configs) -> the fastest DecodeConfig
+_tuned: dict = {}  # (batch bucket, heads, L, R, dtype, device, configs) -> the fastest DecodeConfig
 
 
 def num_splits_for(batch: int, heads: int, L: int, cfg: DecodeConfig, sms: int) -> int:
@@ -246,7 +246,7 @@ def pick_config(key, configs, run: Callable[[DecodeConfig], None], timer: Callab
         if not timed:
             raise RuntimeError(f"mla_decode: no config of {[c.name for c in configs]} runs here")
         _tuned[key] = min(timed, key=lambda t: t[0])[1]
-        log.info("mla_decode %s: picked %s", key[:4], _tuned[key].name)
+        log.info("mla_decode %s: picked %s", key[:5], _tuned[key].name)
     return _tuned[key]
 
 
@@ -289,16 +289,19 @@ def candidate_configs(q: torch.Tensor, latent_cache: torch.Tensor, kv_lora_rank:
 
 
 def tuned_config(q: torch.Tensor, kv_lora_rank: int, configs=None, latent_cache=None) -> DecodeConfig | None:
-    """The config picked for this q's (heads, L, R, dtype, device) among `configs` (default: the launcher's
-    own candidates for this q and latent_cache, or DECODE_CONFIGS without a cache); None before the first
-    call."""
+    """The config picked for this q's (batch bucket, heads, L, R, dtype, device) among `configs` (default: the
+    launcher's own candidates for this q and latent_cache, or DECODE_CONFIGS without a cache); None before the
+    first call with such a q."""
     if configs is None:
         configs = DECODE_CONFIGS if latent_cache is None else candidate_configs(q, latent_cache, kv_lora_rank)
     return _tuned.get(_tune_key(q, kv_lora_rank, tuple(configs)))
 
 
 def _tune_key(q: torch.Tensor, L: int, configs: tuple) -> tuple:
-    return (q.shape[1], L, q.shape[2] - L, q.dtype, str(q.device), configs)
+    # the batch, to the next power of two: which kernel wins depends on how many programs a call has (at 1 x 4k
+    # the gather tile, at 64 x 4k the Gluon kernel, 2.5x faster there: H100, Session 15). Keyed without it,
+    # the first call's pick served every later batch.
+    return (triton.next_power_of_2(q.shape[0]), q.shape[1], L, q.shape[2] - L, q.dtype, str(q.device), configs)
 
 
 def _check_config(cfg: DecodeConfig, block_l: int) -> None:
@@ -325,7 +328,8 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
 
     config: one fixed tile (benchmarks, tests); else the interpreter uses a fixed tile and the GPU picks
     the fastest of `configs` (default candidate_configs: DECODE_CONFIGS, or SMALL_CONFIG at <= 16 heads, and
-    the TMA and Gluon configs where they can run) on the first call per (heads, L, R, dtype, candidates).
+    the TMA and Gluon configs where they can run) on the first call per (batch to the next power of two, heads,
+    L, R, dtype, candidates).
     num_splits: override the split count. reduce_heads: heads per reduce program.
     """
     from .mla_decode_gluon import launch_gluon  # (both import this module's reduce_splits)
@@ -358,9 +362,23 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
         config = INTERPRET_CONFIG
     if config is None:
         configs = tuple(configs or candidate_configs(q, latent_cache, L))
-        config = pick_config(_tune_key(q, L, configs), configs, run, gpu_time_ms)
+        key = _tune_key(q, L, configs)
+        if key not in _tuned and torch.cuda.is_current_stream_capturing():
+            config = untimed_pick(configs)  # nothing can be timed (or synchronized) inside a graph capture
+        else:
+            config = pick_config(key, configs, run, gpu_time_ms)
     run(config)
     return out, lse
+
+
+def untimed_pick(configs) -> DecodeConfig:
+    """The config for a batch met first inside a CUDA-graph capture (not remembered: the next call outside a
+    capture times the candidates): the Gluon kernel where it can run, the TMA one next, else the first."""
+    for kernel in ("gluon", "tma"):
+        for cfg in configs:
+            if cfg.kernel == kernel:
+                return cfg
+    return configs[0]
 
 
 def _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, reduce_heads, out, lse):

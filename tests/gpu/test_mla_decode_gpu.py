@@ -111,3 +111,27 @@ def test_gluon_with_heads_not_a_multiple_of_64(heads):
     out, lse = md.mla_decode_launch(q, cache, lens, table, scale, L)  # the launcher's pick
     assert md.tuned_config(q, L, latent_cache=cache) in md.candidate_configs(q, cache, L)
     assert rel_err(out, ref.float()) < 1e-2
+
+
+def test_launcher_picks_per_batch_bucket_and_inside_a_graph_capture(monkeypatch):
+    monkeypatch.setattr(md, "_tuned", {})
+    small, big = decode_args(4, 128, 2048, seed=6), decode_args(64, 128, 2048, seed=7)
+    md.mla_decode_launch(*small)
+    assert md.tuned_config(small[0], 512, latent_cache=small[1]) is not None
+    assert md.tuned_config(big[0], 512, latent_cache=big[1]) is None  # batch 64 is not batch 4's pick
+    md.mla_decode_launch(*big)
+    assert md.tuned_config(big[0], 512, latent_cache=big[1]) is not None
+    # a batch first met inside a CUDA-graph capture: an untimed pick (nothing can be timed there), not kept
+    q, cache, lens, table, scale, L = decode_args(5, 128, 700, seed=8)
+    md.mla_decode_launch(q, cache, lens, table, scale, L, config=md.untimed_pick(
+        tuple(md.candidate_configs(q, cache, L))))  # compiled before the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = md.mla_decode_launch(q, cache, lens, table, scale, L)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert md.tuned_config(q, L, latent_cache=cache) is None
+    ref, ref_lse = mla_decode_torch(q, cache, lens, table, scale, L)
+    assert rel_err(out, ref.float()) < 1e-2
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-3, atol=1e-2)

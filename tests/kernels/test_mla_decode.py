@@ -89,6 +89,20 @@ def test_pick_config_takes_the_fastest_that_runs(monkeypatch):
         md.pick_config("k2", (c,), run, timer)
 
 
+def test_tune_key_buckets_the_batch():
+    # a pick made at batch 1 must not serve batch 64 (at 64 x 4k the Gluon kernel runs 2.5x the batch-1 pick)
+    L = 512
+    key = lambda b: md._tune_key(torch.empty(b, 128, L + 64), L, tuple(md.DECODE_CONFIGS))  # noqa: E731
+    assert key(1) != key(64) and key(2) != key(3)
+    assert key(33) == key(64) and key(3) == key(4)
+
+
+def test_untimed_pick_prefers_gluon_then_tma():
+    assert md.untimed_pick(tuple(md.DECODE_CONFIGS + md.TMA_CONFIGS + md.GLUON_CONFIGS)) == md.GLUON_CONFIGS[0]
+    assert md.untimed_pick(tuple(md.DECODE_CONFIGS + md.TMA_CONFIGS)) == md.TMA_CONFIGS[0]
+    assert md.untimed_pick(tuple(md.DECODE_CONFIGS)) == md.DECODE_CONFIGS[0]
+
+
 def test_interpreter_default_and_explicit_config_agree():
     L, R, bs, lens = 32, 16, 8, [11, 30]
     cache, table, dense = make_cache(lens, L, R, bs, seed=4)
