@@ -56,8 +56,6 @@ if HAVE_GLUON:
 BLOCK_H = 64  # heads per program: one wgmma M tile per warp group
 BLOCK_N = 64  # latent rows (tokens) per tile (the launcher's; launch_gluon takes others)
 STAGES = 2  # tiles in flight
-SCHEDULE = "split"  # "split": group 0 computes every tile's scores; "seesaw": the two groups take turns
-SEESAW_REGS = 248  # registers per thread of each of the seesaw's two warp groups (2 x 128 x 248 <= 64K)
 CONSUMER_REGS = 232  # registers per consumer thread after setmaxnreg (the producer warp keeps 24)
 LOG2E = 1.4426950408889634
 
@@ -299,282 +297,13 @@ if HAVE_GLUON:
         ], [4, 1], [CONSUMER_REGS, 24])
 
 
-    # ---- the seesaw schedule (FlashMLA's, written here for Gluon): the two warp groups take turns ----
-    # Group W (W = 0, 1) computes the scores and softmax of the tiles t with t % 2 == W, which sit in ring stage
-    # W, and adds P @ V[:, W * L/2:(W + 1) * L/2] for every tile: so one group's score product (the larger half
-    # of the MMA work) runs while the other does its softmax and P hand-off, where the split schedule runs them
-    # one after the other in group 0. The running max travels with P: the owner of tile t writes P_t, alpha_t and
-    # m_t into slot W; the other group rescales by alpha_t, adds P_t @ its value half and starts tile t+1's
-    # softmax from m_t. Each group sums l over its own tiles (both rescale by every alpha); the halves add up at
-    # the end. Slot 1's P buffer is q_pe's shared memory (227 KB hold no more): each group keeps q_pe in
-    # registers, the wgmma's A operand.
-    # No producer warp: each group issues the TMA loads of what it is the last to read, as soon as it is done
-    # with it: its own value half of a stage after its P @ V there, and the owner the rope part after its scores.
-    # So a stage refills in parts, early, and with no producer each group keeps 256 registers.
-
-    @gluon.jit
-    def _ss_load(desc, row, col, bar, dst):
-        mbarrier.expect(bar, desc.block_type.nbytes)
-        tma_load(desc, [row, col], bar, dst)
-
-    @gluon.jit
-    def _ss_refill(kv_half_desc, bt_row, page, start, t, num_tiles, col, bar, dst):
-        """Load tile t's [BN, L/2] value half at column col into dst, when the split has a tile t."""
-        BN: gl.constexpr = kv_half_desc.block_type.shape[0]
-        if t < num_tiles:
-            n = start + t * BN
-            _ss_load(kv_half_desc, gl.load(bt_row + n // page) * page + n % page, col, bar, dst)
-
-    @gluon.jit
-    def _ss_scores(q_lo, q_hi, q_pe_reg, kv_lo, kv_hi, k_pe, ready_lo, ready_hi, ready_pe, phase,
-                   s_layout: gl.constexpr):
-        """S = q @ K^T over the 576-wide row, each part's wgmma issued as soon as that part has landed (three
-        async groups)."""
-        HEADS: gl.constexpr = q_lo.type.shape[0]
-        BN: gl.constexpr = kv_lo.type.shape[0]
-        mbarrier.wait(ready_lo, phase)
-        zero = gl.zeros([HEADS, BN], gl.float32, s_layout)  # made here, not kept live across the loop
-        sc = warpgroup_mma(q_lo, kv_lo.permute((1, 0)), zero, use_acc=False, is_async=True)
-        mbarrier.wait(ready_hi, phase)
-        sc = warpgroup_mma(q_hi, kv_hi.permute((1, 0)), sc, is_async=True)
-        mbarrier.wait(ready_pe, phase)
-        return warpgroup_mma(q_pe_reg, k_pe.permute((1, 0)), sc, is_async=True)
-
-    @gluon.jit
-    def _ss_take_remote(acc, l_i, p_other, alpha_other, m_other, v_other, p_full_other, phase,
-                        s_layout: gl.constexpr, o_layout: gl.constexpr):
-        """The other group's tile: rescale by its alpha, take its running max, issue P @ V (async)."""
-        mbarrier.wait(p_full_other, phase)
-        alpha_o = alpha_other.load(gl.SliceLayout(1, o_layout))
-        alpha_s = alpha_other.load(gl.SliceLayout(1, s_layout))
-        m_i = m_other.load(gl.SliceLayout(1, s_layout))
-        acc = acc * gl.expand_dims(alpha_o, 1)
-        acc = warpgroup_mma(p_other, v_other, acc, is_async=True)
-        return acc, l_i * alpha_s, m_i
-
-    @gluon.jit
-    def _ss_softmax(t, sc, l_i, m_i, start, end, qk_scale, v_lo, v_hi, p_own, alpha_own, m_own, p_full_own,
-                    p_empty_own, s_layout: gl.constexpr):
-        """This group's tile t: masked online softmax from the running max m_i, then P, alpha and the new max
-        into this group's slot for the other group. Returns (alpha, l, m)."""
-        BN: gl.constexpr = v_lo.type.shape[0]
-        n0 = start + t * BN
-        sc = sc * qk_scale
-        if n0 + BN > end:  # the partial last tile: mask the scores, zero both value halves (NaN past the end)
-            cols = n0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
-            sc = gl.where(gl.expand_dims(cols < end, 0), sc, float("-inf"))
-            _zero_rows_past(v_lo, end - n0)
-            _zero_rows_past(v_hi, end - n0)
-        m_new = gl.maximum(m_i, gl.max(sc, axis=1))  # finite: every tile has a valid row
-        p = gl.exp2(sc - gl.expand_dims(m_new, 1))
-        alpha = gl.exp2(m_i - m_new)
-        l_i = l_i * alpha + gl.sum(p, axis=1)
-        mbarrier.wait(p_empty_own, ((t // 2) & 1) ^ 1)  # the other group is done with this slot's last P
-        p_own.store(p.to(p_own.dtype))
-        alpha_own.store(alpha)
-        m_own.store(m_new)
-        fence_async_shared()  # P (and zeroed rows) written here, read by wgmma (the async proxy)
-        mbarrier.arrive(p_full_own, count=1)
-        return alpha, l_i, m_new
-
-    @gluon.jit
-    def _ss_consumer(q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc, q_lo, q_hi, q_pe, kv_lo, kv_hi, k_pe,
-                     p_smem, alpha_bufs, m_bufs, l_bufs, q_bar, qpe_done, ready_lo, ready_hi, ready_pe, p_full,
-                     p_empty, fin_bar, seq_lens_ptr, block_table_ptr, stride_bt, page, out_ptr, lse_ptr,
-                     mid_o_ptr, mid_lse_ptr, stride_ob, stride_oh, stride_lse_h, stride_mo_b, stride_mo_h,
-                     stride_mo_s, stride_ml_b, stride_ml_h, qk_scale, num_heads, W: gl.constexpr):
-        BN: gl.constexpr = kv_lo.type.shape[1]
-        LH: gl.constexpr = kv_lo.type.shape[2]
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, BN, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, LH, 16])
-        H: gl.constexpr = _BLOCK_H
-        # static: this group's slot and stage are W, the other group's 1 - W; this group's value half is W
-        if W == 0:
-            p_own = p_smem
-            p_other = q_pe
-            v_mine = kv_lo
-            ready_mine = ready_lo
-        else:
-            p_own = q_pe
-            p_other = p_smem
-            v_mine = kv_hi
-            ready_mine = ready_hi
-        alpha_own, alpha_other = alpha_bufs.slice(W * H, H), alpha_bufs.slice((1 - W) * H, H)
-        m_own, m_other = m_bufs.slice(W * H, H), m_bufs.slice((1 - W) * H, H)
-        head_group, split, num_splits, b, start, end = _program_tokens(seq_lens_ptr, BN)
-        num_tiles = gl.maximum(gl.cdiv(end - start, BN), 0)  # a split past the sequence's end has none
-        bt_row = block_table_ptr + b.to(gl.int64) * stride_bt
-        if W == 0:
-            q_row = b * num_heads + head_group * H
-            mbarrier.expect(q_bar, 2 * q_half_desc.block_type.nbytes + q_rope_desc.block_type.nbytes)
-            tma_load(q_half_desc, [q_row, 0], q_bar, q_lo)
-            tma_load(q_half_desc, [q_row, LH], q_bar, q_hi)
-            tma_load(q_rope_desc, [q_row, 2 * LH], q_bar, q_pe)
-        # the first two tiles: this group's value half of each, and the rope part of its own
-        for t in range(0, gl.minimum(num_tiles, 2)):
-            n = start + t * BN
-            row = gl.load(bt_row + n // page) * page + n % page
-            _ss_load(kv_half_desc, row, W * LH, ready_mine.index(t), v_mine.index(t))
-            if t == W:
-                _ss_load(k_rope_desc, row, 2 * LH, ready_pe.index(t), k_pe.index(t))
-        m_i = gl.full([H], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
-        l_i = gl.zeros([H], gl.float32, gl.SliceLayout(1, s_layout))
-        acc = gl.zeros([H, LH], gl.float32, o_layout)
-        mbarrier.wait(q_bar, 0)
-        q_pe_reg = q_pe.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
-        if W == 0:
-            for t in range(0, gl.minimum(num_tiles, 1)):  # tile 0: no tile of the other group before it
-                sc = _ss_scores(q_lo, q_hi, q_pe_reg, kv_lo.index(0), kv_hi.index(0), k_pe.index(0),
-                                ready_lo.index(0), ready_hi.index(0), ready_pe.index(0), 0, s_layout)
-                sc = warpgroup_mma_wait(0, deps=(sc,))
-                mbarrier.arrive(qpe_done, count=1)  # our q_pe registers are loaded: group 1 may write P there
-                if 2 < num_tiles:
-                    n = start + 2 * BN
-                    _ss_load(k_rope_desc, gl.load(bt_row + n // page) * page + n % page, 2 * LH, ready_pe.index(0),
-                             k_pe.index(0))
-                alpha, l_i, m_i = _ss_softmax(0, sc, l_i, m_i, start, end, qk_scale, kv_lo.index(0), kv_hi.index(0),
-                                              p_own, alpha_own, m_own, p_full.index(0), p_empty.index(0), s_layout)
-                acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-                acc = warpgroup_mma(p_own, v_mine.index(0), acc, is_async=True)
-                acc = warpgroup_mma_wait(0, deps=(acc,))
-                _ss_refill(kv_half_desc, bt_row, page, start, 2, num_tiles, 0, ready_lo.index(0), kv_lo.index(0))
-        else:
-            if num_tiles > 1:
-                mbarrier.wait(qpe_done, 0)  # group 0 has read q_pe before we write our P over it
-        for t in range(2 - W, num_tiles, 2):  # this group's later tiles: each follows one of the other group's
-            phase = (t // 2) & 1
-            acc_pv, l_i, m_i = _ss_take_remote(acc, l_i, p_other, alpha_other, m_other, v_mine.index(1 - W),
-                                               p_full.index(1 - W), ((t - 1) // 2) & 1, s_layout, o_layout)
-            # stage t % 2 is W; written as t % 2 so that the compiler does not hoist the 36 wgmmas' shared-memory
-            # descriptors out of the loop into registers (they spilled)
-            st = t % 2
-            sc = _ss_scores(q_lo, q_hi, q_pe_reg, kv_lo.index(st), kv_hi.index(st), k_pe.index(st),
-                            ready_lo.index(W), ready_hi.index(W), ready_pe.index(W), phase, s_layout)
-            acc = warpgroup_mma_wait(3, deps=(acc_pv,))  # the other tile's P @ V (our 3 score groups run on)
-            mbarrier.arrive(p_empty.index(1 - W), count=1)
-            _ss_refill(kv_half_desc, bt_row, page, start, t + 1, num_tiles, W * LH, ready_mine.index(1 - W),
-                       v_mine.index(1 - W))
-            sc = warpgroup_mma_wait(0, deps=(sc,))
-            if t + 2 < num_tiles:
-                n = start + (t + 2) * BN
-                _ss_load(k_rope_desc, gl.load(bt_row + n // page) * page + n % page, 2 * LH, ready_pe.index(W),
-                         k_pe.index(W))
-            alpha, l_i, m_i = _ss_softmax(t, sc, l_i, m_i, start, end, qk_scale, kv_lo.index(W), kv_hi.index(W),
-                                          p_own, alpha_own, m_own, p_full.index(W), p_empty.index(W), s_layout)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-            acc = warpgroup_mma(p_own, v_mine.index(W), acc, is_async=True)
-            acc = warpgroup_mma_wait(0, deps=(acc,))
-            _ss_refill(kv_half_desc, bt_row, page, start, t + 2, num_tiles, W * LH, ready_mine.index(W),
-                       v_mine.index(W))
-        # the other group's last tile, when it comes after ours
-        has_trailing = ((num_tiles >= 1) & ((num_tiles - 1) % 2 != W)).to(gl.int32)
-        for r in range(num_tiles - has_trailing, num_tiles):
-            acc_pv, l_i, m_i = _ss_take_remote(acc, l_i, p_other, alpha_other, m_other, v_mine.index(1 - W),
-                                               p_full.index(1 - W), (r // 2) & 1, s_layout, o_layout)
-            acc = warpgroup_mma_wait(0, deps=(acc_pv,))
-        # l = the two groups' sums (both at the final max)
-        l_bufs.slice(W * H, H).store(l_i)
-        mbarrier.arrive(fin_bar, count=1)
-        mbarrier.wait(fin_bar, 0)
-        l_i = l_i + l_bufs.slice((1 - W) * H, H).load(gl.SliceLayout(1, s_layout))
-        if W == 0:
-            heads = head_group * H + gl.arange(0, H, layout=gl.SliceLayout(1, s_layout))
-            seen = l_i > 0.0
-            lse2 = gl.where(seen, m_i + gl.log2(gl.where(seen, l_i, 1.0)), float("-inf"))
-            if num_splits == 1:
-                gl.store(lse_ptr + heads * stride_lse_h + b, lse2 * 0.6931471805599453, mask=heads < num_heads)
-            else:
-                gl.store(mid_lse_ptr + b.to(gl.int64) * stride_ml_b + heads * stride_ml_h + split, lse2,
-                         mask=heads < num_heads)
-        _store_output(acc, gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), W * LH, b, split, head_group,
-                      num_splits, num_heads, out_ptr, mid_o_ptr, stride_ob, stride_oh, stride_mo_b,
-                      stride_mo_h, stride_mo_s, o_layout)
-
-    # the partitions share one signature and take no constexprs: two wrappers fix W
-    @gluon.jit
-    def _ss_even(q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc, q_lo, q_hi, q_pe, kv_lo, kv_hi, k_pe,
-                 p_smem, alpha_bufs, m_bufs, l_bufs, q_bar, qpe_done, ready_lo, ready_hi, ready_pe, p_full, p_empty,
-                 fin_bar, seq_lens_ptr, block_table_ptr, stride_bt, page, out_ptr, lse_ptr, mid_o_ptr, mid_lse_ptr,
-                 stride_ob, stride_oh, stride_lse_h, stride_mo_b, stride_mo_h, stride_mo_s, stride_ml_b,
-                 stride_ml_h, qk_scale, num_heads):
-        _ss_consumer(q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc, q_lo, q_hi, q_pe, kv_lo, kv_hi, k_pe,
-                     p_smem, alpha_bufs, m_bufs, l_bufs, q_bar, qpe_done, ready_lo, ready_hi, ready_pe, p_full, p_empty,
-                     fin_bar, seq_lens_ptr, block_table_ptr, stride_bt, page, out_ptr, lse_ptr, mid_o_ptr, mid_lse_ptr,
-                     stride_ob, stride_oh, stride_lse_h, stride_mo_b, stride_mo_h, stride_mo_s, stride_ml_b,
-                     stride_ml_h, qk_scale, num_heads, 0)
-
-    @gluon.jit
-    def _ss_odd(q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc, q_lo, q_hi, q_pe, kv_lo, kv_hi, k_pe,
-                p_smem, alpha_bufs, m_bufs, l_bufs, q_bar, qpe_done, ready_lo, ready_hi, ready_pe, p_full, p_empty,
-                fin_bar, seq_lens_ptr, block_table_ptr, stride_bt, page, out_ptr, lse_ptr, mid_o_ptr, mid_lse_ptr,
-                stride_ob, stride_oh, stride_lse_h, stride_mo_b, stride_mo_h, stride_mo_s, stride_ml_b,
-                stride_ml_h, qk_scale, num_heads):
-        _ss_consumer(q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc, q_lo, q_hi, q_pe, kv_lo, kv_hi, k_pe,
-                     p_smem, alpha_bufs, m_bufs, l_bufs, q_bar, qpe_done, ready_lo, ready_hi, ready_pe, p_full, p_empty,
-                     fin_bar, seq_lens_ptr, block_table_ptr, stride_bt, page, out_ptr, lse_ptr, mid_o_ptr, mid_lse_ptr,
-                     stride_ob, stride_oh, stride_lse_h, stride_mo_b, stride_mo_h, stride_mo_s, stride_ml_b,
-                     stride_ml_h, qk_scale, num_heads, 1)
-
-    @gluon.jit
-    def _mla_decode_seesaw_kernel(q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc,
-                                  seq_lens_ptr, block_table_ptr, stride_bt, page, out_ptr, lse_ptr, mid_o_ptr,
-                                  mid_lse_ptr, stride_ob, stride_oh, stride_lse_h, stride_mo_b, stride_mo_h,
-                                  stride_mo_s, stride_ml_b, stride_ml_h, qk_scale, num_heads,
-                                  NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr):
-        gl.static_assert(NUM_STAGES == 2, "the seesaw pairs ring stage W with warp group W")
-        LH: gl.constexpr = q_half_desc.block_type.shape[1]
-        R: gl.constexpr = q_rope_desc.block_type.shape[1]
-        BN: gl.constexpr = kv_half_desc.block_type.shape[0]
-        gl.static_assert(R == BN, "q_pe's buffer doubles as a [64 heads, BN] P buffer")
-        dtype: gl.constexpr = q_half_desc.dtype
-        H: gl.constexpr = _BLOCK_H
-        q_lo = gl.allocate_shared_memory(dtype, [H, LH], q_half_desc.layout)
-        q_hi = gl.allocate_shared_memory(dtype, [H, LH], q_half_desc.layout)
-        q_pe = gl.allocate_shared_memory(dtype, [H, R], q_rope_desc.layout)
-        kv_lo = gl.allocate_shared_memory(dtype, [2, BN, LH], kv_half_desc.layout)
-        kv_hi = gl.allocate_shared_memory(dtype, [2, BN, LH], kv_half_desc.layout)
-        k_pe = gl.allocate_shared_memory(dtype, [2, BN, R], k_rope_desc.layout)
-        p_smem = gl.allocate_shared_memory(dtype, [H, BN], q_rope_desc.layout)  # q_pe's layout
-        vec_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])  # slot W: [W * 64, W * 64 + 64)
-        alpha_bufs = gl.allocate_shared_memory(gl.float32, [2 * H], vec_layout)
-        m_bufs = gl.allocate_shared_memory(gl.float32, [2 * H], vec_layout)
-        l_bufs = gl.allocate_shared_memory(gl.float32, [2 * H], vec_layout)
-        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        qpe_done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        ready_lo = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        ready_hi = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        ready_pe = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        p_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        p_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        fin_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        mbarrier.init(q_bar, count=1)
-        mbarrier.init(qpe_done, count=1)
-        for i in gl.static_range(2):
-            mbarrier.init(ready_lo.index(i), count=1)
-            mbarrier.init(ready_hi.index(i), count=1)
-            mbarrier.init(ready_pe.index(i), count=1)
-            mbarrier.init(p_full.index(i), count=1)
-            mbarrier.init(p_empty.index(i), count=1)
-        mbarrier.init(fin_bar, count=2)
-        args = (q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc, q_lo, q_hi, q_pe, kv_lo, kv_hi, k_pe,
-                p_smem, alpha_bufs, m_bufs, l_bufs, q_bar, qpe_done, ready_lo, ready_hi, ready_pe, p_full, p_empty,
-                fin_bar, seq_lens_ptr, block_table_ptr, stride_bt, page, out_ptr, lse_ptr, mid_o_ptr, mid_lse_ptr,
-                stride_ob, stride_oh, stride_lse_h, stride_mo_b, stride_mo_h, stride_mo_s, stride_ml_b,
-                stride_ml_h, qk_scale, num_heads)
-        gl.warp_specialize([
-            (_ss_even, args),
-            (_ss_odd, args),
-        ], [4], [CONSUMER_REGS])
-
 @functools.lru_cache(maxsize=None)
 def _smem_layout(rows: int, cols: int, dtype_name: str):
     return gl.NVMMASharedLayout.get_default_for([rows, cols], getattr(gl, dtype_name))
 
 
 def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, lse, reduce_heads=1,
-                 block_n=BLOCK_N, stages=STAGES, schedule=None) -> None:
+                 block_n=BLOCK_N, stages=STAGES) -> None:
     """Stage 1 (this kernel) and, with splits > 1, mla_decode's reduce; writes out [B, H, L], lse [H, B].
     block_n tokens per tile in a ring of `stages` (their product x 1152 bytes + q's 72 KB must fit 227 KB)."""
     from .mla_decode import reduce_splits, split_partials
@@ -594,14 +323,11 @@ def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, 
     mid_o, mid_lse, mo_strides, ml_strides = split_partials(out, lse, splits)
     seq_lens = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
     block_table = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
-    seesaw = (SCHEDULE if schedule is None else schedule) == "seesaw"
-    kernel = _mla_decode_seesaw_kernel if seesaw else _mla_decode_gluon_kernel
-    kernel[(-(-H // BLOCK_H), splits, B)](
+    _mla_decode_gluon_kernel[(-(-H // BLOCK_H), splits, B)](
         q_half, q_rope, kv_half, k_rope, seq_lens, block_table, block_table.stride(0), page, out, lse, mid_o,
         mid_lse, out.stride(0), out.stride(1), lse.stride(0), *mo_strides, *ml_strides,
         float(scale) * LOG2E, H,
-        NUM_STAGES=stages, CONSUMER_REGS=SEESAW_REGS if seesaw else CONSUMER_REGS, num_warps=4,
-        maxnreg=SEESAW_REGS if seesaw else 168,
+        NUM_STAGES=stages, CONSUMER_REGS=CONSUMER_REGS, num_warps=4, maxnreg=168,
     )
     if splits > 1:
         reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads)
