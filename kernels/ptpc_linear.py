@@ -26,8 +26,7 @@ from .custom_op import custom_op
 from .per_token_quant import inv_fp8_max, per_token_quant_fp8_aiter, per_token_quant_fp8_torch, scale_floor
 from .platform import fp8_dtype, fp8_max
 from .ptpc_scaled_mm import ptpc_scaled_mm_aiter, ptpc_scaled_mm_torch, scaled_mm_fallback
-from .registry import dispatch, register_provider, select
-from .triton_kernels.per_token_quant import per_token_quant_fp8_launch, weight_prefetch_reason
+from .registry import dispatch, register_provider
 
 OP = "ptpc_linear"
 
@@ -85,13 +84,7 @@ def _triton_supports(x=None, wq=None, w_scale=None, bias=None, fast_accum=False)
 @register_provider(OP, "triton", supports=_triton_supports)
 def ptpc_linear_triton(x, wq, w_scale, bias=None, fast_accum=False):
     x2 = _rows(x)
-    quant_provider, quant = select("per_token_quant_fp8", x.device, x2)
-    if quant_provider == "triton" and weight_prefetch_reason(x2, x2.shape[0]) is None:
-        # at small M the GEMM is the time to stream the weight from HBM: the quant kernel's spare programs
-        # start that stream into L2 while it quantizes, so the two launches overlap instead of adding up
-        xq, x_scale = per_token_quant_fp8_launch(x2, fp8_dtype(), fp8_max(), prefetch=wq)
-    else:
-        xq, x_scale = quant(x2)
+    xq, x_scale = dispatch("per_token_quant_fp8", x.device, x2)
     out = dispatch("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum)
     return out.reshape(*x.shape[:-1], wq.shape[0])
 

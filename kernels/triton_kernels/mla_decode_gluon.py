@@ -156,42 +156,6 @@ if HAVE_GLUON:
             gl.store(m_ptr, out, mask=mask)
 
     @gluon.jit
-    def _issue_scores(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, s_zero):
-        """S = q @ K^T over the whole latent row: three async wgmmas (three groups) into one accumulator."""
-        sc = warpgroup_mma(q_lo, k_lo.permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        sc = warpgroup_mma(q_hi, k_hi.permute((1, 0)), sc, is_async=True)
-        return warpgroup_mma(q_pe, k_pe.permute((1, 0)), sc, is_async=True)
-
-    @gluon.jit
-    def _softmax_and_pv(t, sc, acc, m_i, l_i, start, end, qk_scale, kv_lo, kv_hi, p_smem, alpha_smem, p_full,
-                        p_empty, s_layout: gl.constexpr, o_layout: gl.constexpr):
-        """Tile t: wait for its scores, online softmax, hand P and alpha to group 1, issue P @ V[:, :L/2]
-        (async: the caller waits)."""
-        NUM_STAGES: gl.constexpr = kv_lo.type.shape[0]
-        BN: gl.constexpr = kv_lo.type.shape[1]
-        s = t % NUM_STAGES
-        n0 = start + t * BN
-        sc = warpgroup_mma_wait(0, deps=(sc,))
-        sc = sc * qk_scale
-        if n0 + BN > end:  # the partial last tile: mask the scores, zero the value rows
-            cols = n0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
-            sc = gl.where(gl.expand_dims(cols < end, 0), sc, float("-inf"))
-            _zero_rows_past(kv_lo.index(s), end - n0)
-            _zero_rows_past(kv_hi.index(s), end - n0)
-        m_new = gl.maximum(m_i, gl.max(sc, axis=1))  # finite: every tile has a valid row
-        p = gl.exp2(sc - gl.expand_dims(m_new, 1))
-        alpha = gl.exp2(m_i - m_new)
-        l_i = l_i * alpha + gl.sum(p, axis=1)
-        mbarrier.wait(p_empty, (t & 1) ^ 1)  # group 1 is done with the previous P and alpha
-        p_smem.store(p.to(p_smem.dtype))
-        alpha_smem.store(alpha)
-        fence_async_shared()  # P (and zeroed rows) written here, read by wgmma (the async proxy)
-        mbarrier.arrive(p_full, count=1)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-        acc = warpgroup_mma(p_smem, kv_lo.index(s), acc, is_async=True)
-        return acc, m_new, l_i
-
-    @gluon.jit
     def _scores_softmax_pv(q_half_desc, q_rope_desc, kv_half_desc, k_rope_desc, q_lo, q_hi, q_pe, kv_lo,
                            kv_hi, k_pe, p_smem, alpha_smem, q_bar, kv_ready, kv_empty, p_full, p_empty,
                            fin_bar, seq_lens_ptr, block_table_ptr, stride_bt, page, out_ptr, lse_ptr,
@@ -211,26 +175,36 @@ if HAVE_GLUON:
         acc = gl.zeros([_BLOCK_H, LH], gl.float32, o_layout)
         s_zero = gl.zeros([_BLOCK_H, BN], gl.float32, s_layout)
         mbarrier.wait(q_bar, 0)
-        num_tiles = gl.maximum(gl.cdiv(end - start, BN), 0)  # a split past the sequence's end has none
-        # Software-pipelined: tile t+1's scores are issued right behind tile t's P @ V, so the tensor cores go
-        # from one to the other while this group waits; a stage is released as soon as its P @ V is done.
-        if num_tiles > 0:
-            mbarrier.wait(kv_ready.index(0), 0)
-        # tile 0's scores (an empty split multiplies whatever stage 0 holds and never reads the result)
-        sc = _issue_scores(q_lo, q_hi, q_pe, kv_lo.index(0), kv_hi.index(0), k_pe.index(0), s_zero)
-        for t in range(0, num_tiles):
-            acc_pv, m_i, l_i = _softmax_and_pv(t, sc, acc, m_i, l_i, start, end, qk_scale, kv_lo, kv_hi, p_smem,
-                                               alpha_smem, p_full, p_empty, s_layout, o_layout)
-            if t + 1 < num_tiles:
-                nxt = (t + 1) % NUM_STAGES
-                mbarrier.wait(kv_ready.index(nxt), ((t + 1) // NUM_STAGES) & 1)
-                sc = _issue_scores(q_lo, q_hi, q_pe, kv_lo.index(nxt), kv_hi.index(nxt), k_pe.index(nxt), s_zero)
-                acc = warpgroup_mma_wait(3, deps=(acc_pv,))  # this tile's P @ V (the 3 score groups run on)
-            else:
-                acc = warpgroup_mma_wait(0, deps=(acc_pv,))
-            mbarrier.arrive(kv_empty.index(t % NUM_STAGES), count=1)
-        sc = warpgroup_mma_wait(0, deps=(sc,))  # (only an empty split's scores are still in flight)
-        t = num_tiles
+        t = 0
+        for n0 in range(start, end, BN):
+            s = t % NUM_STAGES
+            mbarrier.wait(kv_ready.index(s), (t // NUM_STAGES) & 1)
+            # scores over the whole latent row: three async wgmmas into one accumulator, one wait
+            sc = warpgroup_mma(q_lo, kv_lo.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            sc = warpgroup_mma(q_hi, kv_hi.index(s).permute((1, 0)), sc, is_async=True)
+            sc = warpgroup_mma(q_pe, k_pe.index(s).permute((1, 0)), sc, is_async=True)
+            sc = warpgroup_mma_wait(0, deps=(sc,))
+            sc = sc * qk_scale
+            if n0 + BN > end:  # the partial last tile: mask the scores, zero the value rows
+                cols = n0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
+                sc = gl.where(gl.expand_dims(cols < end, 0), sc, float("-inf"))
+                _zero_rows_past(kv_lo.index(s), end - n0)
+                _zero_rows_past(kv_hi.index(s), end - n0)
+            m_new = gl.maximum(m_i, gl.max(sc, axis=1))  # finite: every tile has a valid row
+            p = gl.exp2(sc - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, axis=1)
+            m_i = m_new
+            mbarrier.wait(p_empty, (t & 1) ^ 1)  # group 1 is done with the previous P and alpha
+            p_smem.store(p.to(p_smem.dtype))
+            alpha_smem.store(alpha)
+            fence_async_shared()  # P (and zeroed rows) written here, read by wgmma (the async proxy)
+            mbarrier.arrive(p_full, count=1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+            acc = warpgroup_mma(p_smem, kv_lo.index(s), acc, is_async=True)
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            mbarrier.arrive(kv_empty.index(s), count=1)
+            t += 1
         # hand l to group 1 (after it read the last alpha), then the lse and this half of the output
         mbarrier.wait(p_empty, (t & 1) ^ 1)
         alpha_smem.store(l_i)

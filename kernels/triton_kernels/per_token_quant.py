@@ -14,82 +14,24 @@ CPU and GPU (Triton's `/` is the approximate div.full.f32).
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from ..per_token_quant import inv_fp8_max, scale_floor
-from ..platform import triton_interpret
 
 MAX_SINGLE_BLOCK = 8192
 LOOP_BLOCK = 2048
 LOOP_WARPS = 16
 SMALL_M_ROWS = 256  # up to here a 4096 block runs 16 warps, above it 8
-# Weight prefetch (ptpc_linear at small M): how much of the weight the quant kernel's extra programs ask L2
-# for (the H100 has 50 MB of L2), and how much each thread asks for in one bulk prefetch.
-L2_PREFETCH_MAX_BYTES = int(os.environ.get("ROCM_ATTN_L2_PREFETCH_MAX_BYTES", 32 << 20))
-L2_PREFETCH_MAX_M = int(os.environ.get("ROCM_ATTN_L2_PREFETCH_MAX_M", 256))
-PREFETCH_BYTES_PER_THREAD = int(os.environ.get("ROCM_ATTN_L2_PREFETCH_BYTES_PER_THREAD", 256))
-
-
-@functools.lru_cache(maxsize=None)
-def _capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
-
-
-def weight_prefetch_reason(x: torch.Tensor, M: int) -> str | None:
-    """Why the quant kernel does not prefetch the GEMM's weight for this call (None: it does): the bulk
-    prefetch is an sm_90 (Hopper) instruction, and past a few hundred rows the GEMM re-reads its weight tiles
-    from L2 anyway while the quant is itself bandwidth-bound."""
-    if x.device.type != "cuda" or torch.version.hip or triton_interpret():
-        return "needs a CUDA GPU (not the interpreter)"
-    if _capability(x.device.index) < (9, 0):
-        return "cp.async.bulk.prefetch needs sm_90 or newer"
-    if L2_PREFETCH_MAX_BYTES <= 0 or M > L2_PREFETCH_MAX_M:
-        return f"M = {M} > {L2_PREFETCH_MAX_M}" if L2_PREFETCH_MAX_BYTES > 0 else "turned off"
-    return None
-
-
-@triton.jit
-def _prefetch_to_l2(ptr, nbytes, program, BYTES_PER_THREAD: tl.constexpr, THREADS: tl.constexpr):
-    """Prefetch this program's THREADS * BYTES_PER_THREAD bytes of ptr[0:nbytes] into L2, one 128-byte line
-    per prefetch instruction (fire and forget)."""
-    LINES: tl.constexpr = BYTES_PER_THREAD // 128
-    base = program.to(tl.int64) * (THREADS * BYTES_PER_THREAD)
-    offs = base + (tl.arange(0, LINES)[:, None] * THREADS + tl.arange(0, THREADS)[None, :]).to(tl.int64) * 128
-    offs = tl.minimum(offs, nbytes - 128)  # past the end: the last line again (nbytes >= 128)
-    tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0;", "=r,l", [ptr + offs],
-                              dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
 def _per_token_quant_fp8_kernel(
     x_ptr, xq_ptr, scale_ptr,
-    K, stride_xm, M, prefetch_ptr, prefetch_bytes,
-    FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
-    BLOCK_K: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
-    PREFETCH: tl.constexpr, PREFETCH_BYTES_PER_THREAD: tl.constexpr, THREADS: tl.constexpr,
-):
-    if PREFETCH:
-        # programs M.. prefetch the next GEMM's weight into L2 while programs 0..M-1 quantize
-        if tl.program_id(0) >= M:
-            _prefetch_to_l2(prefetch_ptr, prefetch_bytes, tl.program_id(0) - M, PREFETCH_BYTES_PER_THREAD,
-                            THREADS)
-        else:
-            _quant_row(x_ptr, xq_ptr, scale_ptr, K, stride_xm, FP8_MAX, INV_FP8_MAX, SCALE_FLOOR, BLOCK_K,
-                       SINGLE_BLOCK)
-    else:
-        _quant_row(x_ptr, xq_ptr, scale_ptr, K, stride_xm, FP8_MAX, INV_FP8_MAX, SCALE_FLOOR, BLOCK_K,
-                   SINGLE_BLOCK)
-
-
-@triton.jit
-def _quant_row(
-    x_ptr, xq_ptr, scale_ptr, K, stride_xm,
+    K, stride_xm,
     FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
     BLOCK_K: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
 ):
@@ -134,12 +76,9 @@ def default_quant_config(K: int, M: int | None = None) -> tuple[int, int, bool]:
 
 
 def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max: float,
-                               block_k: int | None = None, num_warps: int | None = None,
-                               prefetch: torch.Tensor | None = None):
+                               block_k: int | None = None, num_warps: int | None = None):
     """block_k / num_warps override the default (benchmarks/tune_linear.py tries variants);
-    block_k >= K reads the row once, a smaller block_k loops over it twice.
-    prefetch: a tensor the next kernel reads (ptpc_linear: the fp8 weight); extra programs ask L2 for its
-    first L2_PREFETCH_MAX_BYTES while the others quantize (sm_90 CUDA only: see weight_prefetch_reason)."""
+    block_k >= K reads the row once, a smaller block_k loops over it twice."""
     shape = x.shape
     K = shape[-1]
     x2 = x.reshape(math.prod(shape[:-1]), K)  # not -1: K may be 0
@@ -159,14 +98,9 @@ def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max:
         single = block >= K
     if num_warps is not None:
         warps = num_warps
-    prefetch_bytes, prefetch_programs = 0, 0
-    if prefetch is not None:
-        prefetch_bytes = min(prefetch.numel() * prefetch.element_size(), L2_PREFETCH_MAX_BYTES)
-        prefetch_programs = triton.cdiv(prefetch_bytes, warps * 32 * PREFETCH_BYTES_PER_THREAD)
-    _per_token_quant_fp8_kernel[(M + prefetch_programs,)](
-        x2, xq, scale, K, x2.stride(0), M, prefetch if prefetch is not None else xq, prefetch_bytes,
+    _per_token_quant_fp8_kernel[(M,)](
+        x2, xq, scale, K, x2.stride(0),
         FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
-        BLOCK_K=block, SINGLE_BLOCK=single, PREFETCH=prefetch is not None,
-        PREFETCH_BYTES_PER_THREAD=PREFETCH_BYTES_PER_THREAD, THREADS=warps * 32, num_warps=warps,
+        BLOCK_K=block, SINGLE_BLOCK=single, num_warps=warps,
     )
     return xq.view(shape), scale.view(*shape[:-1], 1)
