@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from ..platform import triton_interpret
+from . import launch_cache
 
 log = logging.getLogger("rocm_attn")
 
@@ -229,8 +230,8 @@ def num_splits_for(batch: int, heads: int, L: int, cfg: DecodeConfig, sms: int) 
     Each split adds a partial (BLOCK_H x L fp32 per program) for the reduce to read back; once the
     programs cover the SMs that costs more than it balances (H100, 64 x 4k, h64 tile: 1 split 442 us,
     2: 465, the earlier ~4 programs per SM, 5 splits: 527; 64 x 32k: 3415 / 3448 / 3495 us)."""
-    block_l = triton.next_power_of_2(L)
-    programs = triton.cdiv(heads, cfg.block_h) * (block_l // min(cfg.block_v or block_l, block_l))
+    block_l = launch_cache.next_power_of_2(L)
+    programs = launch_cache.cdiv(heads, cfg.block_h) * (block_l // min(cfg.block_v or block_l, block_l))
     return max(1, min(64, sms // (batch * programs)))
 
 
@@ -301,7 +302,8 @@ def _tune_key(q: torch.Tensor, L: int, configs: tuple) -> tuple:
     # the batch, to the next power of two: which kernel wins depends on how many programs a call has (at 1 x 4k
     # the gather tile, at 64 x 4k the Gluon kernel, 2.5x faster there: H100, Session 15). Keyed without it,
     # the first call's pick served every later batch.
-    return (triton.next_power_of_2(q.shape[0]), q.shape[1], L, q.shape[2] - L, q.dtype, str(q.device), configs)
+    return (launch_cache.next_power_of_2(q.shape[0]), q.shape[1], L, q.shape[2] - L, q.dtype, str(q.device),
+            configs)
 
 
 def _check_config(cfg: DecodeConfig, block_l: int) -> None:
@@ -338,7 +340,7 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
     q = q if q.stride(-1) == 1 else q.contiguous()
     B, H, width = q.shape
     L, R = kv_lora_rank, width - kv_lora_rank
-    block_l = triton.next_power_of_2(L)
+    block_l = launch_cache.next_power_of_2(L)
     out = torch.empty(B, H, L, dtype=q.dtype, device=q.device)
     lse = torch.empty(H, B, dtype=torch.float32, device=q.device)
     seq_lens = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
@@ -348,26 +350,29 @@ def mla_decode_launch(q, latent_cache, seq_lens, block_table, scale, kv_lora_ran
     interp = triton_interpret()
     sms = 0 if interp else torch.cuda.get_device_properties(q.device).multi_processor_count
 
-    def run(cfg: DecodeConfig) -> None:
+    def run(cfg: DecodeConfig, checked: bool = False) -> None:
         _check_config(cfg, block_l)
         splits = num_splits or (3 if interp else num_splits_for(B, H, L, cfg, sms))  # 3: exercise the reduce
         if cfg.kernel == "tma":
             launch_tma(q, latent_cache, seq_lens, block_table, scale, L, cfg, splits, out, lse, reduce_heads)
         elif cfg.kernel == "gluon":
-            launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, lse, reduce_heads)
+            launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, lse, reduce_heads,
+                         checked=checked)
         else:
             _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, reduce_heads, out, lse)
 
     if config is None and interp:
         config = INTERPRET_CONFIG
+    checked = False  # whether candidate_configs has already asked the kernel if it can run this call
     if config is None:
+        checked = not configs
         configs = tuple(configs or candidate_configs(q, latent_cache, L))
         key = _tune_key(q, L, configs)
         if key not in _tuned and torch.cuda.is_current_stream_capturing():
             config = untimed_pick(configs)  # nothing can be timed (or synchronized) inside a graph capture
         else:
             config = pick_config(key, configs, run, gpu_time_ms)
-    run(config)
+    run(config, checked)
     return out, lse
 
 
@@ -383,24 +388,24 @@ def untimed_pick(configs) -> DecodeConfig:
 
 def _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, reduce_heads, out, lse):
     B, H, _ = q.shape
-    block_l = triton.next_power_of_2(L)
+    block_l = launch_cache.next_power_of_2(L)
     block_v = min(cfg.block_v or block_l, block_l)
     block_k = min(cfg.block_k or block_l, block_l)
     mid_o, mid_lse, mo_strides, ml_strides = split_partials(out, lse, splits)
-    _mla_decode_split_kernel[(triton.cdiv(H, cfg.block_h) * (block_l // block_v), splits, B)](
-        q, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse,
-        q.stride(0), q.stride(1),
-        latent_cache.stride(0), latent_cache.stride(1),
-        block_table.stride(0),
-        *mo_strides, *ml_strides,
-        out.stride(0), out.stride(1), lse.stride(0),
-        float(scale) * LOG2E, H,
-        BLOCK_SIZE=latent_cache.shape[1], L=L, R=R, BLOCK_L=block_l,
-        BLOCK_R=max(triton.next_power_of_2(R), 16),
-        BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, BLOCK_V=block_v, BLOCK_K=block_k,
-        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    ints = (q.stride(0), q.stride(1), latent_cache.stride(0), latent_cache.stride(1), block_table.stride(0),
+            *mo_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0))
+    tensors = (q, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse)
+    constexprs = dict(BLOCK_SIZE=latent_cache.shape[1], L=L, R=R, BLOCK_L=block_l,
+                      BLOCK_R=max(launch_cache.next_power_of_2(R), 16), BLOCK_H=cfg.block_h,
+                      BLOCK_N=cfg.block_n, BLOCK_V=block_v, BLOCK_K=block_k,
+                      DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
+    key = ("split", q.device.index, *constexprs.values(), cfg.num_warps, cfg.num_stages,
+           *(t.dtype for t in tensors), *launch_cache.int_traits(*ints, H),
+           *launch_cache.pointer_traits(*tensors))
+    launch_cache.launch(_COMPILED, key, _mla_decode_split_kernel,
+                        (launch_cache.cdiv(H, cfg.block_h) * (block_l // block_v), splits, B),
+                        (*tensors, *ints, float(scale) * LOG2E, H), constexprs,
+                        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if splits > 1:
         reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads)
 
@@ -421,8 +426,16 @@ def reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads=1) -> None:
     """Stage 2: merge each head's split partials (mid_o [B, H, splits, L] fp32, mid_lse [B, H, splits] log2)
     into out [B, H, L] and lse [H, B] (natural log)."""
     B, H, L = out.shape
-    _mla_decode_reduce_kernel[(triton.cdiv(H, reduce_heads), B)](
-        mid_o, mid_lse, out, lse, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
-        mid_lse.stride(0), mid_lse.stride(1), out.stride(0), out.stride(1), lse.stride(0),
-        splits, H, L=L, BLOCK_L=triton.next_power_of_2(L), BLOCK_HR=reduce_heads, num_warps=4,
-    )
+    tensors = (mid_o, mid_lse, out, lse)
+    ints = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
+            out.stride(0), out.stride(1), lse.stride(0), splits, H)
+    constexprs = dict(L=L, BLOCK_L=launch_cache.next_power_of_2(L), BLOCK_HR=reduce_heads)
+    key = ("reduce", out.device.index, *constexprs.values(), *(t.dtype for t in tensors),
+           *launch_cache.int_traits(*ints), *launch_cache.pointer_traits(*tensors))
+    launch_cache.launch(_COMPILED, key, _mla_decode_reduce_kernel, (launch_cache.cdiv(H, reduce_heads), B),
+                        (*tensors, *ints), constexprs, num_warps=4)
+
+
+# specialization key -> Triton CompiledKernel of the gather and reduce kernels (launch_cache.py: the JIT
+# launch path was a third of an eager call's host time)
+_COMPILED: dict[tuple, object] = {}

@@ -35,6 +35,7 @@ import functools
 
 import torch
 
+from . import launch_cache
 from .mla_decode_tma import tma_layout_reason
 
 # Gluon's imports, its TMA-load name across Triton versions and available() (sm_90 with Gluon importable,
@@ -303,14 +304,16 @@ def _smem_layout(rows: int, cols: int, dtype_name: str):
 
 
 def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, lse, reduce_heads=1,
-                 block_n=BLOCK_N, stages=STAGES) -> None:
+                 block_n=BLOCK_N, stages=STAGES, checked=False) -> None:
     """Stage 1 (this kernel) and, with splits > 1, mla_decode's reduce; writes out [B, H, L], lse [H, B].
-    block_n tokens per tile in a ring of `stages` (their product x 1152 bytes + q's 72 KB must fit 227 KB)."""
+    block_n tokens per tile in a ring of `stages` (their product x 1152 bytes + q's 72 KB must fit 227 KB).
+    checked: the caller has already asked unsupported_reason (mla_decode_launch's candidates have)."""
     from .mla_decode import reduce_splits, split_partials
 
-    reason = unsupported_reason(q, latent_cache, L, block_n)
-    if reason:
-        raise ValueError(f"mla_decode (gluon): {reason}")
+    if not checked:
+        reason = unsupported_reason(q, latent_cache, L, block_n)
+        if reason:
+            raise ValueError(f"mla_decode (gluon): {reason}")
     B, H, W = q.shape
     R = W - L
     num_blocks, page, _ = latent_cache.shape
@@ -323,11 +326,21 @@ def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, 
     mid_o, mid_lse, mo_strides, ml_strides = split_partials(out, lse, splits)
     seq_lens = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
     block_table = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
-    _mla_decode_gluon_kernel[(-(-H // BLOCK_H), splits, B)](
-        q_half, q_rope, kv_half, k_rope, seq_lens, block_table, block_table.stride(0), page, out, lse, mid_o,
-        mid_lse, out.stride(0), out.stride(1), lse.stride(0), *mo_strides, *ml_strides,
-        float(scale) * LOG2E, H,
-        NUM_STAGES=stages, CONSUMER_REGS=CONSUMER_REGS, num_warps=4, maxnreg=168,
-    )
+    stride_bt = block_table.stride(0)
+    strides = (out.stride(0), out.stride(1), lse.stride(0), *mo_strides, *ml_strides)
+    args = (q_half, q_rope, kv_half, k_rope, seq_lens, block_table, stride_bt, page, out, lse, mid_o, mid_lse,
+            *strides, float(scale) * LOG2E, H)
+    constexprs = dict(NUM_STAGES=stages, CONSUMER_REGS=CONSUMER_REGS)
+    # after the first call of a specialization the compiled kernel is launched directly: the JIT path was a
+    # third of an eager call's ~180 us of host time (H100, Session 15). The key: the constexprs, the tile and
+    # dtypes (the descriptors' types), the ints' and the pointers' traits (launch_cache.py)
+    key = (q.device.index, *constexprs.values(), q.dtype, L, R, block_n,
+           *launch_cache.int_traits(stride_bt, page, *strides, H),
+           *launch_cache.pointer_traits(seq_lens, block_table, out, lse, mid_o, mid_lse))
+    launch_cache.launch(_COMPILED, key, _mla_decode_gluon_kernel, (-(-H // BLOCK_H), splits, B), args,
+                        constexprs, num_warps=4, maxnreg=168)
     if splits > 1:
         reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads)
+
+
+_COMPILED: dict[tuple, object] = {}  # specialization key -> Triton CompiledKernel (launch_cache.py)

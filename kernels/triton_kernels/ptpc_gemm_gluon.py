@@ -26,6 +26,8 @@ import functools
 import torch
 import triton
 
+from . import launch_cache
+
 try:  # Gluon ships with Triton >= 3.5; the CPU CI never launches this kernel
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -294,26 +296,19 @@ def _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, 
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, HALF_N * halves)
     grid = (min(tiles, _sm_count(device_index)),)
     bias_arg = bias if bias is not None else w_scale
-    args = (a_desc, b_desc, c_desc, x_scale, w_scale, bias_arg, M, N, K,
-            halves, stages, group_m, bias is not None, consumer_regs, out_buffers)
-    # Triton's JIT launch (argument binding, specialization, cache lookup) costs ~80 us of host time per
-    # call, more than cuBLASLt's whole launch; after the first call of a specialization the compiled kernel
-    # is launched directly. The key holds everything the JIT specializes on: the constexprs, each int's
-    # width, == 1 and 16-divisibility, each pointer's 16-byte alignment, the dtypes (descriptor types).
-    key = (device_index, *args[9:], out.dtype, bias_arg.dtype,
-           *((v == 1, v % 16 == 0, v >= 2**31) for v in (M, N, K)),
-           *(t.data_ptr() % 16 == 0 for t in (x_scale, w_scale, bias_arg)))
-    compiled = _COMPILED.get(key)
-    if compiled is not None:
-        compiled[grid + (1, 1)](*args)  # a compiled kernel takes a 3-d grid
-        return out
-    _COMPILED[key] = _ptpc_gemm_gluon_kernel[grid](
-        *args[:9], HALVES=halves, STAGES=stages, GROUP_M=group_m, HAS_BIAS=bias is not None,
-        CONSUMER_REGS=consumer_regs, C_BUFS=out_buffers, num_warps=4,
-        # registers are handed out by warpgroup: 3 groups (two consumers, the 1-warp producer's) x 128 threads
-        # x maxnreg must fit the SM's 64K; setmaxnreg then moves them to the consumers
-        maxnreg=168,
-    )
+    args = (a_desc, b_desc, c_desc, x_scale, w_scale, bias_arg, M, N, K)
+    constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=group_m, HAS_BIAS=bias is not None,
+                      CONSUMER_REGS=consumer_regs, C_BUFS=out_buffers)
+    # the JIT launch costs ~80 us of host time per call, more than cuBLASLt's whole launch: after the first
+    # call of a specialization the compiled kernel is launched directly (launch_cache.py). The key: the
+    # constexprs, the dtypes (descriptor types), the ints' and the pointers' traits
+    key = (device_index, *constexprs.values(), out.dtype, bias_arg.dtype, *launch_cache.int_traits(M, N, K),
+           *launch_cache.pointer_traits(x_scale, w_scale, bias_arg))
+    launch_cache.launch(_COMPILED, key, _ptpc_gemm_gluon_kernel, grid, args, constexprs, num_warps=4,
+                        # registers are handed out by warpgroup: 3 groups (two consumers, the 1-warp
+                        # producer's) x 128 threads x maxnreg must fit the SM's 64K; setmaxnreg then moves
+                        # them to the consumers
+                        maxnreg=168)
     return out
 
 
