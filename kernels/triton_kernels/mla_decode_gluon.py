@@ -334,9 +334,9 @@ def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, 
     # after the first call of a specialization the compiled kernel is launched directly: the JIT path was a
     # third of an eager call's ~180 us of host time (H100, Session 15). The key: the constexprs, the tile and
     # dtypes (the descriptors' types), the ints' and the pointers' traits (launch_cache.py)
-    key = (q.device.index, *constexprs.values(), q.dtype, L, R, block_n,
-           *launch_cache.int_traits(stride_bt, page, *strides, H),
-           *launch_cache.pointer_traits(seq_lens, block_table, out, lse, mid_o, mid_lse))
+    tensors = (seq_lens, block_table, out, lse, mid_o, mid_lse)
+    key = (q.device.index, *constexprs.values(), q.dtype, L, R, block_n, *(t.dtype for t in tensors),
+           *launch_cache.int_traits(stride_bt, page, *strides, H), *launch_cache.pointer_traits(*tensors))
     launch_cache.launch(_COMPILED, key, _mla_decode_gluon_kernel, (-(-H // BLOCK_H), splits, B), args,
                         constexprs, num_warps=4, maxnreg=168)
     if splits > 1:
