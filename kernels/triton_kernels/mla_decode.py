@@ -392,19 +392,16 @@ def _launch(q, latent_cache, seq_lens, block_table, scale, L, R, cfg, splits, re
     block_v = min(cfg.block_v or block_l, block_l)
     block_k = min(cfg.block_k or block_l, block_l)
     mid_o, mid_lse, mo_strides, ml_strides = split_partials(out, lse, splits)
-    ints = (q.stride(0), q.stride(1), latent_cache.stride(0), latent_cache.stride(1), block_table.stride(0),
-            *mo_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0))
-    tensors = (q, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse)
+    args = (q, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse, q.stride(0), q.stride(1),
+            latent_cache.stride(0), latent_cache.stride(1), block_table.stride(0), *mo_strides, *ml_strides,
+            out.stride(0), out.stride(1), lse.stride(0), float(scale) * LOG2E, H)
     constexprs = dict(BLOCK_SIZE=latent_cache.shape[1], L=L, R=R, BLOCK_L=block_l,
                       BLOCK_R=max(launch_cache.next_power_of_2(R), 16), BLOCK_H=cfg.block_h,
                       BLOCK_N=cfg.block_n, BLOCK_V=block_v, BLOCK_K=block_k,
                       DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
-    key = ("split", q.device.index, *constexprs.values(), cfg.num_warps, cfg.num_stages,
-           *(t.dtype for t in tensors), *launch_cache.int_traits(*ints, H),
-           *launch_cache.pointer_traits(*tensors))
-    launch_cache.launch(_COMPILED, key, _mla_decode_split_kernel,
+    launch_cache.launch(_COMPILED_SPLIT, _mla_decode_split_kernel,
                         (launch_cache.cdiv(H, cfg.block_h) * (block_l // block_v), splits, B),
-                        (*tensors, *ints, float(scale) * LOG2E, H), constexprs,
+                        args, constexprs,
                         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if splits > 1:
         reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads)
@@ -426,16 +423,14 @@ def reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads=1) -> None:
     """Stage 2: merge each head's split partials (mid_o [B, H, splits, L] fp32, mid_lse [B, H, splits] log2)
     into out [B, H, L] and lse [H, B] (natural log)."""
     B, H, L = out.shape
-    tensors = (mid_o, mid_lse, out, lse)
-    ints = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-            out.stride(0), out.stride(1), lse.stride(0), splits, H)
+    args = (mid_o, mid_lse, out, lse, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0),
+            mid_lse.stride(1), out.stride(0), out.stride(1), lse.stride(0), splits, H)
     constexprs = dict(L=L, BLOCK_L=launch_cache.next_power_of_2(L), BLOCK_HR=reduce_heads)
-    key = ("reduce", out.device.index, *constexprs.values(), *(t.dtype for t in tensors),
-           *launch_cache.int_traits(*ints), *launch_cache.pointer_traits(*tensors))
-    launch_cache.launch(_COMPILED, key, _mla_decode_reduce_kernel, (launch_cache.cdiv(H, reduce_heads), B),
-                        (*tensors, *ints), constexprs, num_warps=4)
+    launch_cache.launch(_COMPILED_REDUCE, _mla_decode_reduce_kernel, (launch_cache.cdiv(H, reduce_heads), B),
+                        args, constexprs, num_warps=4)
 
 
-# specialization key -> Triton CompiledKernel of the gather and reduce kernels (launch_cache.py: the JIT
-# launch path was a third of an eager call's host time)
-_COMPILED: dict[tuple, object] = {}
+# specialization -> Triton CompiledKernel of the gather and reduce kernels (launch_cache.py: the JIT launch
+# path was a third of an eager call's host time)
+_COMPILED_SPLIT: dict[tuple, object] = {}
+_COMPILED_REDUCE: dict[tuple, object] = {}

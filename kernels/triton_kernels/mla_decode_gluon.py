@@ -326,19 +326,13 @@ def launch_gluon(q, latent_cache, seq_lens, block_table, scale, L, splits, out, 
     mid_o, mid_lse, mo_strides, ml_strides = split_partials(out, lse, splits)
     seq_lens = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
     block_table = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
-    stride_bt = block_table.stride(0)
-    strides = (out.stride(0), out.stride(1), lse.stride(0), *mo_strides, *ml_strides)
-    args = (q_half, q_rope, kv_half, k_rope, seq_lens, block_table, stride_bt, page, out, lse, mid_o, mid_lse,
-            *strides, float(scale) * LOG2E, H)
-    constexprs = dict(NUM_STAGES=stages, CONSUMER_REGS=CONSUMER_REGS)
+    args = (q_half, q_rope, kv_half, k_rope, seq_lens, block_table, block_table.stride(0), page, out, lse,
+            mid_o, mid_lse, out.stride(0), out.stride(1), lse.stride(0), *mo_strides, *ml_strides,
+            float(scale) * LOG2E, H)
     # after the first call of a specialization the compiled kernel is launched directly: the JIT path was a
-    # third of an eager call's ~180 us of host time (H100, Session 15). The key: the constexprs, the tile and
-    # dtypes (the descriptors' types), the ints' and the pointers' traits (launch_cache.py)
-    tensors = (seq_lens, block_table, out, lse, mid_o, mid_lse)
-    key = (q.device.index, *constexprs.values(), q.dtype, L, R, block_n, *(t.dtype for t in tensors),
-           *launch_cache.int_traits(stride_bt, page, *strides, H), *launch_cache.pointer_traits(*tensors))
-    launch_cache.launch(_COMPILED, key, _mla_decode_gluon_kernel, (-(-H // BLOCK_H), splits, B), args,
-                        constexprs, num_warps=4, maxnreg=168)
+    # third of an eager call's ~180 us of host time (H100, Session 15; launch_cache.py)
+    launch_cache.launch(_COMPILED, _mla_decode_gluon_kernel, (-(-H // BLOCK_H), splits, B), args,
+                        dict(NUM_STAGES=stages, CONSUMER_REGS=CONSUMER_REGS), num_warps=4, maxnreg=168)
     if splits > 1:
         reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads)
 

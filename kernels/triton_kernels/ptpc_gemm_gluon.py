@@ -300,11 +300,8 @@ def _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, 
     constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=group_m, HAS_BIAS=bias is not None,
                       CONSUMER_REGS=consumer_regs, C_BUFS=out_buffers)
     # the JIT launch costs ~80 us of host time per call, more than cuBLASLt's whole launch: after the first
-    # call of a specialization the compiled kernel is launched directly (launch_cache.py). The key: the
-    # constexprs, the dtypes (descriptor types), the ints' and the pointers' traits
-    key = (device_index, *constexprs.values(), out.dtype, bias_arg.dtype, *launch_cache.int_traits(M, N, K),
-           *launch_cache.pointer_traits(x_scale, w_scale, bias_arg))
-    launch_cache.launch(_COMPILED, key, _ptpc_gemm_gluon_kernel, grid, args, constexprs, num_warps=4,
+    # call of a specialization the compiled kernel is launched directly (launch_cache.py)
+    launch_cache.launch(_COMPILED, _ptpc_gemm_gluon_kernel, grid, args, constexprs, num_warps=4,
                         # registers are handed out by warpgroup: 3 groups (two consumers, the 1-warp
                         # producer's) x 128 threads x maxnreg must fit the SM's 64K; setmaxnreg then moves
                         # them to the consumers

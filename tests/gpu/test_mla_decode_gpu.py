@@ -144,8 +144,9 @@ def test_compiled_launch_path_matches_the_first_call(kernel, monkeypatch):
     # (heads 128 vs 40: strides divisible by 16 or not; one split vs several: zero partial strides)
     from rocm_attn.kernels.triton_kernels import mla_decode_gluon as mg
 
-    monkeypatch.setattr(mg if kernel == "gluon" else md, "_COMPILED", {})
-    cache_dict = mg._COMPILED if kernel == "gluon" else md._COMPILED
+    module, name = (mg, "_COMPILED") if kernel == "gluon" else (md, "_COMPILED_SPLIT")
+    monkeypatch.setattr(module, name, {})
+    cache_dict = getattr(module, name)
     cfg = md.GLUON_CONFIGS[0] if kernel == "gluon" else md.DecodeConfig(32, 64, None, None, 4, 2)
     for heads in (128, 40):
         for splits in (1, 3):
@@ -157,6 +158,6 @@ def test_compiled_launch_path_matches_the_first_call(kernel, monkeypatch):
                 ref, ref_lse = mla_decode_torch(q, cache, lens, table, scale, L)
                 assert rel_err(out, ref.float()) < 1e-2, (heads, splits, seed)
                 torch.testing.assert_close(lse, ref_lse, rtol=1e-3, atol=1e-2)
-    # one compiled kernel per specialization, reused by the later seeds: (heads 128 / 40) x (1 / 3 splits) for
-    # stage 1, plus the reduce's (the gather kernel's reduce shares its dict)
+    # one compiled stage-1 kernel per specialization, reused by the later seeds: (heads 128 / 40) x (1 / 3
+    # splits)
     assert 4 <= len(cache_dict) <= 8
