@@ -29,6 +29,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..platform import triton_interpret
+from . import launch_cache
 from .mla_decode import reduce_splits, split_partials
 
 LOG2E = 1.4426950408889634
@@ -171,12 +172,16 @@ def launch_tma(q, latent_cache, seq_lens, block_table, scale, L, cfg, splits, ou
     kv_half = TensorDescriptor.from_tensor(cache2d, [cfg.block_n, L // 2])
     k_rope = TensorDescriptor.from_tensor(cache2d, [cfg.block_n, R])
     mid_o, mid_lse, mo_strides, ml_strides = split_partials(out, lse, splits)
-    _mla_decode_tma_kernel[(H // cfg.block_h, splits, B)](
-        q_half, q_rope, kv_half, k_rope, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse,
-        block_table.stride(0), *mo_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
-        float(scale) * LOG2E,
-        H=H, PAGE=page, L=L, R=R, BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, STAGES=cfg.num_stages,
-        num_warps=cfg.num_warps,
-    )
+    args = (q_half, q_rope, kv_half, k_rope, latent_cache, seq_lens, block_table, mid_o, mid_lse, out, lse,
+            block_table.stride(0), *mo_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
+            float(scale) * LOG2E)
+    # the constexprs in the kernel's order: the compiled kernel takes them positionally (launch_cache.py)
+    constexprs = dict(H=H, PAGE=page, L=L, R=R, BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
+                      STAGES=cfg.num_stages)
+    launch_cache.launch(_COMPILED, _mla_decode_tma_kernel, (H // cfg.block_h, splits, B), args, constexprs,
+                        num_warps=cfg.num_warps)
     if splits > 1:
         reduce_splits(mid_o, mid_lse, out, lse, splits, reduce_heads)
+
+
+_COMPILED: dict[tuple, object] = {}  # specialization key -> Triton CompiledKernel (launch_cache.py)

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ..per_token_quant import inv_fp8_max, scale_floor
+from . import launch_cache
 
 MAX_SINGLE_BLOCK = 8192
 LOOP_BLOCK = 2048
@@ -63,7 +64,7 @@ def _per_token_quant_fp8_kernel(
 def default_quant_config(K: int, M: int | None = None) -> tuple[int, int, bool]:
     """(BLOCK_K, num_warps, single block) for M rows of K elements."""
     if K <= MAX_SINGLE_BLOCK:
-        block = triton.next_power_of_2(K)
+        block = launch_cache.next_power_of_2(K)
         warps = 1 if block <= 512 else 4 if block <= 4096 else 8
         if M is not None and block == 4096:  # measured at K = 4096
             # few rows = few programs: spread each row over more threads so its loads all fly at
@@ -98,9 +99,15 @@ def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max:
         single = block >= K
     if num_warps is not None:
         warps = num_warps
-    _per_token_quant_fp8_kernel[(M,)](
-        x2, xq, scale, K, x2.stride(0),
-        FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
-        BLOCK_K=block, SINGLE_BLOCK=single, num_warps=warps,
+    # after the first call of a specialization the compiled kernel is launched directly (launch_cache.py):
+    # an eager linear runs this kernel and a GEMM, and Triton's JIT launch path is most of their host time
+    launch_cache.launch(
+        _COMPILED, _per_token_quant_fp8_kernel, (M,), (x2, xq, scale, K, x2.stride(0)),
+        dict(FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
+             BLOCK_K=block, SINGLE_BLOCK=single),
+        num_warps=warps,
     )
     return xq.view(shape), scale.view(*shape[:-1], 1)
+
+
+_COMPILED: dict[tuple, object] = {}  # specialization key -> Triton CompiledKernel (launch_cache.py)

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from ..platform import triton_interpret
+from . import launch_cache
 from .ptpc_gemm import imprecise_k, prepare_operands, store_scaled_tile
 
 
@@ -206,13 +207,13 @@ def _launch(x, xs, wq, ws, bias, out, config=None, fast_accum=False):
     N = wq.shape[0]
     if M > MAX_M:
         raise ValueError(f"the small-M kernel takes M <= {MAX_M}, got M = {M}")
-    block_m = max(16, triton.next_power_of_2(M))  # tl.dot needs >= 16 rows
+    block_m = max(16, launch_cache.next_power_of_2(M))  # tl.dot needs >= 16 rows
     if config is None:
         config = tuned_config(M, N, K)
     if config is None and triton_interpret():
         config = INTERPRET_CONFIG
     max_split = max(c.kwargs["SPLIT_K"] for c in CONFIGS) if config is None else config["SPLIT_K"]
-    counters = _counters(x.device, triton.cdiv(N, 16)) if max_split > 1 else None
+    counters = _counters(x.device, launch_cache.cdiv(N, 16)) if max_split > 1 else None
     if max_split > 1 and counters is None:  # a capture with no counters to spare: no split-K
         config, max_split = {"BLOCK_N": 16, "BLOCK_K": 512, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}, 1
     partials = torch.empty((max_split, M, N), dtype=torch.float32, device=x.device) if max_split > 1 else out
@@ -220,15 +221,24 @@ def _launch(x, xs, wq, ws, bias, out, config=None, fast_accum=False):
             counters if counters is not None else ws, M, N, K, block_m,
             x.stride(0), wq.stride(0), out.stride(0))
     consts = dict(HAS_BIAS=bias is not None, FAST_ACCUM=bool(fast_accum), BLOCK_M=block_m)
-
-    def grid(meta):
-        return (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])
-
-    if config is not None:
-        _kernel_fixed[grid](*args, **consts, **config)
-    else:
-        _kernel_tuned[grid](*args, **consts)
+    if config is None:  # a shape TUNED does not list: Triton's autotuner picks (and keeps) a config
+        _kernel_tuned[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](*args, **consts)
+        return out
+    # a known config: the heuristics' constexprs computed here, so that after the first call the compiled
+    # kernel is launched directly (launch_cache.py; a decode step runs this kernel for every linear)
+    block_n, block_k, split_k = config["BLOCK_N"], config["BLOCK_K"], config["SPLIT_K"]
+    constexprs = dict(  # the kernel's order
+        HAS_BIAS=consts["HAS_BIAS"], FAST_ACCUM=consts["FAST_ACCUM"], EVEN_K=K % (block_k * split_k) == 0,
+        IMPRECISE_K=imprecise_k({"FAST_ACCUM": consts["FAST_ACCUM"], "BLOCK_K": block_k}),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k,
+    )
+    options = {k: v for k, v in config.items() if k in ("num_warps", "num_stages")}
+    launch_cache.launch(_COMPILED, _ptpc_gemm_small_m_kernel, (launch_cache.cdiv(N, block_n), split_k), args,
+                        constexprs, **options)
     return out
+
+
+_COMPILED: dict[tuple, object] = {}  # specialization key -> Triton CompiledKernel (launch_cache.py)
 
 
 def ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | None = None,

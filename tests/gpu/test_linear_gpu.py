@@ -163,6 +163,40 @@ def test_fast_accum_reaches_the_gemm(weights, provider, M, truncates):
 
 
 
+def test_compiled_launch_path_of_the_linear_kernels(weights, monkeypatch):
+    """The quant kernel and the small-M GEMM (tuned configs) launch Triton's compiled kernel directly after
+    the first call of a specialization (launch_cache.py). Fresh activations at every call: the quant stays bit
+    for bit the torch reference's and the linear within the PTPC budget on the compiled path, across M (== 1,
+    % 16, neither), K 4096 / 14336 (single-block and looping quant; split-K GEMM) and fast / precise
+    accumulation (a None constexpr)."""
+    from rocm_attn.kernels.triton_kernels import per_token_quant as quant_kernel
+    from rocm_attn.kernels.triton_kernels import ptpc_gemm_small_m as small_m
+
+    monkeypatch.setattr(quant_kernel, "_COMPILED", {})
+    monkeypatch.setattr(small_m, "_COMPILED", {})
+    for K, N in ((4096, 4096), (14336, 4096)):
+        _, wq, w_scale, bias = weights[K, N]
+        for M in (1, 5, 16, 64):
+            for fast in (False, True):
+                for rep in range(3):
+                    x = activations(M, K, seed=100 * M + 10 * rep + fast)
+                    with use_kernels("triton"):
+                        xq, x_scale = torch.ops.rocm_attn.per_token_quant_fp8(x)
+                        out = torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale, bias, fast_accum=fast)
+                    with use_kernels("torch"):
+                        xq_ref, x_scale_ref = torch.ops.rocm_attn.per_token_quant_fp8(x)
+                    assert torch.equal(xq.view(torch.uint8), xq_ref.view(torch.uint8)), (K, M, rep)
+                    assert torch.equal(x_scale, x_scale_ref), (K, M, rep)
+                    ref, mag = reference(xq_ref, x_scale_ref, wq, w_scale, bias)
+                    if fast:  # random signs: truncated accumulation stays close here
+                        assert rel_err(out, ref) < 1e-2, (K, M, rep)
+                    else:
+                        check_close(out, ref, mag, f"compiled launch K={K} M={M} rep={rep}")
+    # kept: one quant kernel per (K's block, warps) and M trait; one GEMM per (shape, config, M trait, fast)
+    assert 2 <= len(quant_kernel._COMPILED) <= 16
+    assert 4 <= len(small_m._COMPILED) <= 32
+
+
 @pytest.mark.parametrize("M", [1, 16, 64])
 @pytest.mark.parametrize("split_k", [1, 3, 8])
 def test_small_m_kernel_configs(weights, M, split_k):

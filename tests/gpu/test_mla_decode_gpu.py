@@ -137,18 +137,22 @@ def test_launcher_picks_per_batch_bucket_and_inside_a_graph_capture(monkeypatch)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-3, atol=1e-2)
 
 
-@pytest.mark.parametrize("kernel", ["gather", "gluon"])
+@pytest.mark.parametrize("kernel", ["gather", "tma", "gluon"])
 def test_compiled_launch_path_matches_the_first_call(kernel, monkeypatch):
     # after the first call of a specialization the launcher calls the compiled kernel directly
     # (launch_cache.py); fresh inputs at each call, and calls whose ints differ in what Triton specializes on
     # (heads 128 vs 40: strides divisible by 16 or not; one split vs several: zero partial strides)
     from rocm_attn.kernels.triton_kernels import mla_decode_gluon as mg
+    from rocm_attn.kernels.triton_kernels import mla_decode_tma as mt
 
-    module, name = (mg, "_COMPILED") if kernel == "gluon" else (md, "_COMPILED_SPLIT")
+    module, name, cfg = {
+        "gather": (md, "_COMPILED_SPLIT", md.DecodeConfig(32, 64, None, None, 4, 2)),
+        "tma": (mt, "_COMPILED", md.TMA_CONFIGS[0]),
+        "gluon": (mg, "_COMPILED", md.GLUON_CONFIGS[0]),
+    }[kernel]
     monkeypatch.setattr(module, name, {})
     cache_dict = getattr(module, name)
-    cfg = md.GLUON_CONFIGS[0] if kernel == "gluon" else md.DecodeConfig(32, 64, None, None, 4, 2)
-    for heads in (128, 40):
+    for heads in ((128, 192) if kernel == "tma" else (128, 40)):  # the TMA tile takes multiples of 64 heads
         for splits in (1, 3):
             for seed in (10, 11, 12):
                 q, cache, lens, table, scale, L = decode_args(6, heads, 1200, seed=seed + heads + splits)
@@ -158,6 +162,6 @@ def test_compiled_launch_path_matches_the_first_call(kernel, monkeypatch):
                 ref, ref_lse = mla_decode_torch(q, cache, lens, table, scale, L)
                 assert rel_err(out, ref.float()) < 1e-2, (heads, splits, seed)
                 torch.testing.assert_close(lse, ref_lse, rtol=1e-3, atol=1e-2)
-    # one compiled stage-1 kernel per specialization, reused by the later seeds: (heads 128 / 40) x (1 / 3
+    # one compiled stage-1 kernel per specialization, reused by the later seeds: (two head counts) x (1 / 3
     # splits)
     assert 4 <= len(cache_dict) <= 8
