@@ -23,11 +23,11 @@ import time
 SUITES = {
     "kernels": ["bench_linear", "bench_attention", "bench_mla", "bench_compile"],
     "e2e": ["bench_e2e"],
-    "serving": ["bench_serving"],
+    "serving": ["bench_serving", "bench_serving_cb"],
 }
 SUITES["all"] = SUITES["kernels"] + SUITES["e2e"] + SUITES["serving"]
 # scripts that run on a CPU with --cpu-smoke (the others need a GPU)
-CPU_SMOKE = {"bench_e2e", "bench_serving"}
+CPU_SMOKE = {"bench_e2e", "bench_serving", "bench_serving_cb"}
 # per script: (row keys that name a bar group, row key that names the bar, the value plotted, its axis label)
 PLOTS = {
     "bench_linear": (("K", "N", "M"), None, "vs_bf16.ptpc_linear", "ptpc_linear x bf16"),
@@ -36,6 +36,7 @@ PLOTS = {
     "bench_compile": (("backend",), None, "tokens_per_s", "prefill tokens/s"),
     "bench_e2e": (("model", "case"), "variant", "tokens_per_s", "tokens/s"),
     "bench_serving": (("mix",), "backend", "tokens_per_s", "new tokens/s (1 layer)"),
+    "bench_serving_cb": (("workload",), "variant", "tokens_per_s", "tokens/s (prompt + generated)"),
 }
 
 
@@ -54,7 +55,7 @@ def script_args(name: str, args) -> list[str]:
     extra = []
     if args.quick and name in ("bench_linear", "bench_attention"):
         extra.append("--quick")
-    if args.layers and name in ("bench_e2e", "bench_compile"):
+    if args.layers and name in ("bench_e2e", "bench_compile", "bench_serving_cb"):
         extra += ["--layers", str(args.layers)]
     if args.cpu_smoke and name in CPU_SMOKE:
         extra.append("--cpu-smoke")
@@ -64,7 +65,7 @@ def script_args(name: str, args) -> list[str]:
         extra += ["--variants", args.variants]
     if args.phases and name == "bench_e2e":
         extra += ["--phases", args.phases]
-    if args.iters and name in ("bench_e2e", "bench_serving", "bench_compile"):
+    if args.iters and name in ("bench_e2e", "bench_serving", "bench_serving_cb", "bench_compile"):
         extra += ["--iters", str(args.iters)]
     if args.rounds and name == "bench_e2e":
         extra += ["--rounds", str(args.rounds)]

@@ -167,6 +167,24 @@ def test_bench_serving_cpu_smoke(tmp_path):
     for r in rows:
         assert "ms" in r or r["note"].startswith(("takes", "not registered")), r
     check_plot(tmp_path, "bench_serving")
+    # the same CLI call ran whole requests through HF continuous batching, unpatched and patched
+    cb = load_run(tmp_path, "bench_serving_cb")
+    cb_rows = cb["rows"]
+    variants = {r["variant"] for r in cb_rows}
+    assert {"hf", "rocm_attn_none", "rocm_attn_ptpc:TRITON_ATTN"} <= variants
+    for r in cb_rows:
+        assert "wall_s" in r, r  # every variant ran every workload
+        assert r["tokens_per_s"] > 0 and r["x_hf"] > 0
+    for workload in ("decode-heavy", "prefill-heavy"):
+        rows_w = [r for r in cb_rows if r["workload"] == workload]
+        # HF's scheduler is the same for every variant: the same number of forward steps
+        assert len({r["steps"] for r in rows_w}) == 1, rows_w
+        for r in rows_w:
+            if r["variant"] != "hf":
+                assert r["mixed_steps"] > 0, r  # steps mixing decodes with prompt chunks went through rocm_attn
+        none = next(r for r in rows_w if r["variant"] == "rocm_attn_none")
+        assert none["first_token_agreement_vs_hf"] >= 0.5, none  # bf16, same weights: mostly the same token
+    check_plot(tmp_path, "bench_serving_cb")
 
 
 def test_bench_kernels_without_gpu_are_skipped(tmp_path):
