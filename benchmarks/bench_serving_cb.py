@@ -45,7 +45,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_e2e import build_model, error_note  # noqa: E402  (the same 8B-config model)
+from bench_e2e import build_model, error_note, sync  # noqa: E402  (the same 8B-config model)
 
 WORKLOADS = {  # name: (requests, prompt lengths [lo, hi), new tokens per request)
     "decode-heavy": (64, (512, 1536), 64),
@@ -96,11 +96,6 @@ def prepare(model, variant: str):
         raise ValueError(f"bench_serving_cb: unknown variant {variant!r}; known: {', '.join(variants())}")
     r = model.rocm_attn_report
     return f"{r.linears_replaced} linears fp8, {r.attention_layers} attention layers, {r.attention_backend}"
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def generate(model, prompts, new_tokens: int, config) -> list[list[int]]:
@@ -154,11 +149,11 @@ def run_variant(variant, workloads, page, args, device, reference) -> list[dict]
             row["first_run_s"] = time.perf_counter() - t0
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
+            stats = getattr(model, "rocm_attn_cb_stats", None)  # rocm_attn variants only
             walls, tokens = [], None
             for _ in range(args.iters):
                 steps[0] = 0
-                stats = getattr(model, "rocm_attn_cb_stats", None)
-                before = (stats.steps, stats.mixed_steps) if stats else None
+                mixed_before = stats.mixed_steps if stats else None
                 sync(device)
                 t0 = time.perf_counter()
                 tokens = generate(model, prompts, new_tokens, config)
@@ -174,8 +169,8 @@ def run_variant(variant, workloads, page, args, device, reference) -> list[dict]
                 steps=steps[0],
                 peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
             )
-            if before is not None:
-                row["mixed_steps"] = stats.mixed_steps - before[1]
+            if stats is not None:
+                row["mixed_steps"] = stats.mixed_steps - mixed_before
             if variant == "hf":
                 reference[name] = tokens
             elif name in reference:
