@@ -19,6 +19,8 @@ Variants (--variants; default all):
   rocm_attn_none      rocm_attn.patch(quantization="none", compile=False): our attention on HF's paged cache
   rocm_attn_ptpc:<B>  rocm_attn.patch(quantization="ptpc_fp8", attention_backend=B, compile=False), one per
                       registered attention backend B
+  rocm_attn_ptpc_unfused:<B>  (on request only) the same with fuse_projections=False: q/k/v and gate/up
+                      run as 7 linears per layer, not as 4 (patch.SharedInputProjections); the A/B of it
 CB cannot take CUDA graphs with rocm_attn (its metadata is built on the host each step), and compile stays
 off for every variant, so all rows are eager PyTorch under the same scheduler. Every variant gets the same
 ContinuousBatchingConfig (pages, num_blocks sized to the workload, max_batch_tokens).
@@ -89,11 +91,12 @@ def prepare(model, variant: str):
 
     if variant == "rocm_attn_none":
         rocm_attn.patch(model, quantization="none", attention_backend="TRITON_ATTN", compile=False)
-    elif variant.startswith("rocm_attn_ptpc:"):
+    elif variant.startswith(("rocm_attn_ptpc:", "rocm_attn_ptpc_unfused:")):
         rocm_attn.patch(model, quantization="ptpc_fp8", attention_backend=variant.partition(":")[2],
-                        compile=False)
+                        compile=False, fuse_projections=not variant.startswith("rocm_attn_ptpc_unfused:"))
     else:
-        raise ValueError(f"bench_serving_cb: unknown variant {variant!r}; known: {', '.join(variants())}")
+        raise ValueError(f"bench_serving_cb: unknown variant {variant!r}; known: {', '.join(variants())}, "
+                         "rocm_attn_ptpc_unfused:<backend>")
     r = model.rocm_attn_report
     return f"{r.linears_replaced} linears fp8, {r.attention_layers} attention layers, {r.attention_backend}"
 

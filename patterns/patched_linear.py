@@ -50,9 +50,9 @@ def operands(node: fx.Node):
     return x, wq, ws, bias, bool(fast_accum)
 
 
-def _rows_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+def rows_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     """One view over tensors that are contiguous, consecutive row blocks of one storage, in this order
-    (the same dtype, device and trailing shape), else None."""
+    (the same dtype, device and trailing shape), else None. (Also used by patch()'s eager projection groups.)"""
     if any(t is None for t in tensors):
         return None
     first = tensors[0]
@@ -105,7 +105,7 @@ def merged_operands(group: list, gm: fx.GraphModule, example_inputs):
             merged.append(None)
             continue
         try:
-            view = _rows_view([tensor_of(o[i], gm, example_inputs) for o in ops])
+            view = rows_view([tensor_of(o[i], gm, example_inputs) for o in ops])
         except Exception:  # tensors without real storage
             view = None
         if view is None:

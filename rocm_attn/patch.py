@@ -11,8 +11,8 @@ What it changes, in place:
    fp32 scale per row [V, 1], shared with a tied lm_head's when that is a PTPC FP8Linear (a tied
    embedding whose lm_head stays bf16 is kept: an fp8 copy would add memory); sibling projections that
    read one input (q/k/v, gate/up: PROJECTION_GROUPS) keep their fp8 weights, scales and biases in one
-   buffer each, as row views (Config.fuse_projections): no extra memory, and a compiled graph runs the
-   group as one wider GEMM (passes/patched_linear_split.py);
+   buffer each, as row views (Config.fuse_projections): no extra memory, and the group runs as one wider
+   GEMM, in a compiled graph (passes/patched_linear_split.py) and eagerly (SharedInputProjections);
 2. attention goes through this library: ``"rocm_attn"`` is registered with HF's AttentionInterface and
    AttentionMaskInterface and set as the model's attention implementation;
 3. ``generate()`` gets a paged ``RocmAttnCache`` (unless the caller passes a cache or a
@@ -37,6 +37,7 @@ from .config import Config
 from .continuous_batching import enable_continuous_batching
 from .hf_cache import ATTN_NAME, RocmAttnCache, pass_cache_to_attention, register_hf_attention
 from .kernels.quantize_weight import quantize_weight_per_channel, quantize_weight_per_tensor
+from .patterns.patched_linear import rows_view
 
 log = logging.getLogger("rocm_attn")
 
@@ -60,16 +61,107 @@ class FP8Linear(nn.Module):
         bias = linear.bias.data.detach().clone() if linear.bias is not None else None
         self.register_buffer("bias", bias)
 
+        # set by patch() (Config.fuse_projections) on q/k/v and gate/up: see SharedInputProjections
+        self.shared_input_group: SharedInputProjections | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantization == "ptpc_fp8":
-            if self.fast_accum:
-                return torch.ops.rocm_attn.ptpc_linear(x, self.wq, self.w_scale, self.bias, fast_accum=True)
-            return torch.ops.rocm_attn.ptpc_linear(x, self.wq, self.w_scale, self.bias)
+            group = self.shared_input_group
+            # eager calls on plain tensors only: a compiled graph gets this fusion from its own pass, and a
+            # traced or subclassed tensor (fake, functional, DTensor) takes the op as written
+            if group is not None and not torch.compiler.is_compiling() and type(x) is torch.Tensor:
+                return group.forward(self, x)
+            return self.forward_alone(x)
         return torch.ops.rocm_attn.fp8_per_tensor_linear(x, self.wq, self.w_scale, self.bias)
+
+    def forward_alone(self, x: torch.Tensor) -> torch.Tensor:
+        """This linear on its own: one ptpc_linear call over its own rows."""
+        if self.fast_accum:
+            return torch.ops.rocm_attn.ptpc_linear(x, self.wq, self.w_scale, self.bias, fast_accum=True)
+        return torch.ops.rocm_attn.ptpc_linear(x, self.wq, self.w_scale, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, quantization={self.quantization}")
+
+
+class SharedInputProjections:
+    """Sibling PTPC FP8Linears of one module that read one input (q/k/v, gate/up) and whose fp8 weights,
+    scales and biases patch() laid out as adjacent rows of one buffer (Config.fuse_projections).
+
+    Why: HF continuous batching and eager generate() run the model eagerly, and there an eager ptpc_linear
+    costs ~140-220 us of host time against ~20 us for a bf16 F.linear (H100 machine, Session 17), so a
+    decode step with 7 of them per layer waits on the host. Run as a group, the 7 become 4.
+
+    How: the first member called with an input tensor runs one ptpc_linear over the rows of all members (one
+    activation quant, one GEMM; rows of a GEMM do not interact and each keeps its own scale) and keeps the
+    other members' column slices of the output. A member then called with that same tensor, not modified in
+    place since (its version counter; inference-mode tensors have none, so for them the same tensor object
+    is the test), takes its slice instead of computing. Any other call computes afresh. The slices are
+    views of the wide output, as the compiled graph's (passes/patched_linear_split.py).
+    If the members' buffers are no longer adjacent rows of one buffer (moved or replaced one by one since
+    patch()), every member runs on its own, as an unpatched FP8Linear would. So does a group whose kept
+    slices go unused MAX_UNUSED times in a row (a layer that skips some members, such as a layer sharing
+    another's k/v, would otherwise pay for their rows on every call): it is switched off, with a log line."""
+
+    MAX_UNUSED = 3
+
+    def __init__(self, members: list[FP8Linear], names: list[str] | None = None):
+        self.members = list(members)
+        self.names = list(names) if names is not None else [f"linear {i}" for i in range(len(self.members))]
+        self.enabled = True
+        self._unused_in_a_row = 0
+        self._operands_for: tuple | None = None  # (the members' buffers, the merged (wq, w_scale, bias))
+        self._pending: tuple | None = None  # (x, x's version, {member index: its output slice})
+
+    def _merged_operands(self) -> tuple | None:
+        """(wq, w_scale, bias | None) views spanning every member's rows, or None if not adjacent rows."""
+        buffers = tuple((m.wq, m.w_scale, m.bias) for m in self.members)
+        cached = self._operands_for
+        if cached is not None and all(a is b for old, new in zip(cached[0], buffers) for a, b in zip(old, new)):
+            return cached[1]
+        views = [rows_view([b[i] for b in buffers]) for i in range(2)]
+        bias = None if buffers[0][2] is None else rows_view([b[2] for b in buffers])
+        merged = None if None in views or (buffers[0][2] is not None and bias is None) else (*views, bias)
+        self._operands_for = (buffers, merged)
+        return merged
+
+    def forward(self, member: FP8Linear, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return member.forward_alone(x)
+        index = self.members.index(member)
+        version = _version(x)
+        pending = self._pending
+        if pending is not None and pending[0] is x and pending[1] == version:
+            out = pending[2].pop(index, None)
+            if out is not None:
+                if not pending[2]:
+                    self._pending = None  # every slice taken: let go of x and the wide output
+                    self._unused_in_a_row = 0
+                return out
+        if pending is not None:  # computing afresh while kept slices were never taken
+            self._unused_in_a_row += 1
+            if self._unused_in_a_row >= self.MAX_UNUSED:
+                self.enabled, self._pending = False, None
+                log.info("rocm_attn: %s are not all called on one input; they now run one by one",
+                         "/".join(self.names))
+                return member.forward_alone(x)
+        merged = self._merged_operands()
+        if merged is None:
+            return member.forward_alone(x)
+        wide = torch.ops.rocm_attn.ptpc_linear(x, *merged, fast_accum=member.fast_accum)
+        slices, start = {}, 0
+        for i, m in enumerate(self.members):
+            slices[i] = wide.narrow(-1, start, m.out_features)
+            start += m.out_features
+        out = slices.pop(index)
+        self._pending = (x, version, slices)
+        return out
+
+
+def _version(x: torch.Tensor) -> int | None:
+    """x's version counter (bumped by every in-place change), or None for an inference-mode tensor."""
+    return None if x.is_inference() else x._version
 
 
 class FP8Embedding(nn.Module):
@@ -130,7 +222,7 @@ class PatchReport:
                if self.linears_skipped else ""),
             f"  linear weights      {self.weight_bytes_before * mib:.1f} MiB -> {self.weight_bytes_after * mib:.1f} MiB",
             *([f"  projection groups   {self.projection_groups} (q/k/v, gate/up: one weight buffer each, "
-               "one GEMM each when compiled)"] if self.projection_groups else []),
+               "one GEMM each)"] if self.projection_groups else []),
             *([f"  embedding weights   {self.embedding_bytes_before * mib:.1f} MiB -> "
                f"{self.embedding_bytes_after * mib:.1f} MiB "
                f"({'fp8' if self.embeddings_quantized else 'kept'})"] if self.embedding_bytes_before else []),
@@ -222,11 +314,14 @@ def _share_projection_storage(model, report: PatchReport) -> None:
     """Config.fuse_projections: each PROJECTION_GROUPS group of PTPC FP8Linears under one module gets its wq,
     w_scale and bias concatenated into one buffer; the modules keep row views of it (same values, same memory).
     The compile pass (passes/patched_linear_split.py) then runs linears that read the same input and whose
-    weights are adjacent rows of one buffer as one GEMM; it checks both itself, so a model whose projections do
-    not share an input is still correct (it runs them one by one)."""
-    for parent in model.modules():
+    weights are adjacent rows of one buffer as one GEMM, and eager calls do the same through the group's
+    SharedInputProjections; both check the input and the adjacency themselves, so a model whose projections
+    do not share an input is still correct (they run one by one)."""
+    for parent_name, parent in model.named_modules():
         for names in PROJECTION_GROUPS:
-            members = [m for m in (getattr(parent, n, None) for n in names) if isinstance(m, FP8Linear)]
+            named = [(f"{parent_name}.{n}" if parent_name else n, m)
+                     for n, m in ((n, getattr(parent, n, None)) for n in names) if isinstance(m, FP8Linear)]
+            members = [m for _, m in named]
             if len(members) < 2 or not _can_share_storage(members):
                 continue
             for attr in ("wq", "w_scale", "bias"):
@@ -238,6 +333,9 @@ def _share_projection_storage(model, report: PatchReport) -> None:
                 for m, part in zip(members, parts, strict=True):
                     setattr(m, attr, fused.narrow(0, row, part.shape[0]))
                     row += part.shape[0]
+            group = SharedInputProjections(members, [n for n, _ in named])
+            for m in members:
+                m.shared_input_group = group
             report.projection_groups += 1
 
 

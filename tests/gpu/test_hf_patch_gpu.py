@@ -73,6 +73,25 @@ def test_ptpc_logits_and_compiled_decode():
     assert hasattr(model, "_compiled_call") and out.shape == (4, 216)
 
 
+@pytest.mark.parametrize("rows", [1, 5, 64, 300])
+def test_eager_projection_groups_match_each_linear_alone(rows):
+    """patch()'s eager q/k/v and gate/up groups (one ptpc_linear over the group's rows) on the GPU kernels, at
+    decode (small-M GEMM) and prefill sizes: each member's slice against that member run on its own. The quant
+    is the same; only the GEMM's summation order may differ with N."""
+    model = rocm_attn.patch(model_bf16(), quantization="ptpc_fp8", compile=False)
+    layer = model.model.layers[1]
+    x = torch.randn(rows, 1024, device="cuda", dtype=torch.bfloat16)
+    for group in ((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                  (layer.mlp.up_proj, layer.mlp.gate_proj)):  # (any call order)
+        assert group[0].shared_input_group is not None
+        with torch.no_grad():
+            outs = [m(x) for m in group]
+            for m, out in zip(group, outs, strict=True):
+                want = m.forward_alone(x)
+                assert out.shape == want.shape and rel_err(out, want) < 2e-3
+        assert group[0].shared_input_group._pending is None
+
+
 @pytest.mark.parametrize("backend", ["TRITON_ATTN", "ROCM_AITER_FA"])
 def test_compiled_decode_is_one_cuda_graph_and_replays(backend):
     """patch(compile=True): decode steps take the device path (RocmAttnCache.decode_step) inside a compiled
