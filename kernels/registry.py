@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import enum
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -68,7 +69,13 @@ def requested_kernels() -> Kernels:
     forced = _forced.get()
     if forced is not None:
         return forced
-    return parse_kernels(os.environ.get(ENV_VAR))
+    return _parse_env_value(os.environ.get(ENV_VAR))
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_env_value(value: str | None) -> Kernels:
+    """parse_kernels of the variable's text, kept: every op call asks (a bad value raises each time)."""
+    return parse_kernels(value)
 
 
 def provider_can_run(provider: str, device: torch.device) -> str | None:

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ..platform import triton_interpret
+from . import launch_cache
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -284,10 +285,10 @@ def _head_dim_blocks(D):
     """(BLOCK_D, BLOCK_D2). A power-of-two D (or D <= 16) is one block; any other D is split into the largest
     power of two below it plus a power-of-two rest (192 = 128 + 64, 80 = 64 + 16, 112 = 64 + 64 masked to 48),
     instead of padding it to the next power of two (192 -> 256: a quarter of the QK work and Q/K smem)."""
-    p = triton.next_power_of_2(D)
+    p = launch_cache.next_power_of_2(D)
     if D <= 16 or p == D:
         return max(p, 16), 0
-    return p // 2, max(triton.next_power_of_2(D - p // 2), 16)
+    return p // 2, max(launch_cache.next_power_of_2(D - p // 2), 16)
 
 
 def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, max_seqlen_q, batch, scale,
@@ -310,7 +311,7 @@ def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, ma
     block_d, block_d2 = _head_dim_blocks(D)
     flags = dict(
         GROUP=hq // hkv, HEAD_D=D, HEAD_DV=Dv,
-        BLOCK_D=block_d, BLOCK_D2=block_d2, BLOCK_DV=max(triton.next_power_of_2(Dv), 16),
+        BLOCK_D=block_d, BLOCK_D2=block_d2, BLOCK_DV=max(launch_cache.next_power_of_2(Dv), 16),
         IS_VARLEN=is_varlen, HAS_QPOS=qpos is not None, STORE_LSE=lse is not None,
         CAUSAL=bool(causal), WINDOW=sliding_window > 0, SOFTCAP=softcap > 0,
         HAS_MASK=mask is not None, BOOL_MASK=bool_mask, HAS_KEY_VALID=key_valid is not None,
@@ -319,7 +320,7 @@ def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, ma
     scalars = (float(qk_scale), float(softcap_scale), float(softcap_out), int(sliding_window))
 
     def run(kernel, block_m, **launch):
-        kernel[(triton.cdiv(max_seqlen_q, block_m), hq, batch)](*args, *scalars, **flags, **launch)
+        kernel[(launch_cache.cdiv(max_seqlen_q, block_m), hq, batch)](*args, *scalars, **flags, **launch)
 
     if max_seqlen_q == 0 or batch == 0:
         return
@@ -335,7 +336,7 @@ def _launch(q, k, v, out, lse, mask, cu_q, cu_k, qpos, strides, seq_q, seq_k, ma
     plain = not (flags["WINDOW"] or flags["SOFTCAP"] or flags["HAS_MASK"] or flags["HAS_KEY_VALID"])
     if config is None and plain:
         # the hot path (plain causal / non-causal prefill): autotuned once per key
-        _prefill_kernel(configs)[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), hq, batch)](
+        _prefill_kernel(configs)[lambda meta: (launch_cache.cdiv(max_seqlen_q, meta["BLOCK_M"]), hq, batch)](
             *args, *scalars, **flags)
         return
     bm, bn, warps, stages = config or configs[0]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import launch_cache
+
 
 @triton.jit(do_not_specialize=["num_seqs"])
 def _gather_cache_kernel(
@@ -54,7 +56,7 @@ def gather_cache_launch(k_cache, v_cache, block_table, cu_seq_lens, seq_starts, 
     num_rows, num_kv_heads, head_dim = k_out.shape
     shuffled = layout == "shuffled"
     page = k_cache.shape[3] if shuffled else k_cache.shape[1]
-    block_h, block_d = triton.next_power_of_2(num_kv_heads), triton.next_power_of_2(head_dim)
+    block_h, block_d = launch_cache.next_power_of_2(num_kv_heads), launch_cache.next_power_of_2(head_dim)
     skc, svc = k_cache.stride(), v_cache.stride()
     _gather_cache_kernel[(num_rows,)](
         k_cache, v_cache, block_table, cu_seq_lens, seq_starts, k_out, v_out, block_table.shape[0],

@@ -7,6 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch_cache
+
 
 @triton.jit
 def _merge_attn_states_kernel(
@@ -47,7 +49,7 @@ def merge_attn_states_launch(prefix_out, prefix_lse, suffix_out, suffix_lse):
         suffix_lse = suffix_lse.contiguous()
     out = torch.empty((num_tokens, num_heads, head_dim), dtype=prefix_out.dtype, device=prefix_out.device)
     lse = torch.empty((num_heads, num_tokens), dtype=torch.float32, device=prefix_out.device)
-    block_d = triton.next_power_of_2(head_dim)
+    block_d = launch_cache.next_power_of_2(head_dim)
     _merge_attn_states_kernel[(num_tokens, num_heads)](
         out, lse, prefix_out, prefix_lse, suffix_out, suffix_lse, num_tokens,
         prefix_out.stride(0), prefix_out.stride(1), suffix_out.stride(0), suffix_out.stride(1),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import launch_cache
+
 
 @triton.jit
 def _mla_gather_cache_kernel(
@@ -44,5 +46,5 @@ def mla_gather_cache_launch(latent_cache, block_table, cu_seq_lens, seq_starts, 
     _mla_gather_cache_kernel[(rows,)](
         latent_cache, block_table, cu_seq_lens, seq_starts, out,
         block_table.shape[0], latent_cache.stride(0), latent_cache.stride(1), block_table.stride(0), out.stride(0),
-        WIDTH=width, BLOCK_SIZE=latent_cache.shape[1], BLOCK_W=triton.next_power_of_2(width), num_warps=4,
+        WIDTH=width, BLOCK_SIZE=latent_cache.shape[1], BLOCK_W=launch_cache.next_power_of_2(width), num_warps=4,
     )

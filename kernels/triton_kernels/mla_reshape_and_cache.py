@@ -5,6 +5,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import launch_cache
+
 
 @triton.jit
 def _mla_reshape_and_cache_kernel(
@@ -34,5 +36,5 @@ def mla_reshape_and_cache_launch(kv_c, k_pe, latent_cache, slot_mapping) -> None
         kv_c, k_pe, latent_cache, slot_mapping,
         kv_c.stride(0), k_pe.stride(0), latent_cache.stride(0), latent_cache.stride(1),
         L=L, R=R, BLOCK_SIZE=latent_cache.shape[1],
-        BLOCK_L=triton.next_power_of_2(L), BLOCK_R=triton.next_power_of_2(R), num_warps=4,
+        BLOCK_L=launch_cache.next_power_of_2(L), BLOCK_R=launch_cache.next_power_of_2(R), num_warps=4,
     )

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from ..platform import triton_interpret
+from . import launch_cache
 from .flash_attention import LOG2E, _tanh
 
 # Defaults for an H100-class GPU (bf16/fp16, D <= 128); benchmarks/tune_decode.py sweeps them.
@@ -214,8 +215,8 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, device: t
     programs = batch * num_kv_heads
     if programs >= FILL_PROGRAMS_PER_SM * sms:
         return 1
-    by_fill = triton.cdiv(SPLIT_PROGRAMS_PER_SM * sms, programs)
-    by_len = triton.cdiv(max_context, max(MIN_SPLIT_TOKENS, block_n))
+    by_fill = launch_cache.cdiv(SPLIT_PROGRAMS_PER_SM * sms, programs)
+    by_len = launch_cache.cdiv(max_context, max(MIN_SPLIT_TOKENS, block_n))
     return max(1, min(by_fill, by_len, MAX_SPLITS))
 
 
@@ -256,7 +257,7 @@ def paged_decode_launch(q, k_cache, v_cache, seq_lens, block_table, scale, layou
     default_tile = cfg["BLOCK_N"] == DEFAULT_CONFIG["BLOCK_N"] and not (config and "BLOCK_N" in config)
     if num_splits == 1 and default_tile and d <= 128:  # (the fp32 / interpreter configs have other tiles)
         cfg["BLOCK_N"] = NO_SPLIT_BLOCK_N
-    block_d = max(triton.next_power_of_2(d), 16)
+    block_d = max(launch_cache.next_power_of_2(d), 16)
     if num_splits > 1:
         part_o = torch.empty(B, hq, num_splits, block_d, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(B, hq, num_splits, dtype=torch.float32, device=q.device)
@@ -272,7 +273,7 @@ def paged_decode_launch(q, k_cache, v_cache, seq_lens, block_table, scale, layou
         k_cache.stride(0), k_cache.stride(1) if shuffled else k_cache.stride(2), stride_kt,
         v_cache.stride(0), v_cache.stride(1) if shuffled else v_cache.stride(2), stride_vt,
         float(qk_scale), float(softcap_scale), float(softcap_out), int(sliding_window), int(num_splits),
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        GROUP=group, GROUP_PAD=max(16, launch_cache.next_power_of_2(group)),
         HEAD_D=d, BLOCK_D=block_d, PAGE=page, X=x, SHUFFLED=shuffled,
         PAGE_RUN=math.gcd(page, cfg["BLOCK_N"]),  # tile-aligned runs of tokens that share a page
         BLOCK_N=cfg["BLOCK_N"], SPLIT=num_splits > 1,
@@ -283,6 +284,6 @@ def paged_decode_launch(q, k_cache, v_cache, seq_lens, block_table, scale, layou
     if num_splits > 1:
         _paged_decode_reduce_kernel[(B, hq)](
             part_o, part_lse, out, out.stride(0), out.stride(1), int(num_splits),
-            SPLITS_PAD=max(triton.next_power_of_2(num_splits), 2), HEAD_D=d, BLOCK_D=block_d, num_warps=4,
+            SPLITS_PAD=max(launch_cache.next_power_of_2(num_splits), 2), HEAD_D=d, BLOCK_D=block_d, num_warps=4,
         )
     return out

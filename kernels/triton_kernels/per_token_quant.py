@@ -95,7 +95,7 @@ def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max:
         return xq.view(shape), scale.view(*shape[:-1], 1)
     block, warps, single = default_quant_config(K, M)
     if block_k is not None:
-        block = triton.next_power_of_2(block_k)
+        block = launch_cache.next_power_of_2(block_k)
         single = block >= K
     if num_warps is not None:
         warps = num_warps

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ..platform import triton_interpret
+from . import launch_cache
 
 # fp8 K elements accumulated in the tensor cores' reduced precision before an fp32 add
 PROMOTE_K = 128
@@ -124,7 +125,7 @@ _kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET", "FAS
 
 
 def m_bucket(M: int) -> int:
-    return min(triton.next_power_of_2(max(M, 1)), 8192)
+    return min(launch_cache.next_power_of_2(max(M, 1)), 8192)
 
 
 def prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype):
@@ -157,7 +158,7 @@ def ptpc_gemm_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | N
             xq.stride(0), wq.stride(0), out.stride(0))
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        return (launch_cache.cdiv(M, meta["BLOCK_M"]) * launch_cache.cdiv(N, meta["BLOCK_N"]),)
 
     consts = dict(HAS_BIAS=bias is not None, FAST_ACCUM=bool(fast_accum))
     if config is not None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
 
 from . import launch_cache
 
@@ -238,7 +237,7 @@ def pick_halves(M: int, N: int, sms: int) -> int:
     better that it pays for their ~10% lower throughput (H100, Session 11: N = 6144 at M = 1024, 192 wide
     tiles on 132 SMs = 1.45 rounds, ran 44.4 us with narrow tiles against 51.1)."""
     def rounds(halves):
-        return triton.cdiv(triton.cdiv(M, BLOCK_M) * triton.cdiv(N, HALF_N * halves), sms)
+        return launch_cache.cdiv(launch_cache.cdiv(M, BLOCK_M) * launch_cache.cdiv(N, HALF_N * halves), sms)
 
     return 1 if rounds(1) / 0.9 < 2 * rounds(2) else 2
 
@@ -293,7 +292,7 @@ def _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, 
     out_name = "bfloat16" if out.dtype == torch.bfloat16 else "float16"
     c_desc = TensorDescriptor.from_tensor(out, [64, HALF_N], _smem_layout(64, HALF_N, out_name))
     device_index = xq.device.index  # a CUDA tensor's device has its index
-    tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, HALF_N * halves)
+    tiles = launch_cache.cdiv(M, BLOCK_M) * launch_cache.cdiv(N, HALF_N * halves)
     grid = (min(tiles, _sm_count(device_index)),)
     bias_arg = bias if bias is not None else w_scale
     args = (a_desc, b_desc, c_desc, x_scale, w_scale, bias_arg, M, N, K)

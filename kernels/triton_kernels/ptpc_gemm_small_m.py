@@ -137,7 +137,7 @@ _kernel_tuned = triton.autotune(configs=CONFIGS, key=["N", "K", "M_BUCKET", "FAS
 )
 
 def tuned_config(M: int, N: int, K: int) -> dict | None:
-    bucket = triton.next_power_of_2(max(M, 1))
+    bucket = launch_cache.next_power_of_2(max(M, 1))
     while bucket <= MAX_M:
         if (bucket, N, K) in TUNED:
             return TUNED[bucket, N, K]
@@ -223,7 +223,7 @@ def _launch(x, xs, wq, ws, bias, out, config=None, fast_accum=False):
             x.stride(0), wq.stride(0), out.stride(0))
     consts = dict(HAS_BIAS=bias is not None, FAST_ACCUM=bool(fast_accum), BLOCK_M=block_m)
     if config is None:  # a shape TUNED does not list: Triton's autotuner picks (and keeps) a config
-        _kernel_tuned[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](*args, **consts)
+        _kernel_tuned[lambda meta: (launch_cache.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])](*args, **consts)
         return out
     # a known config: the heuristics' constexprs computed here, so that after the first call the compiled
     # kernel is launched directly (launch_cache.py; a decode step runs this kernel for every linear)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import launch_cache
+
 
 @triton.jit
 def _reshape_and_cache_kernel(
@@ -46,7 +48,7 @@ def reshape_and_cache_launch(k, v, k_cache, v_cache, slot_mapping, layout) -> No
         v = v.contiguous()
     shuffled = layout == "shuffled"
     page = k_cache.shape[3] if shuffled else k_cache.shape[1]
-    block_h, block_d = triton.next_power_of_2(num_kv_heads), triton.next_power_of_2(head_dim)
+    block_h, block_d = launch_cache.next_power_of_2(num_kv_heads), launch_cache.next_power_of_2(head_dim)
     skc, svc = k_cache.stride(), v_cache.stride()
     _reshape_and_cache_kernel[(num_tokens,)](
         k, v, k_cache, v_cache, slot_mapping,

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from ..per_token_quant import inv_fp8_max, scale_floor
+from . import launch_cache
 
 MAX_K = 16384
 
@@ -69,7 +70,7 @@ def rms_norm_quant_fp8_launch(x, residual, weight, eps, out_dtype, fp8_max):
     elif M > 0:
         if K > MAX_K:
             raise ValueError(f"the Triton rms_norm_quant kernel takes rows of <= {MAX_K} elements, got {K}")
-        block = triton.next_power_of_2(K)
+        block = launch_cache.next_power_of_2(K)
         # above 8192 the row takes 16 warps: 8 left 64 fp32 values per thread (low occupancy)
         num_warps = 1 if block <= 512 else 4 if block <= 4096 else 8 if block <= 8192 else 16
         round_y = torch.promote_types(weight.dtype, x.dtype) == x.dtype

@@ -30,6 +30,7 @@ import triton.language as tl
 
 from ..per_token_quant import inv_fp8_max, scale_floor
 from ..platform import triton_interpret
+from . import launch_cache
 from .per_token_quant import per_token_quant_fp8_launch
 
 # A 16384-wide block in registers (Llama-3-8B's N = 14336) ran at half the copy bandwidth on an
@@ -145,7 +146,7 @@ def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_
         gate, up = gu[:, :N], gu[:, N:]
     if 0 < M < few_rows and N > max_single_block:
         y = torch.empty((M, N), dtype=gate.dtype, device=gate.device)
-        _silu_mul_kernel[(M, triton.cdiv(N, ELEMENTWISE_BLOCK))](
+        _silu_mul_kernel[(M, launch_cache.cdiv(N, ELEMENTWISE_BLOCK))](
             gate, up, y, N, gate.stride(0), up.stride(0), BLOCK_N=ELEMENTWISE_BLOCK, num_warps=4)
         return per_token_quant_fp8_launch(y.view(*shape[:-1], N), out_dtype, fp8_max)
     xq = torch.empty((M, N), dtype=out_dtype, device=gate_up.device)
@@ -154,7 +155,7 @@ def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_
     if M > 0 and N == 0:
         scale.fill_(scale_floor(fp8_max))
     elif M > 0 and N <= max_single_block:
-        block = triton.next_power_of_2(N)
+        block = launch_cache.next_power_of_2(N)
         num_warps = 1 if block <= 512 else 4 if block <= 4096 else 8
         _silu_mul_quant_row_kernel[(M,)](
             gate, up, xq, scale, N, gate.stride(0), up.stride(0), **consts, BLOCK_N=block, num_warps=num_warps,
@@ -164,7 +165,7 @@ def silu_mul_quant_fp8_launch(gate_up, out_dtype, fp8_max, max_single_block=MAX_
             programs = (INTERPRET_PROGRAMS if triton_interpret() else
                         PROGRAMS_PER_SM * torch.cuda.get_device_properties(gate.device).multi_processor_count)
         programs = max(1, min(M, programs))
-        block = min(LOOP_BLOCK, triton.next_power_of_2(min(N, max_single_block)))
+        block = min(LOOP_BLOCK, launch_cache.next_power_of_2(min(N, max_single_block)))
         scratch = torch.empty((programs, N), dtype=gate.dtype, device=gate.device)
         _silu_mul_quant_persistent_kernel[(programs,)](
             gate, up, xq, scale, scratch, M, N, gate.stride(0), up.stride(0), **consts, BLOCK_N=block,

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from ..kv_cache import cache_dims
+from . import launch_cache
 
 LOG2E = 1.4426950408889634
 
@@ -230,7 +231,7 @@ def _num_sms(device_index: int) -> int:
 def pick_config(num_seqs: int, num_kv_heads: int, qpkv: int, head_dim_p: int, max_query_len: int,
                 max_seq_len: int, device: torch.device, split_kv: bool | None = None, elem_bytes: int = 2) -> dict:
     """Block sizes, warps and the split-KV segment count for one launch (host ints only)."""
-    min_m = max(16, triton.next_power_of_2(qpkv))
+    min_m = max(16, launch_cache.next_power_of_2(qpkv))
     if max_query_len <= 1:
         # decode (the shuffled layout's route; the standard one takes paged_decode): 32-key tiles, 2 stages,
         # split-KV segments below. H100, `tune_decode.py --unified-grid`: 0.91-0.92x SDPA at 64 x 4k, 256 x 2k
@@ -249,8 +250,8 @@ def pick_config(num_seqs: int, num_kv_heads: int, qpkv: int, head_dim_p: int, ma
         # one segment once the batch alone puts ~3 programs on every SM (as paged_decode's rule): at 64 x 4k
         # (512 programs, 132 SMs) 1 segment ran 0.92x SDPA on an H100 and 0.82x on an H200, 2 segments
         # 0.91x / 0.79x (tune_decode.py --quick --unified-grid); fewer programs: split to ~4 per SM
-        want = 1 if programs >= 3 * sms else triton.next_power_of_2(-(-4 * sms // max(programs, 1)))
-        max_by_len = max(1, triton.next_power_of_2(-(-max_seq_len // tile)) // 2)  # >= 2 tiles a segment
+        want = 1 if programs >= 3 * sms else launch_cache.next_power_of_2(-(-4 * sms // max(programs, 1)))
+        max_by_len = max(1, launch_cache.next_power_of_2(-(-max_seq_len // tile)) // 2)  # >= 2 tiles a segment
         segments = min(16, want, max_by_len)
         if split_kv:
             segments = max(segments, 2)
@@ -287,7 +288,7 @@ def unified_attention_launch(q, k_cache, v_cache, query_start_loc, seq_lens, blo
     if q.stride(2) != 1:
         q = q.contiguous()
     out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
-    head_dim_p = max(16, triton.next_power_of_2(head_dim))
+    head_dim_p = max(16, launch_cache.next_power_of_2(head_dim))
     cfg = pick_config(num_seqs, num_kv_heads, qpkv, head_dim_p, max_query_len, max_seq_len, q.device, split_kv,
                       q.element_size())
     if config:
