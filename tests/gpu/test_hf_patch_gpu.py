@@ -73,17 +73,21 @@ def test_ptpc_logits_and_compiled_decode():
     assert hasattr(model, "_compiled_call") and out.shape == (4, 216)
 
 
-@pytest.mark.parametrize("rows", [1, 5, 64, 300])
+@pytest.mark.parametrize("rows", [1, 5, 64, 300, 1100])
 def test_eager_projection_groups_match_each_linear_alone(rows):
     """patch()'s eager q/k/v and gate/up groups (one ptpc_linear over the group's rows) on the GPU kernels, at
-    decode (small-M GEMM) and prefill sizes: each member's slice against that member run on its own. The quant
-    is the same; only the GEMM's summation order may differ with N."""
+    the small-M GEMM's, cuBLASLt's and (1100 rows) the Gluon GEMM's sizes: each member's slice against that
+    member run on its own. The quant is the same; only the GEMM's summation order may differ with N."""
+    from rocm_attn.kernels.ptpc_scaled_mm import gluon_takes
+
     model = rocm_attn.patch(model_bf16(), quantization="ptpc_fp8", compile=False)
     layer = model.model.layers[1]
     x = torch.randn(rows, 1024, device="cuda", dtype=torch.bfloat16)
     for group in ((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
                   (layer.mlp.up_proj, layer.mlp.gate_proj)):  # (any call order)
-        assert group[0].shared_input_group is not None
+        shared = group[0].shared_input_group
+        wq = shared._merged_operands()[0]
+        assert gluon_takes(x.to(wq.dtype), wq, x.dtype, False) == (rows >= 1024)  # which GEMM the group runs
         with torch.no_grad():
             outs = [m(x) for m in group]
             for m, out in zip(group, outs, strict=True):
