@@ -106,9 +106,9 @@ class SharedInputProjections:
 
     MAX_UNUSED = 3
 
-    def __init__(self, members: list[FP8Linear], names: list[str] | None = None):
+    def __init__(self, members: list[FP8Linear], names: list[str]):
         self.members = list(members)
-        self.names = list(names) if names is not None else [f"linear {i}" for i in range(len(self.members))]
+        self.names = list(names)  # module paths, for the switch-off's log line
         self.enabled = True
         self._unused_in_a_row = 0
         self._operands_for: tuple | None = None  # (the members' buffers, the merged (wq, w_scale, bias))
