@@ -32,20 +32,109 @@ def default_model_path() -> pathlib.Path:
     return path
 
 
+def gguf_cache_dir(gguf: pathlib.Path, dtype: torch.dtype) -> pathlib.Path | None:
+    """Where ``load`` keeps a .gguf converted to a HF directory (None: caching is off).
+
+    Reading a GGUF through transformers parses its metadata field by field (SmolLM2's 49k-token
+    vocabulary: ~7 s for the tokenizer, ~20 s for the model on a 2-core CPU); the converted copy loads in
+    about a second. The key names the file (size, mtime), the dtype and the transformers version, so a
+    changed file or a new transformers converts again. ``ROCM_ATTN_CACHE_DIR`` moves the cache (default
+    ``$XDG_CACHE_HOME/rocm_attn``, else ``~/.cache/rocm_attn``); ``off`` reads the GGUF every time.
+    """
+    import transformers
+
+    root = os.environ.get("ROCM_ATTN_CACHE_DIR")
+    if root is not None and root.strip().lower() in ("", "0", "off", "none", "false"):
+        return None
+    if root is None:
+        root = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "rocm_attn"
+    stat = gguf.stat()
+    key = (f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}-{str(dtype).removeprefix('torch.')}"
+           f"-transformers{transformers.__version__}")
+    return pathlib.Path(root) / "gguf" / key
+
+
+def _convert_gguf(gguf: pathlib.Path, dtype: torch.dtype, target: pathlib.Path, print_fn=print):
+    """Load the GGUF and save tokenizer + model as a HF directory at ``target``.
+
+    Returns None once ``target`` holds the copy, else (tokenizer, model) as read from the GGUF, so a cache
+    that cannot be written costs no second read.
+
+    transformers (5.2x) tags a GGUF-loaded model as quantized and refuses to save it, although its weights
+    are plain dequantized tensors: the tag is dropped before saving, and only when every parameter and
+    buffer is a plain tensor (a transformers that keeps GGUF weights packed gets no cache). Written to a
+    temporary directory, then renamed, so a concurrent or interrupted run never leaves a half-written copy.
+    """
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+    tensors = [*lm.parameters(), *lm.buffers()]
+    if not all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors):
+        print_fn(f"[rocm-attn] {gguf.name}: this transformers keeps packed GGUF weights; not caching a copy")
+        return tok, lm
+    quantizer = getattr(lm, "hf_quantizer", None)
+    quant_config = getattr(lm.config, "quantization_config", None)
+    lm.hf_quantizer = None
+    if quant_config is not None:
+        del lm.config.quantization_config
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        tok.save_pretrained(tmp)
+        lm.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+            print_fn(f"[rocm-attn] converted {gguf.name} once to {target} (later loads read it; "
+                     "ROCM_ATTN_CACHE_DIR=off reads the GGUF every time)")
+        except OSError:  # another process finished first: keep its copy
+            pass
+    except Exception as e:  # a read-only or full disk, or a transformers that will not save it: no cache
+        print_fn(f"[rocm-attn] cannot write the converted {gguf.name} under {target.parent} "
+                 f"({type(e).__name__}: {e}); reading the GGUF each time")
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if target.is_dir():
+        return None
+    lm.hf_quantizer = quantizer
+    if quant_config is not None:
+        lm.config.quantization_config = quant_config
+    return tok, lm
+
+
 def load(model: str | os.PathLike | None = None, dtype: torch.dtype = torch.bfloat16, device: str | None = None):
-    """(tokenizer, model) from a local HF directory or a .gguf file (offline; default: SmolLM2 GGUF)."""
+    """(tokenizer, model) from a local HF directory or a .gguf file (offline; default: SmolLM2 GGUF).
+
+    A .gguf is converted to a HF directory on first use and read from there afterwards (`gguf_cache_dir`):
+    the same weights, tokenizer and config, loaded in ~1 s instead of ~30 s.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = pathlib.Path(model) if model is not None else default_model_path()
     if not path.exists():
         raise FileNotFoundError(f"--model {path}: no such file or directory (a HF model dir or a .gguf file)")
-    kwargs = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
-    where = str(path.parent if path.suffix == ".gguf" else path)
-    tok = AutoTokenizer.from_pretrained(where, **kwargs)
-    lm = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs).eval()
+    loaded, kwargs, where = None, {}, path
+    if path.suffix == ".gguf":
+        cached = gguf_cache_dir(path, dtype)
+        if cached is None:
+            kwargs, where = {"gguf_file": path.name}, path.parent
+        else:
+            # the first load converts, then reads the copy like every later load (same result each time)
+            loaded = None if cached.is_dir() else _convert_gguf(path, dtype, cached)
+            where = cached
+    if loaded is not None:
+        tok, lm = loaded
+    else:
+        tok = AutoTokenizer.from_pretrained(str(where), **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, **kwargs)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return tok, lm.to(device)
+    return tok, lm.eval().to(device)
 
 
 def chat_ids(tok, prompt: str, device) -> torch.Tensor:

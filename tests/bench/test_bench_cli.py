@@ -208,8 +208,8 @@ def test_eval_tiny_slice_matches_hf_loss(tmp_path, capsys, monkeypatch):
     import rocm_attn.demo
     from rocm_attn.perplexity import corpus_ids
 
-    # load SmolLM2 once (the GGUF dequantization is most of this test's time); eval uses the same object as
-    # its unpatched bf16 reference and patches deep copies, so the model is still plain HF afterwards
+    # load SmolLM2 once (the run's converted copy, or its GGUF if this test comes first); eval uses the same
+    # object as its unpatched bf16 reference and patches deep copies, so the model is still plain HF afterwards
     tok, model = rocm_attn.demo.load(None, torch.bfloat16, "cpu")
     monkeypatch.setattr(rocm_attn.demo, "load", lambda *args, **kwargs: (tok, model))
     tokens = 24
