@@ -48,3 +48,4 @@ def test_explain_export():
 def test_quickstart_on_smollm2():
     out = run("quickstart.py", "--new-tokens", "3", "--no-compile")
     assert "linears replaced    210" in out and "greedy-token agreement" in out and "tokens/s" in out
+    assert "first call, untimed" in out
