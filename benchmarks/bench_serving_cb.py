@@ -21,6 +21,9 @@ Variants (--variants; default all):
                       registered attention backend B
   rocm_attn_ptpc_unfused:<B>  (on request only) the same with fuse_projections=False: q/k/v and gate/up
                       run as 7 linears per layer, not as 4 (patch.SharedInputProjections); the A/B of it
+  rocm_attn_ptpc_op:<B>  (on request only) rocm_attn_ptpc with ROCM_ATTN_EAGER_PLANS=0: every eager linear
+                      goes through torch.ops.rocm_attn.ptpc_linear (its checks and provider choices on each
+                      call); the A/B of kernels/ptpc_linear.py's ptpc_linear_eager
 CB cannot take CUDA graphs with rocm_attn (its metadata is built on the host each step), and compile stays
 off for every variant, so all rows are eager PyTorch under the same scheduler. Every variant gets the same
 ContinuousBatchingConfig (pages, num_blocks sized to the workload, max_batch_tokens).
@@ -91,12 +94,14 @@ def prepare(model, variant: str):
 
     if variant == "rocm_attn_none":
         rocm_attn.patch(model, quantization="none", attention_backend="TRITON_ATTN", compile=False)
-    elif variant.startswith(("rocm_attn_ptpc:", "rocm_attn_ptpc_unfused:")):
+    elif variant.startswith(("rocm_attn_ptpc:", "rocm_attn_ptpc_unfused:", "rocm_attn_ptpc_op:")):
         rocm_attn.patch(model, quantization="ptpc_fp8", attention_backend=variant.partition(":")[2],
                         compile=False, fuse_projections=not variant.startswith("rocm_attn_ptpc_unfused:"))
+        if variant.startswith("rocm_attn_ptpc_op:"):
+            os.environ["ROCM_ATTN_EAGER_PLANS"] = "0"  # main() restores it after this variant
     else:
         raise ValueError(f"bench_serving_cb: unknown variant {variant!r}; known: {', '.join(variants())}, "
-                         "rocm_attn_ptpc_unfused:<backend>")
+                         "rocm_attn_ptpc_unfused:<backend>, rocm_attn_ptpc_op:<backend>")
     r = model.rocm_attn_report
     return f"{r.linears_replaced} linears fp8, {r.attention_layers} attention layers, {r.attention_backend}"
 
@@ -246,8 +251,13 @@ def main(argv=None):
         names = ["hf"] + [n for n in names if n != "hf"]
     start = time.time()
     rows, reference = [], {}
+    eager_plans = os.environ.get("ROCM_ATTN_EAGER_PLANS")
     for variant in names:  # the JSON is rewritten after each variant: a run cut short keeps what it measured
         rows += run_variant(variant, workloads, page, args, device, reference)
+        if eager_plans is None:  # rocm_attn_ptpc_op sets it for its own run
+            os.environ.pop("ROCM_ATTN_EAGER_PLANS", None)
+        else:
+            os.environ["ROCM_ATTN_EAGER_PLANS"] = eager_plans
         add_ratios(rows)
         write(args, argv, device, workloads, page, rows, start)
     print(markdown(rows))

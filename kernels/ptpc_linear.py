@@ -18,6 +18,8 @@ activation scale for the whole x, one weight scale), for side-by-side accuracy c
 from __future__ import annotations
 
 import math
+import os
+from typing import Callable
 
 import torch
 
@@ -26,7 +28,7 @@ from .custom_op import custom_op
 from .per_token_quant import inv_fp8_max, per_token_quant_fp8_aiter, per_token_quant_fp8_torch, scale_floor
 from .platform import fp8_dtype, fp8_max
 from .ptpc_scaled_mm import ptpc_scaled_mm_aiter, ptpc_scaled_mm_torch, scaled_mm_fallback
-from .registry import dispatch, register_provider
+from .registry import dispatch, register_provider, requested_kernels, select
 
 OP = "ptpc_linear"
 
@@ -100,6 +102,84 @@ def ptpc_linear_aiter(x, wq, w_scale, bias=None, fast_accum=False):
     xq, x_scale = per_token_quant_fp8_aiter(_rows(x))
     out = ptpc_scaled_mm_aiter(xq, x_scale, wq, w_scale, bias, x.dtype)
     return out.reshape(*x.shape[:-1], wq.shape[0])
+
+
+# ---- eager module calls ---------------------------------------------------------------------
+# An eager torch.ops.rocm_attn.ptpc_linear call spends host time on the dispatcher (and our autograd
+# kernel), the input checks and three provider choices (the linear's, the quant's, the GEMM's) before
+# the two kernel launches: ~25-35% of an eager call's ~155-280 us on the H100 machine (Session 18's
+# profile). HF continuous batching and eager generate() make 4 such calls per layer per step, and wait
+# on the host. A module's calls repeat the same kind of call, so FP8Linear runs them through a plan
+# made on the first call of each kind: the same checks, choices and implementations, made once.
+
+_EAGER_PLANS: dict[tuple, Callable] = {}
+_EAGER_PLANS_MAX = 4096  # one per kind of call (M is part of it); a prefill of many lengths refills it
+
+
+def _op_call(x, wq, w_scale, bias, fast_accum):
+    if fast_accum:
+        return torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale, bias, fast_accum=True)
+    return torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale, bias)
+
+
+def _needs_the_op(x, wq, w_scale, bias) -> bool:
+    """Whether this call must go through torch.ops.rocm_attn.ptpc_linear itself: while compiling or
+    tracing (the passes match the op), for tensor subclasses (fake, functional, DTensor, functorch
+    wrappers), under a dispatch or function mode (FakeTensorMode, FlopCounterMode, torch.device(...)),
+    under the profiler (it names the op), or where autograd must see the op (it raises on backward)."""
+    if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
+        return True
+    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return True
+    if torch._C._autograd._profiler_enabled() or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, wq, w_scale, bias))
+
+
+def _plan_key(x, wq, w_scale, bias, fast_accum) -> tuple:
+    """Everything the input checks and the provider choices read (the GEMM's choice reads M)."""
+    return (requested_kernels(), x.dtype, x.device, x.dim(), x.shape[-1], math.prod(x.shape[:-1]),
+            wq.dtype, wq.shape, wq.device, w_scale.dtype, w_scale.shape, w_scale.device,
+            None if bias is None else (bias.dtype, bias.shape, bias.device), fast_accum,
+            os.environ.get("ROCM_ATTN_GLUON_GEMM"), os.environ.get("TRITON_INTERPRET"))
+
+
+def ptpc_linear_eager(x, wq, w_scale, bias=None, fast_accum=False):
+    """torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale, bias, fast_accum) for a module's eager call: the same
+    checks, providers and result, with the checks and choices made on the first call of each kind (see
+    _plan_key) and kept. Calls that must see the op (_needs_the_op) go through it, and so does every call
+    while ROCM_ATTN_EAGER_PLANS=0 (to rule this path out when debugging, or to time it against the op)."""
+    if os.environ.get("ROCM_ATTN_EAGER_PLANS") == "0" or _needs_the_op(x, wq, w_scale, bias):
+        return _op_call(x, wq, w_scale, bias, fast_accum)
+    key = _plan_key(x, wq, w_scale, bias, fast_accum)
+    plan = _EAGER_PLANS.get(key)
+    if plan is None:
+        out, plan = _first_call(x, wq, w_scale, bias, fast_accum)
+        if len(_EAGER_PLANS) >= _EAGER_PLANS_MAX:
+            _EAGER_PLANS.clear()
+        _EAGER_PLANS[key] = plan
+        return out
+    return plan(x, wq, w_scale, bias, fast_accum)
+
+
+def _first_call(x, wq, w_scale, bias, fast_accum):
+    """Run the call as the op would (checks, then each choice on the real inputs) and return
+    (output, plan): the function later calls of this kind run."""
+    check_linear_inputs(OP, x, wq, w_scale, bias)
+    name, linear_fn = select(OP, x.device, x, wq, w_scale, bias, fast_accum)
+    if name != "triton":  # torch / aiter: one function, no inner choices
+        return linear_fn(x, wq, w_scale, bias, fast_accum), linear_fn
+    x2 = _rows(x)
+    _, quant_fn = select("per_token_quant_fp8", x.device, x2)
+    xq, x_scale = quant_fn(x2)
+    _, mm_fn = select("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum)
+    out = mm_fn(xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum).reshape(*x.shape[:-1], wq.shape[0])
+
+    def quant_then_gemm(x, wq, w_scale, bias, fast_accum):
+        xq, x_scale = quant_fn(_rows(x))
+        return mm_fn(xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum).reshape(*x.shape[:-1], wq.shape[0])
+
+    return out, quant_then_gemm
 
 
 # ---- the ops --------------------------------------------------------------------------------

@@ -118,6 +118,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    import shutil
+
+    from .demo import cached_copies, gguf_cache_root
+
+    root = gguf_cache_root()
+    if root is None:
+        print("rocm-attn cache: caching is off (ROCM_ATTN_CACHE_DIR=off)")
+        return 0
+    copies = cached_copies()
+    total = sum(n for _, n in copies)
+    for folder, n in copies:
+        print(f"{n / 1e6:9.1f} MB  {folder.name}")
+    print(f"{len(copies)} converted GGUF copies, {total / 1e6:.1f} MB, under {root}")
+    if args.clear:
+        for folder, _ in copies:
+            shutil.rmtree(folder)
+        print(f"deleted {len(copies)} ({total / 1e6:.1f} MB); the next load of a .gguf converts it again")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rocm-attn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="instead: PTPC vs bf16 greedy agreement over N prompts (see RESULTS.md)")
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)
+    cache = sub.add_parser("cache", help="list (or --clear) the HF copies `demo`/`eval` made of .gguf files "
+                           "(ROCM_ATTN_CACHE_DIR, default ~/.cache/rocm_attn)")
+    cache.add_argument("--clear", action="store_true", help="delete them all")
+    cache.set_defaults(func=cmd_cache)
     from .bench_cli import add_parsers  # bench, eval
 
     add_parsers(sub)

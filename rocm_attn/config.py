@@ -37,6 +37,10 @@ class Config:
     # +0.2% perplexity on SmolLM2, inside the noise; Llama-3.1-8B weights 0.566x -> 0.533x bf16)
     quantize_embeddings: bool = True
     extend_workspace_tokens: int = 32768
+    # patch() only: the cache generate() makes holds its length rounded up (at least 256 positions, then a
+    # multiple of a quarter of its power of two: at most 25% more), so calls of slightly different lengths
+    # share one cache and one compiled decode instead of recompiling; False sizes it exactly (HF's way)
+    round_generate_cache: bool = True
 
     def __post_init__(self):
         if self.quantization not in QUANTIZATIONS:

@@ -43,15 +43,34 @@ def gguf_cache_dir(gguf: pathlib.Path, dtype: torch.dtype) -> pathlib.Path | Non
     """
     import transformers
 
+    root = gguf_cache_root()
+    if root is None:
+        return None
+    stat = gguf.stat()
+    key = (f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}-{str(dtype).removeprefix('torch.')}"
+           f"-transformers{transformers.__version__}")
+    return root / key
+
+
+def gguf_cache_root() -> pathlib.Path | None:
+    """The folder holding the converted copies (None: ``ROCM_ATTN_CACHE_DIR=off``)."""
     root = os.environ.get("ROCM_ATTN_CACHE_DIR")
     if root is not None and root.strip().lower() in ("", "0", "off", "none", "false"):
         return None
     if root is None:
         root = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "rocm_attn"
-    stat = gguf.stat()
-    key = (f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}-{str(dtype).removeprefix('torch.')}"
-           f"-transformers{transformers.__version__}")
-    return pathlib.Path(root) / "gguf" / key
+    return pathlib.Path(root) / "gguf"
+
+
+def cached_copies() -> list[tuple[pathlib.Path, int]]:
+    """(folder, bytes) of every converted copy, and of any temporary folder an interrupted conversion left.
+    Nothing deletes them on its own (a copy made by another transformers version may still be in use):
+    ``rocm-attn cache --clear`` does."""
+    root = gguf_cache_root()
+    if root is None or not root.is_dir():
+        return []
+    return [(d, sum(f.stat().st_size for f in d.rglob("*") if f.is_file()))
+            for d in sorted(root.iterdir()) if d.is_dir()]
 
 
 def _convert_gguf(gguf: pathlib.Path, dtype: torch.dtype, target: pathlib.Path, print_fn=print):
@@ -91,6 +110,11 @@ def _convert_gguf(gguf: pathlib.Path, dtype: torch.dtype, target: pathlib.Path, 
             tmp.rename(target)
             print_fn(f"[rocm-attn] converted {gguf.name} once to {target} (later loads read it; "
                      "ROCM_ATTN_CACHE_DIR=off reads the GGUF every time)")
+            others = [(d, n) for d, n in cached_copies() if d != target and d.name.startswith(gguf.stem + "-")]
+            if others:  # e.g. made by an earlier transformers: say so, but they may still be in use elsewhere
+                what = "other copy" if len(others) == 1 else "other copies"
+                print_fn(f"[rocm-attn] {len(others)} {what} of {gguf.stem} ({sum(n for _, n in others) / 1e6:.0f} MB)"
+                         " kept there; `rocm-attn cache --clear` deletes every copy")
         except OSError:  # another process finished first: keep its copy
             pass
     except Exception as e:  # a read-only or full disk, or a transformers that will not save it: no cache

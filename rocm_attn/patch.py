@@ -36,6 +36,7 @@ from torch import nn
 from .config import Config
 from .continuous_batching import enable_continuous_batching
 from .hf_cache import ATTN_NAME, RocmAttnCache, pass_cache_to_attention, register_hf_attention
+from .kernels.ptpc_linear import ptpc_linear_eager
 from .kernels.quantize_weight import quantize_weight_per_channel, quantize_weight_per_tensor
 from .patterns.patched_linear import rows_view
 
@@ -75,10 +76,10 @@ class FP8Linear(nn.Module):
         return torch.ops.rocm_attn.fp8_per_tensor_linear(x, self.wq, self.w_scale, self.bias)
 
     def forward_alone(self, x: torch.Tensor) -> torch.Tensor:
-        """This linear on its own: one ptpc_linear call over its own rows."""
-        if self.fast_accum:
-            return torch.ops.rocm_attn.ptpc_linear(x, self.wq, self.w_scale, self.bias, fast_accum=True)
-        return torch.ops.rocm_attn.ptpc_linear(x, self.wq, self.w_scale, self.bias)
+        """This linear on its own: one ptpc_linear call over its own rows (eagerly, through
+        ptpc_linear_eager: the op's result, with the checks and provider choices made once per kind of call;
+        a compiled graph gets the op itself)."""
+        return ptpc_linear_eager(x, self.wq, self.w_scale, self.bias, self.fast_accum)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -149,7 +150,7 @@ class SharedInputProjections:
         merged = self._merged_operands()
         if merged is None:
             return member.forward_alone(x)
-        wide = torch.ops.rocm_attn.ptpc_linear(x, *merged, fast_accum=member.fast_accum)
+        wide = ptpc_linear_eager(x, *merged, member.fast_accum)
         slices, start = {}, 0
         for i, m in enumerate(self.members):
             slices[i] = wide.narrow(-1, start, m.out_features)
@@ -459,16 +460,36 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
     return model
 
 
+GENERATE_CACHE_MIN_LEN = 256
+
+
+def rounded_cache_length(positions: int, min_len: int = GENERATE_CACHE_MIN_LEN) -> int:
+    """The length generate()'s cache gets for a call that may reach ``positions``: at least ``min_len``,
+    then rounded up to a multiple of a quarter of the largest power of two <= positions (1025 -> 1280,
+    1281 -> 1536, 2047 -> 2048), so at most 25% more positions than asked and 4 lengths per doubling.
+    Why: a cache of a new length changes the compiled decode's shapes (block table, mask), and on a GPU
+    that recompiles decode (~50 s for SmolLM2 on an H100); rounded, calls whose lengths differ a little
+    share one cache."""
+    if positions <= min_len:
+        return min_len
+    step = max(1 << (positions.bit_length() - 1) >> 2, 1)
+    return -(-positions // step) * step
+
+
 def _generate_cache(model, config: Config, batch: int, max_len: int) -> RocmAttnCache:
     """The cache for one generate() call. Like HF's static cache, the last one is kept on the model and
     reset for the next call when it fits (same batch, long enough): its tensors keep their addresses, so
     the compiled decode's CUDA graph replays instead of re-recording. A cache returned by generate()
-    (return_dict_in_generate) is therefore emptied by the next generate() that makes its own cache."""
+    (return_dict_in_generate) is therefore emptied by the next generate() that makes its own cache.
+    A new cache is sized rounded_cache_length(max_len) (Config.round_generate_cache), so a slightly
+    longer call fits it too."""
     cache = getattr(model, "_rocm_attn_generate_cache", None)
     if (cache is not None and cache.pool_batch_size == batch and cache.pool_max_len >= max_len
             and cache._batch in (None, batch) and cache.backend == config.attention_backend):
         cache.reset()
         return cache
+    if config.round_generate_cache:
+        max_len = rounded_cache_length(max_len)
     cache = RocmAttnCache(model, max_batch_size=batch, max_cache_len=max_len,
                           backend=config.attention_backend)
     model._rocm_attn_generate_cache = cache
@@ -500,6 +521,8 @@ def _install_cache_factory(model, config: Config) -> None:
         if made_by_hf and generation_config.cache_implementation is None:
             batch = int(bound.arguments.get("batch_size", 1))
             max_len = int(bound.arguments.get("max_cache_length", 0) or generation_config.max_length or 4096)
+            # a length the user set for generate's caches (HF's own static cache honours it too)
+            max_len = max(max_len, int(getattr(generation_config, "max_cache_len", None) or 0))
             model_kwargs["past_key_values"] = _generate_cache(model, config, batch, max_len)
         return result
 

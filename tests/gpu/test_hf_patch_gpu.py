@@ -116,6 +116,10 @@ def test_compiled_decode_is_one_cuda_graph_and_replays(backend):
     second = model.generate(ids, **kw)
     assert model._rocm_attn_generate_cache is cache and counters["stats"]["unique_graphs"] == graphs
     assert torch.equal(first, second)
+    # a longer call that fits the rounded cache length (231 positions asked, 256 held) reuses it too
+    third = model.generate(ids, **{**kw, "max_new_tokens": 48, "min_new_tokens": 48})
+    assert model._rocm_attn_generate_cache is cache and counters["stats"]["unique_graphs"] == graphs
+    assert counters["inductor"]["cudagraph_skips"] == 0 and torch.equal(third[:, : first.shape[1]], first)
     full_mask = torch.cat([mask, torch.ones_like(first[:, 200:])], dim=1)
     with torch.no_grad():
         pred = ref(first, attention_mask=full_mask).logits[:, 199:-1].argmax(-1)

@@ -135,3 +135,29 @@ def test_a_model_transformers_will_not_save_reads_the_gguf(gguf, tmp_path, monke
     assert fake.reads == 1 and "ValueError: The model is quantized" in capsys.readouterr().out
     assert logits(lm).shape == (1, 5, 7)
     assert not any((tmp_path / "cache" / "gguf").iterdir())  # no half-written copy left
+
+
+def test_cache_command_lists_and_clears_the_copies(gguf, tmp_path, monkeypatch, capsys):
+    """A changed GGUF converts again and says an older copy is kept; `rocm-attn cache` lists both copies
+    and `--clear` deletes them (nothing else in the folder's parent)."""
+    from rocm_attn.cli import main
+
+    monkeypatch.setenv("ROCM_ATTN_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "keep.txt").write_text("not a converted copy")
+    fake = FakeGGUF(monkeypatch)
+    demo.load(gguf, torch.bfloat16, "cpu")
+    assert "other cop" not in capsys.readouterr().out
+    gguf.write_bytes(b"a changed file of another size")
+    demo.load(gguf, torch.bfloat16, "cpu")
+    out = capsys.readouterr().out
+    assert fake.reads == 2 and "1 other copy of tiny.Q4_1" in out
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert "2 converted GGUF copies" in out and out.count("tiny.Q4_1-") == 2
+    assert len(list((tmp_path / "cache" / "gguf").iterdir())) == 2
+    assert main(["cache", "--clear"]) == 0
+    assert "deleted 2" in capsys.readouterr().out
+    assert not any((tmp_path / "cache" / "gguf").iterdir()) and (tmp_path / "cache" / "keep.txt").is_file()
+    monkeypatch.setenv("ROCM_ATTN_CACHE_DIR", "off")
+    assert main(["cache", "--clear"]) == 0 and "caching is off" in capsys.readouterr().out

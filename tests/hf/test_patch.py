@@ -238,10 +238,36 @@ def test_generate_reuses_its_cache_and_compiles_decode_once():
     second = greedy(model, ids, mask, n=4)  # a shorter call fits the same cache
     assert model._rocm_attn_generate_cache is cache
     assert counters["stats"]["unique_graphs"] == graphs  # no recompile
-    ref = greedy(ref_model, ids, mask, n=6)
-    assert torch.equal(first, ref) and torch.equal(second, ref[:, : ids.shape[1] + 4])
+    third = greedy(model, ids, mask, n=12)  # longer, but inside the rounded length (256)
+    assert model._rocm_attn_generate_cache is cache and cache.pool_max_len == 256
+    assert counters["stats"]["unique_graphs"] == graphs
+    ref = greedy(ref_model, ids, mask, n=12)
+    assert torch.equal(first, ref[:, : ids.shape[1] + 6]) and torch.equal(second, ref[:, : ids.shape[1] + 4])
+    assert torch.equal(third, ref)
     greedy(model, ids[:1], mask[:1], n=4)  # another batch size: a new cache
     assert model._rocm_attn_generate_cache is not cache
+
+
+def test_rounded_cache_length():
+    from rocm_attn.patch import rounded_cache_length
+
+    assert [rounded_cache_length(n) for n in (1, 6, 256, 257, 300, 512, 513, 1025, 1280, 1281, 2047, 5000)] == [
+        256, 256, 256, 320, 320, 512, 640, 1280, 1280, 1536, 2048, 5120]
+    for n in range(1, 20000, 7):  # never short, never more than 25% over (past the minimum)
+        r = rounded_cache_length(n)
+        assert r >= n and (n <= 256 or r <= 1.25 * n)
+
+
+def test_generate_cache_sizes_exactly_when_asked():
+    """round_generate_cache=False: the cache generate() makes holds exactly what HF asks for (max_length - 1:
+    the last token is never fed back); a generation_config.max_cache_len asks for more."""
+    model = rocm_attn.patch(tiny("llama"), quantization="none", round_generate_cache=False)
+    ids, mask = prompts(2)
+    greedy(model, ids, mask, n=3)
+    assert model._rocm_attn_generate_cache.pool_max_len == ids.shape[1] + 3 - 1
+    model.generation_config.max_cache_len = 40
+    greedy(model, ids, mask, n=5)
+    assert model._rocm_attn_generate_cache.pool_max_len == 40
 
 
 def test_a_full_cache_is_refused_not_overrun():
