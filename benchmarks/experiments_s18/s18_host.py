@@ -55,49 +55,54 @@ def host_us(fn, n=200):
     return round((t1 - t0) / n * 1e6, 1), round((t2 - t0) / n * 1e6, 1)
 
 
-torch.manual_seed(0)
-layers = {"bf16": Layer(bf16_linear), "ptpc_apart": Layer(fp8_linear), "ptpc_grouped": Layer(fp8_linear)}
-_share_projection_storage(layers["ptpc_grouped"], PatchReport("Layer", "ptpc_fp8", "-", "-"))
-assert layers["ptpc_grouped"].self_attn.q_proj.shared_input_group is not None
-res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-with torch.no_grad():
-    for M in [int(m) for m in os.environ.get('MS', '1,64,512').split(',')]:
-        x = torch.randn(M, H, device="cuda", dtype=torch.bfloat16)
-        x_i = torch.randn(M, I, device="cuda", dtype=torch.bfloat16)
-        row = {}
-        for rnd in range(3):  # interleaved rounds
-            for name, layer in layers.items():
-                row.setdefault(name, []).append(host_us(lambda: layer(x, x_i)))
-        res[f"M{M}"] = {k: {"enqueue_us": sorted(e for e, _ in v)[1], "with_drain_us": sorted(d for _, d in v)[1]}
-                        for k, v in row.items()}
-        # grouped vs apart outputs (the same quant; GEMM summation order may differ with N)
-        g, a = layers["ptpc_grouped"](x, x_i), None
-        lg = layers["ptpc_grouped"]
-        alone = [m.forward_alone(x) for m in (lg.self_attn.q_proj, lg.self_attn.k_proj, lg.self_attn.v_proj)]
-        res[f"M{M}"]["max_rel_diff_qkv"] = max(float((o.float() - w.float()).norm() / w.float().norm())
-                                               for o, w in zip(g[:3], alone))
-        print(M, json.dumps(res[f"M{M}"]), flush=True)
-    PM = int(os.environ.get("PROFILE_M", "64"))
-    x = torch.randn(PM, H, device="cuda", dtype=torch.bfloat16)
-    x_i = torch.randn(PM, I, device="cuda", dtype=torch.bfloat16)
-    layer = layers["ptpc_grouped"]
-    for _ in range(10): layer(x, x_i)
-    torch.cuda.synchronize()
-    pr = cProfile.Profile(); pr.enable()
-    for _ in range(100): layer(x, x_i)
-    pr.disable(); torch.cuda.synchronize()
-s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(30)
-res["profile_grouped_M64_tottime"] = s.getvalue()
-s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(30)
-res["profile_grouped_M64_cumulative"] = s.getvalue()
-print(res["profile_grouped_M64_tottime"][:5000])
-# GPU kernel times of one call of each variant at PROFILE_M
-from torch.profiler import ProfilerActivity, profile
-with torch.no_grad():
-    for name, layer in layers.items():
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(5): layer(x, x_i)
-            torch.cuda.synchronize()
-        res[f"kernels_{name}_M{PM}_x5"] = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12)
-        print(name, res[f"kernels_{name}_M{PM}_x5"][:3000], flush=True)
-json.dump(res, open(f"{OUT}/{os.environ.get('TAG', 's18_layer_linears_host')}.json", "w"), indent=1)
+def main():
+    torch.manual_seed(0)
+    layers = {"bf16": Layer(bf16_linear), "ptpc_apart": Layer(fp8_linear), "ptpc_grouped": Layer(fp8_linear)}
+    _share_projection_storage(layers["ptpc_grouped"], PatchReport("Layer", "ptpc_fp8", "-", "-"))
+    assert layers["ptpc_grouped"].self_attn.q_proj.shared_input_group is not None
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    with torch.no_grad():
+        for M in [int(m) for m in os.environ.get('MS', '1,64,512').split(',')]:
+            x = torch.randn(M, H, device="cuda", dtype=torch.bfloat16)
+            x_i = torch.randn(M, I, device="cuda", dtype=torch.bfloat16)
+            row = {}
+            for rnd in range(3):  # interleaved rounds
+                for name, layer in layers.items():
+                    row.setdefault(name, []).append(host_us(lambda: layer(x, x_i)))
+            res[f"M{M}"] = {k: {"enqueue_us": sorted(e for e, _ in v)[1], "with_drain_us": sorted(d for _, d in v)[1]}
+                            for k, v in row.items()}
+            # grouped vs apart outputs (the same quant; GEMM summation order may differ with N)
+            g = layers["ptpc_grouped"](x, x_i)
+            lg = layers["ptpc_grouped"]
+            alone = [m.forward_alone(x) for m in (lg.self_attn.q_proj, lg.self_attn.k_proj, lg.self_attn.v_proj)]
+            res[f"M{M}"]["max_rel_diff_qkv"] = max(float((o.float() - w.float()).norm() / w.float().norm())
+                                                   for o, w in zip(g[:3], alone))
+            print(M, json.dumps(res[f"M{M}"]), flush=True)
+        PM = int(os.environ.get("PROFILE_M", "64"))
+        x = torch.randn(PM, H, device="cuda", dtype=torch.bfloat16)
+        x_i = torch.randn(PM, I, device="cuda", dtype=torch.bfloat16)
+        layer = layers["ptpc_grouped"]
+        for _ in range(10): layer(x, x_i)
+        torch.cuda.synchronize()
+        pr = cProfile.Profile(); pr.enable()
+        for _ in range(100): layer(x, x_i)
+        pr.disable(); torch.cuda.synchronize()
+    s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(30)
+    res["profile_grouped_M64_tottime"] = s.getvalue()
+    s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(30)
+    res["profile_grouped_M64_cumulative"] = s.getvalue()
+    print(res["profile_grouped_M64_tottime"][:5000])
+    # GPU kernel times of one call of each variant at PROFILE_M
+    from torch.profiler import ProfilerActivity, profile
+    with torch.no_grad():
+        for name, layer in layers.items():
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5): layer(x, x_i)
+                torch.cuda.synchronize()
+            res[f"kernels_{name}_M{PM}_x5"] = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12)
+            print(name, res[f"kernels_{name}_M{PM}_x5"][:3000], flush=True)
+    json.dump(res, open(f"{OUT}/{os.environ.get('TAG', 's18_layer_linears_host')}.json", "w"), indent=1)
+
+
+if __name__ == "__main__":  # (Session 20 imports the layer and the timer from here)
+    main()

@@ -3,59 +3,17 @@ model runs them, with kernels/ptpc_linear.py's eager plans and through the op on
 (ROCM_ATTN_EAGER_PLANS=0): PTPC grouped (patch.SharedInputProjections), PTPC one by one, bf16 nn.Linear.
 Also one linear alone (q_proj shape), plan vs op, and a cProfile of the grouped layer with plans.
 Session 18's s18_host.py is the same layer; this adds the plan / op A/B (interleaved rounds, one process)."""
-import cProfile, io, json, os, pstats, time
+import cProfile, io, json, os, pstats, sys
 import torch
-from torch import nn
 from rocm_attn.kernels.ptpc_linear import ptpc_linear_eager
-from rocm_attn.patch import FP8Linear, _share_projection_storage, PatchReport
+from rocm_attn.patch import _share_projection_storage, PatchReport
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments_s18"))
+import s18_host  # noqa: E402  (the same layer of 7 linears and the same timer)
 
 OUT = os.environ.get("OUT", "/tmp")
-H, KV, I = 4096, 1024, 14336
-
-
-class Attn(nn.Module):
-    def __init__(s, lin):
-        super().__init__()
-        s.q_proj, s.k_proj, s.v_proj, s.o_proj = lin(H, H), lin(H, KV), lin(H, KV), lin(H, H)
-
-
-class MLP(nn.Module):
-    def __init__(s, lin):
-        super().__init__()
-        s.gate_proj, s.up_proj, s.down_proj = lin(H, I), lin(H, I), lin(I, H)
-
-
-class Layer(nn.Module):
-    def __init__(s, lin):
-        super().__init__()
-        s.self_attn, s.mlp = Attn(lin), MLP(lin)
-
-    def forward(s, x, x_i):  # the 7 linears on fixed inputs (the attention / SiLU in between are not timed)
-        a = s.self_attn
-        q, k, v = a.q_proj(x), a.k_proj(x), a.v_proj(x)
-        o = a.o_proj(x)
-        g, u = s.mlp.gate_proj(x), s.mlp.up_proj(x)
-        d = s.mlp.down_proj(x_i)
-        return q, k, v, o, g, u, d
-
-
-def bf16_linear(i, o):
-    return nn.Linear(i, o, bias=False, device="cuda", dtype=torch.bfloat16)
-
-
-def fp8_linear(i, o):
-    return FP8Linear(bf16_linear(i, o))
-
-
-def host_us(fn, n=200):
-    for _ in range(10): fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n): fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    t2 = time.perf_counter()
-    return round((t1 - t0) / n * 1e6, 1), round((t2 - t0) / n * 1e6, 1)
+H, I = s18_host.H, s18_host.I
+Layer, bf16_linear, fp8_linear, host_us = s18_host.Layer, s18_host.bf16_linear, s18_host.fp8_linear, s18_host.host_us
 
 
 def with_plans(on, fn):
