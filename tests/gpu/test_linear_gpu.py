@@ -197,6 +197,25 @@ def test_compiled_launch_path_of_the_linear_kernels(weights, monkeypatch):
     assert 4 <= len(small_m._COMPILED) <= 32
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_eager_plans_equal_the_op(weights, provider):
+    """ptpc_linear_eager (FP8Linear's eager calls) on every GEMM regime: the small-M kernel, cuBLASLt, the Gluon
+    GEMM (M >= 1024), fast accumulation, leading dims; bit-identical to the op on fresh activations at every
+    call, also on the calls that reuse the plan."""
+    from rocm_attn.kernels import ptpc_linear as linear_module
+
+    for K, N in ((4096, 6144), (14336, 4096)):
+        _, wq, w_scale, bias = weights[K, N]
+        for M in (1, 16, 128, 1100):
+            for fast in (False, True):
+                for rep in range(2):
+                    x = activations(M, K, seed=7 * M + rep).reshape(1, M, K)
+                    with use_kernels(provider), torch.no_grad():
+                        got = linear_module.ptpc_linear_eager(x, wq, w_scale, bias, fast)
+                        want = torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale, bias, fast_accum=fast)
+                    assert got.shape == (1, M, N) and torch.equal(got, want), (provider, K, M, fast, rep)
+
+
 @pytest.mark.parametrize("M", [1, 16, 64])
 @pytest.mark.parametrize("split_k", [1, 3, 8])
 def test_small_m_kernel_configs(weights, M, split_k):
