@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -31,12 +32,17 @@ def cmd_env(args) -> int:
     from .kernels.attention import available_attention_backends
 
     info["attention_backends"] = available_attention_backends()
+    # the environment variables that change what runs (Config fields, kernel switches, the GGUF cache)
+    info["switches"] = {k: v for k, v in sorted(os.environ.items())
+                        if k.startswith("ROCM_ATTN_") or k == "TRITON_INTERPRET"}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     for key, value in info.items():
-        if key not in ("ops", "attention_backends"):
+        if key not in ("ops", "attention_backends", "switches"):
             print(f"{key:>15}: {value}")
+    switches = ", ".join(f"{k}={v}" for k, v in info["switches"].items())
+    print(f"{'switches':>15}: {switches or 'none set (ROCM_ATTN_* environment variables)'}")
     print(f"{'attention':>15}: backends for rocm_attn.attention(backend=...)")
     for name, b in info["attention_backends"].items():
         layouts = "/".join(b["layouts"]) or "-"

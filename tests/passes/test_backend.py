@@ -173,3 +173,19 @@ def test_cli_explain(capsys):
     )
     d = json.loads(capsys.readouterr().out)
     assert d["attention_rewritten"] == d["attention_total"] == 1
+
+
+def test_cli_env(capsys, monkeypatch):
+    """`rocm-attn env`: platform, fp8 format, each op's providers with a reason when unusable, and the
+    environment switches in effect."""
+    from rocm_attn.cli import main
+
+    monkeypatch.setenv("ROCM_ATTN_EAGER_PLANS", "0")
+    assert main(["env", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["fp8_dtype"] in ("float8_e4m3fn", "float8_e4m3fnuz") and d["fp8_max"] in (448.0, 240.0)
+    assert d["ops"]["ptpc_linear"]["torch"] == "usable" and "aiter" in d["ops"]["ptpc_linear"]
+    assert d["switches"]["ROCM_ATTN_EAGER_PLANS"] == "0" and "TRITON_ATTN" in d["attention_backends"]
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "ROCM_ATTN_EAGER_PLANS=0" in out and "ptpc_linear" in out
