@@ -140,6 +140,7 @@ def test_switched_off_every_call_takes_the_op(monkeypatch):
     wq, w_scale, b = operands()
     monkeypatch.setenv("ROCM_ATTN_EAGER_PLANS", "0")
     calls = []
+    monkeypatch.setattr(ptpc_linear_module, "_EAGER_PLANS", {})  # no plan kept from an earlier test
     monkeypatch.setattr(ptpc_linear_module, "_first_call", lambda *a: calls.append(a))
     with torch.no_grad():
         out = ptpc_linear_eager(torch.randn(4, 32), wq, w_scale, b)
