@@ -43,6 +43,8 @@ try:  # Gluon ships with Triton >= 3.5; the CPU CI never launches this kernel
     # async_load / async_store)
     tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
     tma_store = tma.async_store if hasattr(tma, "async_store") else tma.async_copy_shared_to_global
+    # a barrier among the calling partition's warps (Triton 3.6: thread_barrier; newer: barrier)
+    partition_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - older Triton
     HAVE_GLUON = False
@@ -84,7 +86,6 @@ def available(device: torch.device | str | None = None) -> bool:
 if HAVE_GLUON:
     # the same numbers as constexprs, for the kernels (a jit function reads only constexpr globals)
     _BLOCK_K = gl.constexpr(BLOCK_K)
-    _HALF_N = gl.constexpr(HALF_N)
     _BLOCK_M = gl.constexpr(BLOCK_M)
 
     # Worker partitions get their arguments as runtime values (constexprs do not survive the trip), so the
@@ -94,29 +95,39 @@ if HAVE_GLUON:
     # barrier phase, so the producer fills the next tile's stages while the consumers run an epilogue.
 
     @gluon.jit
-    def _tile_origin(tile, M, N, group_m, HALVES: gl.constexpr):
+    def _tile_origin(tile, M, N, group_m, HALVES: gl.constexpr, HN: gl.constexpr):
         # grouped order: group_m row tiles share each column tile of B while it is in L2
         tiles_m = gl.cdiv(M, _BLOCK_M)
-        tiles_n = gl.cdiv(N, _HALF_N * HALVES)
+        tiles_n = gl.cdiv(N, HN * HALVES)
         per_group = group_m * tiles_n
         first_m = (tile // per_group) * group_m
         group_size = gl.minimum(tiles_m - first_m, group_m)
         pid_m = first_m + (tile % per_group) % group_size
         pid_n = (tile % per_group) // group_size
-        return pid_m * _BLOCK_M, pid_n * _HALF_N * HALVES
+        return pid_m * _BLOCK_M, pid_n * HN * HALVES
+
+    @gluon.jit
+    def _unit(u, num_tiles, k_tiles, split_k):
+        # work unit u = output tile (u % num_tiles) x K slice (u // num_tiles) of split_k; a slice is a run of
+        # whole K blocks (the last one may be shorter, or empty when split_k does not divide k_tiles evenly)
+        per_split = gl.cdiv(k_tiles, split_k)
+        kt_begin = (u // num_tiles) * per_split
+        return u % num_tiles, u // num_tiles, kt_begin, gl.minimum(kt_begin + per_split, k_tiles)
 
     @gluon.jit
     def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
+                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr):
         # one warp: waits for a free stage, then TMA-loads A (two 64-row halves) and B (HALVES x 128 rows)
         STAGES: gl.constexpr = ready.type.shape[0]
         HALVES: gl.constexpr = b_bufs.type.shape[0] // STAGES
-        num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, _HALF_N * HALVES)
+        HN: gl.constexpr = b_bufs.type.shape[1]
+        num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, HN * HALVES)
         k_tiles = gl.cdiv(K, _BLOCK_K)
         it = 0
-        for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-            off_m, off_n = _tile_origin(tile, M, N, group_m, HALVES)
-            for kt in range(k_tiles):
+        for u in range(gl.program_id(0), num_tiles * split_k, gl.num_programs(0)):
+            tile, split, kt_begin, kt_end = _unit(u, num_tiles, k_tiles, split_k)
+            off_m, off_n = _tile_origin(tile, M, N, group_m, HALVES, HN)
+            for kt in range(kt_begin, kt_end):
                 s = it % STAGES
                 mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # barriers start "free" (phase 1 done)
                 bar = ready.index(s)
@@ -125,13 +136,13 @@ if HAVE_GLUON:
                 tma_load(a_desc, [off_m, k], bar, a_bufs.index(2 * s))
                 tma_load(a_desc, [off_m + 64, k], bar, a_bufs.index(2 * s + 1))
                 for h in gl.static_range(HALVES):
-                    tma_load(b_desc, [off_n + h * _HALF_N, k], bar, b_bufs.index(HALVES * s + h))
+                    tma_load(b_desc, [off_n + h * HN, k], bar, b_bufs.index(HALVES * s + h))
                 it += 1
 
     @gluon.jit
     def _store_half(acc, row0, off_n, xs, ws_ptr, bias_ptr, c_desc, c_buf, N, has_bias, layout: gl.constexpr,
                     PENDING: gl.constexpr):
-        cols = off_n + gl.arange(0, _HALF_N, layout=gl.SliceLayout(0, layout))
+        cols = off_n + gl.arange(0, c_buf.type.shape[1], layout=gl.SliceLayout(0, layout))
         n_ok = cols < N
         ws = gl.load(ws_ptr + cols, mask=n_ok, other=0.0)
         out = acc * gl.expand_dims(xs, 1) * gl.expand_dims(ws, 0)
@@ -147,21 +158,55 @@ if HAVE_GLUON:
         tma_store(c_desc, [row0, off_n], c_buf)
 
     @gluon.jit
+    def _reduce_split_k(acc0, acc1, rows, off_n, xs, ws_ptr, bias_ptr, out_ptr, part_ptr, count_ptr, split, split_k,
+                        M, N, has_bias, layout: gl.constexpr, HALVES: gl.constexpr, HN: gl.constexpr):
+        # Split-K: this warpgroup's 64 rows of the tile are summed over split_k work units. Each unit stores
+        # its fp32 partial to part[split] ([split_k, M, N]), then bumps the tile's counter; the unit that
+        # arrives last sums the partials in a fixed order (deterministic), applies the epilogue and resets
+        # the counter for the next call (valid across CUDA-graph replays). No branch: the last unit's work is
+        # masked by `last` (Triton 3.6 cannot lower a runtime `if` around MMA-layout tensors in a partition).
+        cols = off_n + gl.arange(0, HN, layout=gl.SliceLayout(0, layout))
+        mask = gl.expand_dims(rows < M, 1) & gl.expand_dims(cols < N, 0)
+        tile_offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)  # int32: the launcher checks
+        slice_size = M * N
+        gl.store(part_ptr + split * slice_size + tile_offs, acc0, mask=mask)
+        if HALVES == 2:
+            gl.store(part_ptr + split * slice_size + tile_offs + HN, acc1,
+                     mask=gl.expand_dims(rows < M, 1) & gl.expand_dims(cols + HN < N, 0))
+        partition_barrier()  # every thread's partial is written before the counter moves
+        last = gl.atomic_add(count_ptr, 1, sem="acq_rel") == split_k - 1
+        for h in gl.static_range(HALVES):
+            hcols = cols + h * HN
+            hmask = gl.expand_dims(rows < M, 1) & gl.expand_dims(hcols < N, 0) & last
+            total = gl.zeros([64, HN], gl.float32, layout)
+            for s in range(split_k):  # fixed order
+                total += gl.load(part_ptr + s * slice_size + tile_offs + h * HN, mask=hmask, other=0.0,
+                                 cache_modifier=".cg")
+            ws = gl.load(ws_ptr + hcols, mask=hcols < N, other=0.0)
+            bias = gl.load(bias_ptr + hcols, mask=(hcols < N) & has_bias, other=0.0).to(gl.float32)
+            out = total * gl.expand_dims(xs, 1) * gl.expand_dims(ws, 0) + gl.expand_dims(bias, 0)
+            gl.store(out_ptr + tile_offs + h * HN, out.to(out_ptr.dtype.element_ty), mask=hmask)
+        gl.atomic_xchg(count_ptr, 0, mask=last, sem="relaxed")
+
+    @gluon.jit
     def _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, WG: gl.constexpr):
+                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr,
+                  WG: gl.constexpr, SPLIT: gl.constexpr):
         STAGES: gl.constexpr = ready.type.shape[0]
         HALVES: gl.constexpr = b_bufs.type.shape[0] // STAGES
         C_BUFS: gl.constexpr = c_bufs.type.shape[0] // 2  # output staging buffers per warpgroup (1 or HALVES)
+        HN: gl.constexpr = b_bufs.type.shape[1]
         layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                         instr_shape=[16, _HALF_N, 32])
-        num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, _HALF_N * HALVES)
+                                                         instr_shape=[16, HN, 32])
+        num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, HN * HALVES)
         k_tiles = gl.cdiv(K, _BLOCK_K)
         it = 0
-        for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-            off_m, off_n = _tile_origin(tile, M, N, group_m, HALVES)
-            acc0 = gl.zeros([64, _HALF_N], gl.float32, layout)
-            acc1 = gl.zeros([64, _HALF_N], gl.float32, layout)
-            for kt in range(k_tiles):
+        for u in range(gl.program_id(0), num_tiles * split_k, gl.num_programs(0)):
+            tile, split, kt_begin, kt_end = _unit(u, num_tiles, k_tiles, split_k)
+            off_m, off_n = _tile_origin(tile, M, N, group_m, HALVES, HN)
+            acc0 = gl.zeros([64, HN], gl.float32, layout)
+            acc1 = gl.zeros([64, HN], gl.float32, layout)
+            for kt in range(kt_begin, kt_end):
                 s = it % STAGES
                 mbarrier.wait(ready.index(s), (it // STAGES) & 1)
                 a = a_bufs.index(2 * s + WG)
@@ -183,33 +228,53 @@ if HAVE_GLUON:
 
             rows = off_m + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, layout))
             xs = gl.load(xs_ptr + rows, mask=rows < M, other=0.0)
-            _store_half(acc0, off_m + WG * 64, off_n, xs, ws_ptr, bias_ptr, c_desc, c_bufs.index(WG * C_BUFS),
-                        N, has_bias, layout, C_BUFS - 1)
-            if HALVES == 2:
-                _store_half(acc1, off_m + WG * 64, off_n + _HALF_N, xs, ws_ptr, bias_ptr, c_desc,
-                            c_bufs.index(WG * C_BUFS + C_BUFS - 1), N, has_bias, layout, C_BUFS - 1)
+            if SPLIT:
+                _reduce_split_k(acc0, acc1, rows, off_n, xs, ws_ptr, bias_ptr, out_ptr, part_ptr,
+                                count_ptr + 2 * tile + WG, split, split_k, M, N, has_bias, layout, HALVES, HN)
+            else:
+                _store_half(acc0, off_m + WG * 64, off_n, xs, ws_ptr, bias_ptr, c_desc,
+                            c_bufs.index(WG * C_BUFS), N, has_bias, layout, C_BUFS - 1)
+                if HALVES == 2:
+                    _store_half(acc1, off_m + WG * 64, off_n + HN, xs, ws_ptr, bias_ptr, c_desc,
+                                c_bufs.index(WG * C_BUFS + C_BUFS - 1), N, has_bias, layout, C_BUFS - 1)
         tma.store_wait(0)
 
+    # The partitions, each with its warpgroup (and whether K is split) as a literal: constexprs do not travel
+    # through warp_specialize's argument tuples.
     @gluon.jit
-    def _consumer_wg0(a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                      xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
+    def _consumer_wg0(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs,
+                      has_bias, split_k, part_ptr, count_ptr, out_ptr):
         _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
-                  c_bufs, has_bias, 0)
+                  c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr, 0, False)
 
     @gluon.jit
-    def _consumer_wg1(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                      xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
+    def _consumer_wg1(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr,
+                      c_desc, c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr):
         # the producer's signature (worker partitions share one)
         _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
-                  c_bufs, has_bias, 1)
+                  c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr, 1, False)
+
+    @gluon.jit
+    def _split_consumer_wg0(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
+                            c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr):
+        _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
+                  c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr, 0, True)
+
+    @gluon.jit
+    def _split_consumer_wg1(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr,
+                            bias_ptr, c_desc, c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr):
+        _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
+                  c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr, 1, True)
 
     @gluon.jit
     def _ptpc_gemm_gluon_kernel(a_desc, b_desc, c_desc, xs_ptr, ws_ptr, bias_ptr, M, N, K,
+                                split_k, part_ptr, count_ptr, out_ptr,
                                 HALVES: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                                HAS_BIAS: gl.constexpr, CONSUMER_REGS: gl.constexpr, C_BUFS: gl.constexpr):
+                                HAS_BIAS: gl.constexpr, CONSUMER_REGS: gl.constexpr, C_BUFS: gl.constexpr,
+                                SPLIT: gl.constexpr, HALF_N: gl.constexpr):
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, 64, _BLOCK_K], a_desc.layout)
-        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [HALVES * STAGES, _HALF_N, _BLOCK_K], b_desc.layout)
-        c_bufs = gl.allocate_shared_memory(c_desc.dtype, [2 * C_BUFS, 64, _HALF_N], c_desc.layout)
+        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [HALVES * STAGES, HALF_N, _BLOCK_K], b_desc.layout)
+        c_bufs = gl.allocate_shared_memory(c_desc.dtype, [2 * C_BUFS, 64, HALF_N], c_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for s in gl.static_range(STAGES):
@@ -218,12 +283,20 @@ if HAVE_GLUON:
 
         group_m = GROUP_M
         has_bias = HAS_BIAS
-        common = (ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias)
-        gl.warp_specialize([
-            (_consumer_wg0, (a_bufs, b_bufs) + common),
-            (_consumer_wg1, (a_desc, b_desc, a_bufs, b_bufs) + common),
-            (_producer, (a_desc, b_desc, a_bufs, b_bufs) + common),
-        ], [4, 1], [CONSUMER_REGS, 24])
+        common = (ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias,
+                  split_k, part_ptr, count_ptr, out_ptr)
+        if SPLIT:
+            gl.warp_specialize([
+                (_split_consumer_wg0, (a_bufs, b_bufs) + common),
+                (_split_consumer_wg1, (a_desc, b_desc, a_bufs, b_bufs) + common),
+                (_producer, (a_desc, b_desc, a_bufs, b_bufs) + common),
+            ], [4, 1], [CONSUMER_REGS, 24])
+        else:
+            gl.warp_specialize([
+                (_consumer_wg0, (a_bufs, b_bufs) + common),
+                (_consumer_wg1, (a_desc, b_desc, a_bufs, b_bufs) + common),
+                (_producer, (a_desc, b_desc, a_bufs, b_bufs) + common),
+            ], [4, 1], [CONSUMER_REGS, 24])
 
 
 def takes_shape(M: int, K: int, N: int) -> bool:
@@ -264,9 +337,12 @@ def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
 def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
            bias: torch.Tensor | None, out: torch.Tensor,
            halves: int = 2, stages: int = 4, group_m: int = 8, consumer_regs: int = CONSUMER_REGS,
-           out_buffers: int = 1) -> torch.Tensor:
+           out_buffers: int = 1, split_k: int = 1, half_n: int = HALF_N) -> torch.Tensor:
     """out[M, N] = (xq @ wq^T) * x_scale * w_scale^T (+ bias). xq [M, K], wq [N, K] fp8 (e4m3fn), K-contiguous,
-    K a multiple of 16 (TMA's 16-byte strides); x_scale [M] / w_scale [N] fp32 contiguous."""
+    K a multiple of 16 (TMA's 16-byte strides); x_scale [M] / w_scale [N] fp32 contiguous.
+    A tile is 128 rows x (halves * half_n) columns, half_n 64 or 128 (narrow tiles give more programs at
+    small M). split_k > 1 splits K over that many programs per output tile, each writing an fp32 partial that
+    the last one sums."""
     if not available(xq.device):
         raise RuntimeError("ptpc_gemm_gluon needs an sm_90 CUDA GPU and a Triton with Gluon")
     if xq.dtype != torch.float8_e4m3fn or wq.dtype != torch.float8_e4m3fn:
@@ -278,26 +354,40 @@ def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
                          f"16-byte strides); got {tuple(xq.shape)} and {tuple(wq.shape)}")
     if out.shape != (M, N) or not out.is_contiguous() or out.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"ptpc_gemm_gluon: out must be a contiguous bf16/fp16 [{M}, {N}] tensor")
+    if split_k < 1 or split_k * M * N >= 2**31:
+        raise ValueError(f"ptpc_gemm_gluon: split_k must be >= 1 with split_k * M * N < 2^31, got {split_k}")
+    if half_n not in (64, 128):
+        raise ValueError(f"ptpc_gemm_gluon: half_n must be 64 or 128, got {half_n}")
     return _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, group_m, consumer_regs,
-                                  out_buffers)
+                                  out_buffers, split_k, half_n)
 
 
 def _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, group_m, consumer_regs,
-                           out_buffers):
+                           out_buffers, split_k=1, half_n=HALF_N):
     """launch() after its checks (the triton provider's gate has made the same ones)."""
     M, K = xq.shape
     N = wq.shape[0]
+    tiles = launch_cache.cdiv(M, BLOCK_M) * launch_cache.cdiv(N, half_n * halves)
+    counters = None
+    if split_k > 1:
+        from .ptpc_gemm_small_m import _counters
+
+        # one arrival counter per (tile, consumer warpgroup); none to spare inside a capture: no split
+        counters = _counters(xq.device, 2 * tiles)
+        if counters is None:
+            split_k = 1
+    partials = torch.empty((split_k, M, N), dtype=torch.float32, device=xq.device) if split_k > 1 else out
     a_desc = TensorDescriptor.from_tensor(xq, [64, BLOCK_K], _smem_layout(64, BLOCK_K, "float8e4nv"))
-    b_desc = TensorDescriptor.from_tensor(wq, [HALF_N, BLOCK_K], _smem_layout(HALF_N, BLOCK_K, "float8e4nv"))
+    b_desc = TensorDescriptor.from_tensor(wq, [half_n, BLOCK_K], _smem_layout(half_n, BLOCK_K, "float8e4nv"))
     out_name = "bfloat16" if out.dtype == torch.bfloat16 else "float16"
-    c_desc = TensorDescriptor.from_tensor(out, [64, HALF_N], _smem_layout(64, HALF_N, out_name))
+    c_desc = TensorDescriptor.from_tensor(out, [64, half_n], _smem_layout(64, half_n, out_name))
     device_index = xq.device.index  # a CUDA tensor's device has its index
-    tiles = launch_cache.cdiv(M, BLOCK_M) * launch_cache.cdiv(N, HALF_N * halves)
-    grid = (min(tiles, _sm_count(device_index)),)
+    grid = (min(tiles * split_k, _sm_count(device_index)),)
     bias_arg = bias if bias is not None else w_scale
-    args = (a_desc, b_desc, c_desc, x_scale, w_scale, bias_arg, M, N, K)
+    args = (a_desc, b_desc, c_desc, x_scale, w_scale, bias_arg, M, N, K,
+            split_k, partials, counters if counters is not None else w_scale, out)
     constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=group_m, HAS_BIAS=bias is not None,
-                      CONSUMER_REGS=consumer_regs, C_BUFS=out_buffers)
+                      CONSUMER_REGS=consumer_regs, C_BUFS=out_buffers, SPLIT=split_k > 1, HALF_N=half_n)
     # the JIT launch costs ~80 us of host time per call, more than cuBLASLt's whole launch: after the first
     # call of a specialization the compiled kernel is launched directly (launch_cache.py)
     launch_cache.launch(_COMPILED, _ptpc_gemm_gluon_kernel, grid, args, constexprs, num_warps=4,

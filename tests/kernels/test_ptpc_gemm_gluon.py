@@ -20,7 +20,7 @@ from rocm_attn.kernels.triton_kernels import ptpc_gemm_gluon as gluon_gemm
 pytestmark = pytest.mark.skipif(not gluon_gemm.HAVE_GLUON, reason="this Triton has no Gluon")
 
 
-def _compile(halves, stages, out_buffers):
+def _compile(halves, stages, out_buffers, split=False, half_n=gluon_gemm.HALF_N):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
@@ -30,28 +30,31 @@ def _compile(halves, stages, out_buffers):
     except ImportError:
         sys.exit(3)  # the test skips
     a_layout = gl.NVMMASharedLayout.get_default_for([64, gluon_gemm.BLOCK_K], gl.float8e4nv)
-    b_layout = gl.NVMMASharedLayout.get_default_for([gluon_gemm.HALF_N, gluon_gemm.BLOCK_K], gl.float8e4nv)
-    c_layout = gl.NVMMASharedLayout.get_default_for([64, gluon_gemm.HALF_N], gl.bfloat16)
+    b_layout = gl.NVMMASharedLayout.get_default_for([half_n, gluon_gemm.BLOCK_K], gl.float8e4nv)
+    c_layout = gl.NVMMASharedLayout.get_default_for([64, half_n], gl.bfloat16)
     signature = {
         "a_desc": f"tensordesc<fp8e4nv[64, {gluon_gemm.BLOCK_K}],{a_layout!r}>",
-        "b_desc": f"tensordesc<fp8e4nv[{gluon_gemm.HALF_N}, {gluon_gemm.BLOCK_K}],{b_layout!r}>",
-        "c_desc": f"tensordesc<bf16[64, {gluon_gemm.HALF_N}],{c_layout!r}>",
+        "b_desc": f"tensordesc<fp8e4nv[{half_n}, {gluon_gemm.BLOCK_K}],{b_layout!r}>",
+        "c_desc": f"tensordesc<bf16[64, {half_n}],{c_layout!r}>",
         "xs_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
+        "split_k": "i32", "part_ptr": "*fp32", "count_ptr": "*i32", "out_ptr": "*bf16",
     }
-    constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=8, HAS_BIAS=True, CONSUMER_REGS=232, C_BUFS=out_buffers)
+    constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=8, HAS_BIAS=True, CONSUMER_REGS=232, C_BUFS=out_buffers,
+                      SPLIT=split, HALF_N=half_n)
     signature.update({name: "constexpr" for name in constexprs})
     src = GluonASTSource(gluon_gemm._ptpc_gemm_gluon_kernel, signature, constexprs, {})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
 
 
-def build_report(halves, stages, out_buffers) -> dict:
+def build_report(halves, stages, out_buffers, split=0, half_n=gluon_gemm.HALF_N) -> dict:
     """Compile for sm_90 here (the fresh process's work); what the test checks."""
     import triton
 
-    kernel = _compile(halves, stages, out_buffers)
+    kernel = _compile(halves, stages, out_buffers, bool(split), half_n)
     ptx = kernel.asm["ptx"]
     report = dict(wgmma=ptx.count("wgmma.mma_async"), tma=ptx.count("cp.async.bulk.tensor"),
-                  setmaxnreg="setmaxnreg" in ptx, shared=kernel.metadata.shared, regs=None)
+                  setmaxnreg="setmaxnreg" in ptx, shared=kernel.metadata.shared, regs=None,
+                  atomics=len(re.findall(r"atom\.[a-z_.]*(?:add|exch)", ptx)))
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
     if os.path.exists(cuobjdump):
         with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
@@ -62,11 +65,13 @@ def build_report(halves, stages, out_buffers) -> dict:
     return report
 
 
-@pytest.mark.parametrize("halves, stages, out_buffers", [(1, 6, 1), (2, 4, 1), (2, 3, 2)])
-def test_builds_for_sm90(halves, stages, out_buffers):
+@pytest.mark.parametrize("halves, stages, out_buffers, split, half_n",
+                         [(1, 6, 1, 0, 128), (2, 4, 1, 0, 128), (2, 3, 2, 0, 128), (1, 6, 1, 1, 128),
+                          (2, 3, 1, 1, 128), (1, 8, 1, 0, 64), (2, 6, 1, 1, 64)])
+def test_builds_for_sm90(halves, stages, out_buffers, split, half_n):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, __file__, str(halves), str(stages), str(out_buffers)],
-                         capture_output=True, text=True, env=env)
+    run = subprocess.run([sys.executable, __file__, str(halves), str(stages), str(out_buffers), str(split),
+                          str(half_n)], capture_output=True, text=True, env=env)
     if run.returncode == 3:
         pytest.skip("this Triton cannot compile Gluon offline")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -74,7 +79,9 @@ def test_builds_for_sm90(halves, stages, out_buffers):
     # two consumer warpgroups x HALVES accumulators x 4 k-steps (K = 32 each) of a 128-wide K block
     assert report["wgmma"] == 2 * halves * 4
     # loads (producer): A's two 64-row halves and B's halves; stores: one per output half in each consumer
-    assert report["tma"] == 2 + halves + 2 * halves
+    # (split-K stores its partials and the output with plain stores, and counts arrivals with atomics)
+    assert report["tma"] == 2 + halves + (0 if split else 2 * halves)
+    assert report["atomics"] == (2 * 2 if split else 0)  # per consumer: the arrival and the reset
     assert report["setmaxnreg"]  # the producer warp gives its registers to the consumers
     assert report["shared"] <= 227 * 1024
     if report["regs"] is not None:
@@ -112,4 +119,4 @@ def test_the_triton_provider_takes_it_only_where_it_was_measured(monkeypatch):
 
 
 if __name__ == "__main__":
-    print(json.dumps(build_report(*map(int, sys.argv[1:4]))))
+    print(json.dumps(build_report(*map(int, sys.argv[1:6]))))
