@@ -12,7 +12,9 @@ Providers:
 - triton: a small-M kernel (decode; reads each fp8 weight byte once) for M <= SMALL_M_MAX,
   an autotuned tiled GEMM with the fused epilogue above it; on sm_90 from M = GLUON_MIN_M on, with
   precise accumulation, the Gluon warp-specialized GEMM (triton_kernels/ptpc_gemm_gluon.py), which
-  auto also prefers to torch._scaled_mm there (H100: 5-9% faster than cuBLASLt's precise GEMM).
+  auto also prefers to torch._scaled_mm there (H100: 5-9% faster than cuBLASLt's precise GEMM), and at
+  mid M where its 128 x 64 tiles fit in one round on the SMs (e.g. M = 65-256 at N = 4096: 1.01-1.32x
+  cuBLASLt).
 - aiter: ``aiter.gemm_a8w8`` on ROCm.
 """
 
@@ -46,8 +48,9 @@ CUDA_AUTO_TABLE: dict[tuple[int, int] | None, list[tuple[int | None, str]]] = {
 
 
 # From this M on (and precise accumulation, sm_90, Gluon importable) the Gluon GEMM runs; it beat
-# cuBLASLt's precise GEMM on every Llama-3-8B shape at M = 1024-8192 on an H100 (Session 11). Below,
-# its 128 x 256 tiles leave SMs idle (M = 128, N = 4096: 16 tiles).
+# cuBLASLt's precise GEMM on every Llama-3-8B shape at M = 1024-8192 on an H100 (Session 11). Below, its
+# 128 x 256 tiles leave SMs idle (M = 128, N = 4096: 16 tiles); there it runs 128 x 64 tiles where they fit in
+# one round on the SMs (ptpc_gemm_gluon.takes_narrow_tiles; H100, Session 21: 1.01-1.32x cuBLASLt).
 GLUON_MIN_M = 1024
 
 
@@ -55,20 +58,26 @@ _GLUON_OUT_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def gluon_takes(xq, wq, out_dtype, fast_accum) -> bool:
-    """Whether the Gluon precise GEMM runs this call (the triton provider's choice at large M).
-    ROCM_ATTN_GLUON_GEMM=0 turns it off (then the tiled Triton GEMM / torch._scaled_mm run, as before).
-    Asked twice per call on auto's path (choosing the provider, then inside it): the cheap tests go first."""
-    if fast_accum or xq.shape[0] < GLUON_MIN_M or xq.dtype != torch.float8_e4m3fn:
+    """Whether the Gluon precise GEMM runs this call (the triton provider's choice from GLUON_MIN_M on, and
+    above SMALL_M_MAX where its narrow tiles fit in one round on the SMs). ROCM_ATTN_GLUON_GEMM=0 turns it off (then the tiled
+    Triton GEMM / torch._scaled_mm run, as before). Asked twice per call on auto's path (choosing the
+    provider, then inside it): the cheap tests go first."""
+    M = xq.shape[0]
+    if fast_accum or M <= SMALL_M_MAX or xq.dtype != torch.float8_e4m3fn:
         return False
     if out_dtype not in _GLUON_OUT_DTYPES:
         return False
     from .triton_kernels import ptpc_gemm_gluon
 
-    return (
+    if not (
         ptpc_gemm_gluon.takes_shape(*xq.shape, wq.shape[0])
         and os.environ.get("ROCM_ATTN_GLUON_GEMM", "1") != "0"
         and ptpc_gemm_gluon.available(xq.device)
-    )
+    ):
+        return False
+    if M >= GLUON_MIN_M:
+        return True
+    return ptpc_gemm_gluon.takes_narrow_tiles(M, wq.shape[0], ptpc_gemm_gluon.sm_count(xq.device))
 
 
 def cuda_auto_choice(M: int, N: int | None = None, K: int | None = None) -> str:

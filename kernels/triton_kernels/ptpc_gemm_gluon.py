@@ -7,9 +7,9 @@ Plain Triton (``max_num_imprecise_acc=128``) serializes that add behind each blo
 (64 rows each) run independently and a one-warp producer streams the tiles with TMA, so one
 warpgroup's fp32 adds overlap the other's MMAs.
 
-Tile: 128 x (128 * HALVES) x 128. Each consumer warpgroup owns 64 rows and HALVES fp32 accumulators
-of 64 x 128; per K block it runs wgmma into a scratch accumulator (use_acc=False) and adds it into its
-accumulator in fp32.
+Tile: 128 x (HALF_N * HALVES) x 128, HALF_N 128 (or 64 at mid M, where wider tiles would leave SMs idle:
+takes_narrow_tiles). Each consumer warpgroup owns 64 rows and HALVES fp32 accumulators of 64 x HALF_N; per
+K block it runs wgmma into a scratch accumulator (use_acc=False) and adds it into its accumulator in fp32.
 Epilogue: out = acc * x_scale[m] * w_scale[n] (+ bias[n]), stored as out's dtype.
 
 Needs sm_90 and a Triton with Gluon (3.6 and newer); `available()` says whether it can run.
@@ -43,8 +43,6 @@ try:  # Gluon ships with Triton >= 3.5; the CPU CI never launches this kernel
     # async_load / async_store)
     tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
     tma_store = tma.async_store if hasattr(tma, "async_store") else tma.async_copy_shared_to_global
-    # a barrier among the calling partition's warps (Triton 3.6: thread_barrier; newer: barrier)
-    partition_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - older Triton
     HAVE_GLUON = False
@@ -53,11 +51,17 @@ BLOCK_M = 128  # two consumer warpgroups of 64 rows
 HALF_N = 128  # one wgmma accumulator: 64 x 128 fp32 = 64 registers per thread
 BLOCK_K = 128  # one promotion per 128 K elements, as cuBLASLt's precise mode
 CONSUMER_REGS = 232  # registers per consumer thread after setmaxnreg (the producer warp keeps 24)
+NARROW_HALF_N = 64  # the mid-M tiles' width (one 64 x 64 wgmma accumulator per warpgroup)
 
 
 @functools.lru_cache(maxsize=None)
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """The GPU's SM count (cached per device)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,7 +93,8 @@ if HAVE_GLUON:
     _BLOCK_M = gl.constexpr(BLOCK_M)
 
     # Worker partitions get their arguments as runtime values (constexprs do not survive the trip), so the
-    # tile configuration travels in the shared-memory types: STAGES = ready barriers, HALVES = B buffers / STAGES.
+    # tile configuration travels in the shared-memory types: STAGES = ready barriers, HALVES = B buffers / STAGES,
+    # HN (HALF_N) = a B buffer's rows.
     # The kernel is persistent: program p takes tiles p, p + P, ... (P = programs); every partition walks the
     # same tiles and K blocks in the same order, and one running count `it` of K blocks names the stage and
     # barrier phase, so the producer fills the next tile's stages while the consumers run an epilogue.
@@ -107,16 +112,8 @@ if HAVE_GLUON:
         return pid_m * _BLOCK_M, pid_n * HN * HALVES
 
     @gluon.jit
-    def _unit(u, num_tiles, k_tiles, split_k):
-        # work unit u = output tile (u % num_tiles) x K slice (u // num_tiles) of split_k; a slice is a run of
-        # whole K blocks (the last one may be shorter, or empty when split_k does not divide k_tiles evenly)
-        per_split = gl.cdiv(k_tiles, split_k)
-        kt_begin = (u // num_tiles) * per_split
-        return u % num_tiles, u // num_tiles, kt_begin, gl.minimum(kt_begin + per_split, k_tiles)
-
-    @gluon.jit
     def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr):
+                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
         # one warp: waits for a free stage, then TMA-loads A (two 64-row halves) and B (HALVES x 128 rows)
         STAGES: gl.constexpr = ready.type.shape[0]
         HALVES: gl.constexpr = b_bufs.type.shape[0] // STAGES
@@ -124,10 +121,9 @@ if HAVE_GLUON:
         num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, HN * HALVES)
         k_tiles = gl.cdiv(K, _BLOCK_K)
         it = 0
-        for u in range(gl.program_id(0), num_tiles * split_k, gl.num_programs(0)):
-            tile, split, kt_begin, kt_end = _unit(u, num_tiles, k_tiles, split_k)
+        for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
             off_m, off_n = _tile_origin(tile, M, N, group_m, HALVES, HN)
-            for kt in range(kt_begin, kt_end):
+            for kt in range(k_tiles):
                 s = it % STAGES
                 mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # barriers start "free" (phase 1 done)
                 bar = ready.index(s)
@@ -158,40 +154,8 @@ if HAVE_GLUON:
         tma_store(c_desc, [row0, off_n], c_buf)
 
     @gluon.jit
-    def _reduce_split_k(acc0, acc1, rows, off_n, xs, ws_ptr, bias_ptr, out_ptr, part_ptr, count_ptr, split, split_k,
-                        M, N, has_bias, layout: gl.constexpr, HALVES: gl.constexpr, HN: gl.constexpr):
-        # Split-K: this warpgroup's 64 rows of the tile are summed over split_k work units. Each unit stores
-        # its fp32 partial to part[split] ([split_k, M, N]), then bumps the tile's counter; the unit that
-        # arrives last sums the partials in a fixed order (deterministic), applies the epilogue and resets
-        # the counter for the next call (valid across CUDA-graph replays). No branch: the last unit's work is
-        # masked by `last` (Triton 3.6 cannot lower a runtime `if` around MMA-layout tensors in a partition).
-        cols = off_n + gl.arange(0, HN, layout=gl.SliceLayout(0, layout))
-        mask = gl.expand_dims(rows < M, 1) & gl.expand_dims(cols < N, 0)
-        tile_offs = gl.expand_dims(rows, 1) * N + gl.expand_dims(cols, 0)  # int32: the launcher checks
-        slice_size = M * N
-        gl.store(part_ptr + split * slice_size + tile_offs, acc0, mask=mask)
-        if HALVES == 2:
-            gl.store(part_ptr + split * slice_size + tile_offs + HN, acc1,
-                     mask=gl.expand_dims(rows < M, 1) & gl.expand_dims(cols + HN < N, 0))
-        partition_barrier()  # every thread's partial is written before the counter moves
-        last = gl.atomic_add(count_ptr, 1, sem="acq_rel") == split_k - 1
-        for h in gl.static_range(HALVES):
-            hcols = cols + h * HN
-            hmask = gl.expand_dims(rows < M, 1) & gl.expand_dims(hcols < N, 0) & last
-            total = gl.zeros([64, HN], gl.float32, layout)
-            for s in range(split_k):  # fixed order
-                total += gl.load(part_ptr + s * slice_size + tile_offs + h * HN, mask=hmask, other=0.0,
-                                 cache_modifier=".cg")
-            ws = gl.load(ws_ptr + hcols, mask=hcols < N, other=0.0)
-            bias = gl.load(bias_ptr + hcols, mask=(hcols < N) & has_bias, other=0.0).to(gl.float32)
-            out = total * gl.expand_dims(xs, 1) * gl.expand_dims(ws, 0) + gl.expand_dims(bias, 0)
-            gl.store(out_ptr + tile_offs + h * HN, out.to(out_ptr.dtype.element_ty), mask=hmask)
-        gl.atomic_xchg(count_ptr, 0, mask=last, sem="relaxed")
-
-    @gluon.jit
     def _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr,
-                  WG: gl.constexpr, SPLIT: gl.constexpr):
+                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, WG: gl.constexpr):
         STAGES: gl.constexpr = ready.type.shape[0]
         HALVES: gl.constexpr = b_bufs.type.shape[0] // STAGES
         C_BUFS: gl.constexpr = c_bufs.type.shape[0] // 2  # output staging buffers per warpgroup (1 or HALVES)
@@ -201,12 +165,11 @@ if HAVE_GLUON:
         num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, HN * HALVES)
         k_tiles = gl.cdiv(K, _BLOCK_K)
         it = 0
-        for u in range(gl.program_id(0), num_tiles * split_k, gl.num_programs(0)):
-            tile, split, kt_begin, kt_end = _unit(u, num_tiles, k_tiles, split_k)
+        for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
             off_m, off_n = _tile_origin(tile, M, N, group_m, HALVES, HN)
             acc0 = gl.zeros([64, HN], gl.float32, layout)
             acc1 = gl.zeros([64, HN], gl.float32, layout)
-            for kt in range(kt_begin, kt_end):
+            for kt in range(k_tiles):
                 s = it % STAGES
                 mbarrier.wait(ready.index(s), (it // STAGES) & 1)
                 a = a_bufs.index(2 * s + WG)
@@ -228,50 +191,31 @@ if HAVE_GLUON:
 
             rows = off_m + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, layout))
             xs = gl.load(xs_ptr + rows, mask=rows < M, other=0.0)
-            if SPLIT:
-                _reduce_split_k(acc0, acc1, rows, off_n, xs, ws_ptr, bias_ptr, out_ptr, part_ptr,
-                                count_ptr + 2 * tile + WG, split, split_k, M, N, has_bias, layout, HALVES, HN)
-            else:
-                _store_half(acc0, off_m + WG * 64, off_n, xs, ws_ptr, bias_ptr, c_desc,
-                            c_bufs.index(WG * C_BUFS), N, has_bias, layout, C_BUFS - 1)
-                if HALVES == 2:
-                    _store_half(acc1, off_m + WG * 64, off_n + HN, xs, ws_ptr, bias_ptr, c_desc,
-                                c_bufs.index(WG * C_BUFS + C_BUFS - 1), N, has_bias, layout, C_BUFS - 1)
+            _store_half(acc0, off_m + WG * 64, off_n, xs, ws_ptr, bias_ptr, c_desc, c_bufs.index(WG * C_BUFS),
+                        N, has_bias, layout, C_BUFS - 1)
+            if HALVES == 2:
+                _store_half(acc1, off_m + WG * 64, off_n + HN, xs, ws_ptr, bias_ptr, c_desc,
+                            c_bufs.index(WG * C_BUFS + C_BUFS - 1), N, has_bias, layout, C_BUFS - 1)
         tma.store_wait(0)
 
-    # The partitions, each with its warpgroup (and whether K is split) as a literal: constexprs do not travel
-    # through warp_specialize's argument tuples.
     @gluon.jit
-    def _consumer_wg0(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs,
-                      has_bias, split_k, part_ptr, count_ptr, out_ptr):
+    def _consumer_wg0(a_bufs, b_bufs, ready, empty, M, N, K, group_m,
+                      xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
         _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
-                  c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr, 0, False)
+                  c_bufs, has_bias, 0)
 
     @gluon.jit
-    def _consumer_wg1(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr,
-                      c_desc, c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr):
+    def _consumer_wg1(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m,
+                      xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
         # the producer's signature (worker partitions share one)
         _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
-                  c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr, 1, False)
-
-    @gluon.jit
-    def _split_consumer_wg0(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
-                            c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr):
-        _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
-                  c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr, 0, True)
-
-    @gluon.jit
-    def _split_consumer_wg1(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr,
-                            bias_ptr, c_desc, c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr):
-        _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
-                  c_bufs, has_bias, split_k, part_ptr, count_ptr, out_ptr, 1, True)
+                  c_bufs, has_bias, 1)
 
     @gluon.jit
     def _ptpc_gemm_gluon_kernel(a_desc, b_desc, c_desc, xs_ptr, ws_ptr, bias_ptr, M, N, K,
-                                split_k, part_ptr, count_ptr, out_ptr,
                                 HALVES: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                                 HAS_BIAS: gl.constexpr, CONSUMER_REGS: gl.constexpr, C_BUFS: gl.constexpr,
-                                SPLIT: gl.constexpr, HALF_N: gl.constexpr):
+                                HALF_N: gl.constexpr):
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, 64, _BLOCK_K], a_desc.layout)
         b_bufs = gl.allocate_shared_memory(b_desc.dtype, [HALVES * STAGES, HALF_N, _BLOCK_K], b_desc.layout)
         c_bufs = gl.allocate_shared_memory(c_desc.dtype, [2 * C_BUFS, 64, HALF_N], c_desc.layout)
@@ -283,20 +227,12 @@ if HAVE_GLUON:
 
         group_m = GROUP_M
         has_bias = HAS_BIAS
-        common = (ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias,
-                  split_k, part_ptr, count_ptr, out_ptr)
-        if SPLIT:
-            gl.warp_specialize([
-                (_split_consumer_wg0, (a_bufs, b_bufs) + common),
-                (_split_consumer_wg1, (a_desc, b_desc, a_bufs, b_bufs) + common),
-                (_producer, (a_desc, b_desc, a_bufs, b_bufs) + common),
-            ], [4, 1], [CONSUMER_REGS, 24])
-        else:
-            gl.warp_specialize([
-                (_consumer_wg0, (a_bufs, b_bufs) + common),
-                (_consumer_wg1, (a_desc, b_desc, a_bufs, b_bufs) + common),
-                (_producer, (a_desc, b_desc, a_bufs, b_bufs) + common),
-            ], [4, 1], [CONSUMER_REGS, 24])
+        common = (ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias)
+        gl.warp_specialize([
+            (_consumer_wg0, (a_bufs, b_bufs) + common),
+            (_consumer_wg1, (a_desc, b_desc, a_bufs, b_bufs) + common),
+            (_producer, (a_desc, b_desc, a_bufs, b_bufs) + common),
+        ], [4, 1], [CONSUMER_REGS, 24])
 
 
 def takes_shape(M: int, K: int, N: int) -> bool:
@@ -315,10 +251,23 @@ def pick_halves(M: int, N: int, sms: int) -> int:
     return 1 if rounds(1) / 0.9 < 2 * rounds(2) else 2
 
 
+@functools.lru_cache(maxsize=4096)
+def takes_narrow_tiles(M: int, N: int, sms: int) -> bool:
+    """Whether 128 x 64 tiles run this mid-M GEMM (M of a few hundred): where they fit in one round on the
+    SMs. A 128 x 128 tile runs at the SM's fp8 tensor-core peak (H100, Session 21: 0.31 us per 128-deep K
+    block), so at M = 128, N = 4096 its 32 programs leave 100 SMs idle; the 64 narrow ones ran 11.8 us against
+    cuBLASLt's 13.6 (K = 14336: 29.1 against 36.4), and 1.21-1.32x cuBLASLt at N = 1024-2048 (16-32 tiles).
+    Past one round they lost to cuBLASLt (M = 256, N = 6144: 192 tiles, 20.1 us against 16.0). Splitting K
+    instead of narrowing the tiles lost everywhere: the partials' reduction cost ~4.5 us per call."""
+    tiles = launch_cache.cdiv(M, BLOCK_M) * launch_cache.cdiv(N, NARROW_HALF_N)
+    return tiles <= sms
+
+
 def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
     """The ptpc_scaled_mm triton provider's entry (precise accumulation): operands as prepare_operands
-    leaves them; 3 stages and two output buffers per warpgroup, which measured best on an H100 (Session 11:
-    an interleaved A/B with cuBLASLt, benchmarks/results/h100-2026-11-22/s11/h)."""
+    leaves them. At M >= 1024, 3 stages and two output buffers per warpgroup, which measured best on an H100
+    (Session 11: an interleaved A/B with cuBLASLt, benchmarks/results/h100-2026-11-22/s11/h); below, the
+    narrow tiles where takes_narrow_tiles says so (8 stages fill shared memory)."""
     from .ptpc_gemm import prepare_operands
 
     ops, out = prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype)
@@ -326,23 +275,25 @@ def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
         return out
     xq, xs, wq, ws, bias = ops
     M, N = out.shape
-    halves = pick_halves(M, N, _sm_count(out.device.index))  # a CUDA tensor's device has its index
-    stages, out_buffers = (3, 2) if halves == 2 else (6, 1)
+    sms = _sm_count(out.device.index)  # a CUDA tensor's device has its index
+    if takes_narrow_tiles(M, N, sms):
+        halves, half_n, stages, out_buffers = 1, NARROW_HALF_N, 8, 1
+    else:
+        halves, half_n = pick_halves(M, N, sms), HALF_N
+        stages, out_buffers = (3, 2) if halves == 2 else (6, 1)
     # the provider's gate (ptpc_scaled_mm.gluon_takes) checked what launch() would check: launch unchecked
     return _launch_checked_inputs(xq.contiguous(), xs, wq.contiguous(), ws, bias, out, halves=halves,
                                   stages=stages, group_m=16, consumer_regs=CONSUMER_REGS,
-                                  out_buffers=out_buffers)
+                                  out_buffers=out_buffers, half_n=half_n)
 
 
 def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
            bias: torch.Tensor | None, out: torch.Tensor,
            halves: int = 2, stages: int = 4, group_m: int = 8, consumer_regs: int = CONSUMER_REGS,
-           out_buffers: int = 1, split_k: int = 1, half_n: int = HALF_N) -> torch.Tensor:
+           out_buffers: int = 1, half_n: int = HALF_N) -> torch.Tensor:
     """out[M, N] = (xq @ wq^T) * x_scale * w_scale^T (+ bias). xq [M, K], wq [N, K] fp8 (e4m3fn), K-contiguous,
     K a multiple of 16 (TMA's 16-byte strides); x_scale [M] / w_scale [N] fp32 contiguous.
-    A tile is 128 rows x (halves * half_n) columns, half_n 64 or 128 (narrow tiles give more programs at
-    small M). split_k > 1 splits K over that many programs per output tile, each writing an fp32 partial that
-    the last one sums."""
+    A tile is 128 rows x (halves * half_n) columns, half_n 64 or 128 (narrow tiles: more programs at mid M)."""
     if not available(xq.device):
         raise RuntimeError("ptpc_gemm_gluon needs an sm_90 CUDA GPU and a Triton with Gluon")
     if xq.dtype != torch.float8_e4m3fn or wq.dtype != torch.float8_e4m3fn:
@@ -354,40 +305,28 @@ def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
                          f"16-byte strides); got {tuple(xq.shape)} and {tuple(wq.shape)}")
     if out.shape != (M, N) or not out.is_contiguous() or out.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"ptpc_gemm_gluon: out must be a contiguous bf16/fp16 [{M}, {N}] tensor")
-    if split_k < 1 or split_k * M * N >= 2**31:
-        raise ValueError(f"ptpc_gemm_gluon: split_k must be >= 1 with split_k * M * N < 2^31, got {split_k}")
     if half_n not in (64, 128):
         raise ValueError(f"ptpc_gemm_gluon: half_n must be 64 or 128, got {half_n}")
     return _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, group_m, consumer_regs,
-                                  out_buffers, split_k, half_n)
+                                  out_buffers, half_n)
 
 
 def _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, group_m, consumer_regs,
-                           out_buffers, split_k=1, half_n=HALF_N):
+                           out_buffers, half_n=HALF_N):
     """launch() after its checks (the triton provider's gate has made the same ones)."""
     M, K = xq.shape
     N = wq.shape[0]
     tiles = launch_cache.cdiv(M, BLOCK_M) * launch_cache.cdiv(N, half_n * halves)
-    counters = None
-    if split_k > 1:
-        from .ptpc_gemm_small_m import _counters
-
-        # one arrival counter per (tile, consumer warpgroup); none to spare inside a capture: no split
-        counters = _counters(xq.device, 2 * tiles)
-        if counters is None:
-            split_k = 1
-    partials = torch.empty((split_k, M, N), dtype=torch.float32, device=xq.device) if split_k > 1 else out
     a_desc = TensorDescriptor.from_tensor(xq, [64, BLOCK_K], _smem_layout(64, BLOCK_K, "float8e4nv"))
     b_desc = TensorDescriptor.from_tensor(wq, [half_n, BLOCK_K], _smem_layout(half_n, BLOCK_K, "float8e4nv"))
     out_name = "bfloat16" if out.dtype == torch.bfloat16 else "float16"
     c_desc = TensorDescriptor.from_tensor(out, [64, half_n], _smem_layout(64, half_n, out_name))
     device_index = xq.device.index  # a CUDA tensor's device has its index
-    grid = (min(tiles * split_k, _sm_count(device_index)),)
+    grid = (min(tiles, _sm_count(device_index)),)
     bias_arg = bias if bias is not None else w_scale
-    args = (a_desc, b_desc, c_desc, x_scale, w_scale, bias_arg, M, N, K,
-            split_k, partials, counters if counters is not None else w_scale, out)
+    args = (a_desc, b_desc, c_desc, x_scale, w_scale, bias_arg, M, N, K)
     constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=group_m, HAS_BIAS=bias is not None,
-                      CONSUMER_REGS=consumer_regs, C_BUFS=out_buffers, SPLIT=split_k > 1, HALF_N=half_n)
+                      CONSUMER_REGS=consumer_regs, C_BUFS=out_buffers, HALF_N=half_n)
     # the JIT launch costs ~80 us of host time per call, more than cuBLASLt's whole launch: after the first
     # call of a specialization the compiled kernel is launched directly (launch_cache.py)
     launch_cache.launch(_COMPILED, _ptpc_gemm_gluon_kernel, grid, args, constexprs, num_warps=4,

@@ -41,18 +41,23 @@ def test_as_precise_as_cublaslt_precise(K):
     assert ours <= 1.1 * precise and ours < 5e-3 < fast, (ours, precise, fast)
 
 
-@pytest.mark.parametrize("M, N, K", [(1024, 6144, 4096), (1024, 4096, 4096), (2048, 4096, 14336)])
+@pytest.mark.parametrize("M, N, K", [(1024, 6144, 4096), (1024, 4096, 4096), (2048, 4096, 14336),
+                                     (128, 4096, 4096), (200, 4096, 14336), (65, 6144, 4096)])
 def test_the_provider_entry(M, N, K):
-    """ptpc_gemm_gluon_launch, what ptpc_scaled_mm's triton provider calls at M >= 1024: [M, 1] scales, a
-    bias, the tile width pick_halves chooses (N = 6144 at M = 1024 takes the 128-wide tiles)."""
+    """ptpc_gemm_gluon_launch, what ptpc_scaled_mm's triton provider calls at M >= 1024 and at mid M: [M, 1]
+    scales, a bias, the tile width pick_halves chooses (N = 6144 at M = 1024 takes the 128-wide tiles), and
+    at mid M the narrow tiles."""
+    from rocm_attn.kernels.ptpc_scaled_mm import gluon_takes
     from rocm_attn.kernels.triton_kernels.ptpc_gemm_gluon import pick_halves, ptpc_gemm_gluon_launch
 
     xq, xs, wq, ws = operands(M, N, K)
+    assert gluon_takes(xq, wq, torch.bfloat16, False)
     bias = torch.randn(N, device="cuda", dtype=torch.bfloat16)
     y = ptpc_gemm_gluon_launch(xq, xs, wq, ws, bias, torch.bfloat16)
     assert y.shape == (M, N) and y.dtype == torch.bfloat16
     assert rel_err(y, exact(xq, xs, wq, ws, bias)) < 5e-3
     assert pick_halves(1024, 6144, 132) == 1 and pick_halves(1024, 4096, 132) == 2
+    assert gluon_gemm.takes_narrow_tiles(M, N, gluon_gemm.sm_count(xq.device)) == (M < 1024)
 
 
 def test_repeat_calls_reuse_the_compiled_kernel_correctly():
@@ -73,47 +78,3 @@ def test_bad_input_is_refused():
         run(xq[:, :120].contiguous(), xs, wq[:, :120].contiguous(), ws)
     with pytest.raises(ValueError, match="out must be"):
         gluon_gemm.launch(xq, xs, wq, ws, None, torch.empty(64, 128, device="cuda", dtype=torch.float32))
-
-
-@pytest.mark.parametrize("M, N, K", [(128, 4096, 4096), (200, 320, 4160), (65, 6144, 14336), (512, 1000, 2048),
-                                     (1000, 1000, 256)])
-@pytest.mark.parametrize("split_k", [2, 3, 4, 7])
-@pytest.mark.parametrize("halves, half_n", [(1, 128), (2, 128), (1, 64), (2, 64)])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_split_k_matches_the_exact_product(M, N, K, split_k, halves, half_n, with_bias):
-    """Split-K: K slices summed by the last program of each tile (more slices than K blocks leaves some
-    empty: K = 256 is 2 blocks), called twice (its arrival counters reset themselves), against the exact
-    product and against the unsplit kernel (the same fp32 sums in another order)."""
-    xq, xs, wq, ws = operands(M, N, K)
-    bias = torch.randn(N, device="cuda", dtype=torch.bfloat16) if with_bias else None
-    config = dict(halves=halves, stages=6 if halves == 1 else 3, half_n=half_n)
-    ref = exact(xq, xs, wq, ws, bias)
-    for _ in range(2):
-        y = run(xq, xs, wq, ws, bias, split_k=split_k, **config)
-        assert rel_err(y, ref) < 5e-3
-    assert rel_err(y, run(xq, xs, wq, ws, bias, **config)) < 2e-3  # bf16 ties may round either way
-
-
-def test_split_k_in_a_cuda_graph():
-    """The arrival counters are reset by the kernel itself, so replays of a captured split-K GEMM stay right
-    with new inputs copied in between."""
-    xq, xs, wq, ws = operands(128, 4096, 4096)
-    out = torch.empty(128, 4096, device="cuda", dtype=torch.bfloat16)
-    gluon_gemm.launch(xq, xs, wq, ws, None, out, halves=1, stages=6, split_k=4)  # compile outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        gluon_gemm.launch(xq, xs, wq, ws, None, out, halves=1, stages=6, split_k=4)
-    for _ in range(3):
-        fresh = operands(128, 4096, 4096)
-        for dst, src in zip((xq, xs, wq, ws), fresh):
-            dst.copy_(src)
-        graph.replay()
-        assert rel_err(out, exact(xq, xs, wq, ws)) < 5e-3
-
-
-def test_split_k_bad_value_is_refused():
-    xq, xs, wq, ws = operands(64, 128, 128)
-    with pytest.raises(ValueError, match="split_k"):
-        run(xq, xs, wq, ws, split_k=0)
-    with pytest.raises(ValueError, match="half_n"):
-        run(xq, xs, wq, ws, half_n=32)

@@ -20,7 +20,7 @@ from rocm_attn.kernels.triton_kernels import ptpc_gemm_gluon as gluon_gemm
 pytestmark = pytest.mark.skipif(not gluon_gemm.HAVE_GLUON, reason="this Triton has no Gluon")
 
 
-def _compile(halves, stages, out_buffers, split=False, half_n=gluon_gemm.HALF_N):
+def _compile(halves, stages, out_buffers, half_n=gluon_gemm.HALF_N):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
@@ -37,24 +37,22 @@ def _compile(halves, stages, out_buffers, split=False, half_n=gluon_gemm.HALF_N)
         "b_desc": f"tensordesc<fp8e4nv[{half_n}, {gluon_gemm.BLOCK_K}],{b_layout!r}>",
         "c_desc": f"tensordesc<bf16[64, {half_n}],{c_layout!r}>",
         "xs_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
-        "split_k": "i32", "part_ptr": "*fp32", "count_ptr": "*i32", "out_ptr": "*bf16",
     }
     constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=8, HAS_BIAS=True, CONSUMER_REGS=232, C_BUFS=out_buffers,
-                      SPLIT=split, HALF_N=half_n)
+                      HALF_N=half_n)
     signature.update({name: "constexpr" for name in constexprs})
     src = GluonASTSource(gluon_gemm._ptpc_gemm_gluon_kernel, signature, constexprs, {})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
 
 
-def build_report(halves, stages, out_buffers, split=0, half_n=gluon_gemm.HALF_N) -> dict:
+def build_report(halves, stages, out_buffers, half_n=gluon_gemm.HALF_N) -> dict:
     """Compile for sm_90 here (the fresh process's work); what the test checks."""
     import triton
 
-    kernel = _compile(halves, stages, out_buffers, bool(split), half_n)
+    kernel = _compile(halves, stages, out_buffers, half_n)
     ptx = kernel.asm["ptx"]
     report = dict(wgmma=ptx.count("wgmma.mma_async"), tma=ptx.count("cp.async.bulk.tensor"),
-                  setmaxnreg="setmaxnreg" in ptx, shared=kernel.metadata.shared, regs=None,
-                  atomics=len(re.findall(r"atom\.[a-z_.]*(?:add|exch)", ptx)))
+                  setmaxnreg="setmaxnreg" in ptx, shared=kernel.metadata.shared, regs=None)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
     if os.path.exists(cuobjdump):
         with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
@@ -65,13 +63,12 @@ def build_report(halves, stages, out_buffers, split=0, half_n=gluon_gemm.HALF_N)
     return report
 
 
-@pytest.mark.parametrize("halves, stages, out_buffers, split, half_n",
-                         [(1, 6, 1, 0, 128), (2, 4, 1, 0, 128), (2, 3, 2, 0, 128), (1, 6, 1, 1, 128),
-                          (2, 3, 1, 1, 128), (1, 8, 1, 0, 64), (2, 6, 1, 1, 64)])
-def test_builds_for_sm90(halves, stages, out_buffers, split, half_n):
+@pytest.mark.parametrize("halves, stages, out_buffers, half_n",
+                         [(1, 6, 1, 128), (2, 4, 1, 128), (2, 3, 2, 128), (1, 8, 1, 64)])
+def test_builds_for_sm90(halves, stages, out_buffers, half_n):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, __file__, str(halves), str(stages), str(out_buffers), str(split),
-                          str(half_n)], capture_output=True, text=True, env=env)
+    run = subprocess.run([sys.executable, __file__, str(halves), str(stages), str(out_buffers), str(half_n)],
+                         capture_output=True, text=True, env=env)
     if run.returncode == 3:
         pytest.skip("this Triton cannot compile Gluon offline")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -79,9 +76,7 @@ def test_builds_for_sm90(halves, stages, out_buffers, split, half_n):
     # two consumer warpgroups x HALVES accumulators x 4 k-steps (K = 32 each) of a 128-wide K block
     assert report["wgmma"] == 2 * halves * 4
     # loads (producer): A's two 64-row halves and B's halves; stores: one per output half in each consumer
-    # (split-K stores its partials and the output with plain stores, and counts arrivals with atomics)
-    assert report["tma"] == 2 + halves + (0 if split else 2 * halves)
-    assert report["atomics"] == (2 * 2 if split else 0)  # per consumer: the arrival and the reset
+    assert report["tma"] == 2 + halves + 2 * halves
     assert report["setmaxnreg"]  # the producer warp gives its registers to the consumers
     assert report["shared"] <= 227 * 1024
     if report["regs"] is not None:
@@ -97,8 +92,9 @@ def test_not_available_without_a_hopper_gpu():
 
 
 def test_the_triton_provider_takes_it_only_where_it_was_measured(monkeypatch):
-    """ptpc_scaled_mm's gate: precise accumulation, M >= GLUON_MIN_M, e4m3fn, bf16/fp16 out, TMA-friendly
-    K and N, an sm_90 GPU (faked here: the gate's own logic is what is tested)."""
+    """ptpc_scaled_mm's gate: precise accumulation, M >= GLUON_MIN_M (or mid M with narrow tiles filling the
+    SMs), e4m3fn, bf16/fp16 out, TMA-friendly K and N, an sm_90 GPU (faked here, with an H100's 132 SMs: the
+    gate's own logic is what is tested)."""
     import torch
     from rocm_attn.kernels import ptpc_scaled_mm as mm
 
@@ -108,8 +104,13 @@ def test_the_triton_provider_takes_it_only_where_it_was_measured(monkeypatch):
     def takes(M, K=4096, N=4096, dtype=fp8, out_dtype=torch.bfloat16, fast_accum=False):
         return mm.gluon_takes(torch.empty(M, K, dtype=dtype), torch.empty(N, K, dtype=dtype), out_dtype, fast_accum)
 
+    monkeypatch.setattr(gluon_gemm, "sm_count", lambda device: 132)  # an H100's
     assert takes(mm.GLUON_MIN_M) and takes(8192, 14336, 4096) and takes(4096, out_dtype=torch.float16)
     assert not takes(mm.GLUON_MIN_M - 1)  # below the measured crossover: cuBLASLt / the tiled GEMM
+    # mid M: where the 128 x 64 tiles fit in one round on the SMs
+    assert takes(128) and takes(256) and takes(128, K=14336) and takes(100, N=6144) and takes(256, N=1024)
+    assert not takes(mm.SMALL_M_MAX)  # the small-M kernel's
+    assert not takes(512) and not takes(256, N=6144) and not takes(128, N=28672)  # more than one round
     assert not takes(4096, fast_accum=True)  # the Gluon GEMM is precise-only
     assert not takes(4096, out_dtype=torch.float32)
     assert not takes(4096, K=4104) and not takes(4096, N=4100)  # TMA's 16-byte row strides
@@ -119,4 +120,4 @@ def test_the_triton_provider_takes_it_only_where_it_was_measured(monkeypatch):
 
 
 if __name__ == "__main__":
-    print(json.dumps(build_report(*map(int, sys.argv[1:6]))))
+    print(json.dumps(build_report(*map(int, sys.argv[1:5]))))

@@ -1,8 +1,9 @@
-"""Session 21: the Gluon precise GEMM with split-K at mid M (64 < M < 1024), against cuBLASLt and bf16.
+"""Session 21: the Gluon precise GEMM's tiles at mid M (64 < M < 1024), against cuBLASLt and bf16.
 
-    python benchmarks/experiments_s21/s21_split_k.py --out $OUT/split_k.json
+    python benchmarks/experiments_s21/s21_mid_m.py --out $OUT/mid_m.json [--ms 128,256,512] [--shapes 4096x1024]
 
-For each Llama-3-8B shape and M: every (tile width, split) of the Gluon GEMM once, then the best of them,
+For each Llama-3-8B shape (or --shapes) and M: every tile shape (128 x 64 or 128 x 128, one or two per
+program) of the Gluon GEMM once (commit 52e8cd5's version of this script also split K), then the best of them,
 cuBLASLt's precise rowwise GEMM, bf16 F.linear and today's ptpc_linear (auto) in 3 interleaved rounds
 (medians), all with bench_linear's rotated input copies and CUDA-graph replays. Writes JSON as it goes.
 """
@@ -29,13 +30,12 @@ from rocm_attn.testing import fp8_gemm_exact, rel_err  # noqa: E402
 STAGES = {(1, 128): 6, (2, 128): 4, (1, 64): 8, (2, 64): 6}
 
 
-def gluon(halves, split, half_n=128):
+def gluon(halves, half_n=128):
     stages = STAGES[halves, half_n]
 
     def fn(xq, xs, wq, ws):
         out = torch.empty(xq.shape[0], wq.shape[0], device="cuda", dtype=torch.bfloat16)
-        return gg.launch(xq, xs, wq, ws, None, out, halves=halves, stages=stages, group_m=16, split_k=split,
-                         half_n=half_n)
+        return gg.launch(xq, xs, wq, ws, None, out, halves=halves, stages=stages, group_m=16, half_n=half_n)
     return fn
 
 
@@ -52,7 +52,6 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--ms", default="128,256,512")
-    ap.add_argument("--splits", default="1,2,4")
     ap.add_argument("--shapes", default="", help="K,N pairs as KxN,KxN (default: the four Llama shapes)")
     args = ap.parse_args()
     ops = torch.ops.rocm_attn
@@ -68,14 +67,13 @@ def main():
             ref = fp8_gemm_exact(xq, xs, wq, ws)
             cands = {}
             for halves, half_n in STAGES:
-                for split in map(int, args.splits.split(",")):
-                    fn = gluon(halves, split, half_n)
-                    err = rel_err(fn(xq, xs, wq, ws), ref)
-                    cands[f"n{half_n}_h{halves}_s{split}"] = dict(us=timed(fn, (xq, xs, wq, ws)), rel_err=err)
+                fn = gluon(halves, half_n)
+                err = rel_err(fn(xq, xs, wq, ws), ref)
+                cands[f"n{half_n}_h{halves}"] = dict(us=timed(fn, (xq, xs, wq, ws)), rel_err=err)
             cands["cublas"] = dict(us=timed(cublas, (xq, xs, wq, ws)), rel_err=rel_err(cublas(xq, xs, wq, ws), ref))
             best = min((k for k in cands if k != "cublas"), key=lambda k: cands[k]["us"])
-            hn, h, s = (int(part[1:]) for part in best.split("_"))
-            best_fn = gluon(h, s, hn)
+            hn, h = (int(part[1:]) for part in best.split("_"))  # e.g. n64_h1
+            best_fn = gluon(h, hn)
 
             def pair(x, wq, ws, best_fn=best_fn):  # what ptpc_linear would run with the best split
                 q, sc = ops.per_token_quant_fp8(x)
@@ -92,7 +90,8 @@ def main():
             row = dict(K=K, N=N, M=M, candidates=cands, best=best, ab_us=med, ab_raw=samples,
                        best_vs_cublas=med["cublas"] / med["gluon_best"],
                        quant_plus_best_vs_bf16=med["bf16"] / med["quant_plus_best"],
-                       now_vs_bf16=med["bf16"] / med["ptpc_linear_now"])
+                       now_vs_bf16=med["bf16"] / med["ptpc_linear_now"],
+                       narrow_rule=gg.takes_narrow_tiles(M, N, gg.sm_count(x.device)))
             results["rows"].append(row)
             results["seconds"] = time.time() - t0
             with open(args.out, "w") as f:
