@@ -76,9 +76,11 @@ def test_ptpc_logits_and_compiled_decode():
 @pytest.mark.parametrize("rows", [1, 5, 64, 300, 1100])
 def test_eager_projection_groups_match_each_linear_alone(rows):
     """patch()'s eager q/k/v and gate/up groups (one ptpc_linear over the group's rows) on the GPU kernels, at
-    the small-M GEMM's, cuBLASLt's and (1100 rows) the Gluon GEMM's sizes: each member's slice against that
-    member run on its own. The quant is the same; only the GEMM's summation order may differ with N."""
-    from rocm_attn.kernels.ptpc_scaled_mm import gluon_takes
+    the small-M GEMM's, cuBLASLt's, the Gluon GEMM's narrow tiles' (300 rows, q/k/v: 72 tiles of 128 x 64) and
+    (1100 rows) its wide tiles' sizes: each member's slice against that member run on its own. The quant is the
+    same; only the GEMM's summation order may differ with N."""
+    from rocm_attn.kernels.ptpc_scaled_mm import SMALL_M_MAX, gluon_takes
+    from rocm_attn.kernels.triton_kernels.ptpc_gemm_gluon import sm_count, takes_narrow_tiles
 
     model = rocm_attn.patch(model_bf16(), quantization="ptpc_fp8", compile=False)
     layer = model.model.layers[1]
@@ -87,7 +89,8 @@ def test_eager_projection_groups_match_each_linear_alone(rows):
                   (layer.mlp.up_proj, layer.mlp.gate_proj)):  # (any call order)
         shared = group[0].shared_input_group
         wq = shared._merged_operands()[0]
-        assert gluon_takes(x.to(wq.dtype), wq, x.dtype, False) == (rows >= 1024)  # which GEMM the group runs
+        narrow = SMALL_M_MAX < rows and takes_narrow_tiles(rows, wq.shape[0], sm_count(x.device))
+        assert gluon_takes(x.to(wq.dtype), wq, x.dtype, False) == (rows >= 1024 or narrow)  # the group's GEMM
         with torch.no_grad():
             outs = [m(x) for m in group]
             for m, out in zip(group, outs, strict=True):
