@@ -59,9 +59,9 @@ _GLUON_OUT_DTYPES = (torch.bfloat16, torch.float16)
 
 def gluon_takes(xq, wq, out_dtype, fast_accum) -> bool:
     """Whether the Gluon precise GEMM runs this call (the triton provider's choice from GLUON_MIN_M on, and
-    above SMALL_M_MAX where its narrow tiles fit in one round on the SMs). ROCM_ATTN_GLUON_GEMM=0 turns it off (then the tiled
-    Triton GEMM / torch._scaled_mm run, as before). Asked twice per call on auto's path (choosing the
-    provider, then inside it): the cheap tests go first."""
+    above SMALL_M_MAX where its narrow tiles fit in one round on the SMs). ROCM_ATTN_GLUON_GEMM=0 turns it
+    off (then the tiled Triton GEMM / torch._scaled_mm run, as before). Asked twice per call on auto's path
+    (choosing the provider, then inside it): the cheap tests go first."""
     M = xq.shape[0]
     if fast_accum or M <= SMALL_M_MAX or xq.dtype != torch.float8_e4m3fn:
         return False

@@ -1,6 +1,6 @@
 """Session 21: the Gluon precise GEMM's tiles at mid M (64 < M < 1024), against cuBLASLt and bf16.
 
-    python benchmarks/experiments_s21/s21_mid_m.py --out $OUT/mid_m.json [--ms 128,256,512] [--shapes 4096x1024]
+    python benchmarks/experiments_s21/s21_mid_m.py --out $OUT/mid_m.json [--ms 128,256] [--shapes 4096x1024]
 
 For each Llama-3-8B shape (or --shapes) and M: every tile shape (128 x 64 or 128 x 128, one or two per
 program) of the Gluon GEMM once (commit 52e8cd5's version of this script also split K), then the best of them,
@@ -19,12 +19,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bench_linear import LLAMA_KN, bench, input_copies  # noqa: E402
-
-import rocm_attn  # noqa: E402,F401
 from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel  # noqa: E402
 from rocm_attn.kernels.triton_kernels import ptpc_gemm_gluon as gg  # noqa: E402
-from rocm_attn.testing import fp8_gemm_exact, rel_err  # noqa: E402
 
+import rocm_attn  # noqa: E402,F401
+from rocm_attn.testing import fp8_gemm_exact, rel_err  # noqa: E402
 
 # stages that fill shared memory: A 16 KB + B halves x half_n x 128 bytes per stage
 STAGES = {(1, 128): 6, (2, 128): 4, (1, 64): 8, (2, 64): 6}
@@ -70,7 +69,8 @@ def main():
                 fn = gluon(halves, half_n)
                 err = rel_err(fn(xq, xs, wq, ws), ref)
                 cands[f"n{half_n}_h{halves}"] = dict(us=timed(fn, (xq, xs, wq, ws)), rel_err=err)
-            cands["cublas"] = dict(us=timed(cublas, (xq, xs, wq, ws)), rel_err=rel_err(cublas(xq, xs, wq, ws), ref))
+            cands["cublas"] = dict(us=timed(cublas, (xq, xs, wq, ws)),
+                                   rel_err=rel_err(cublas(xq, xs, wq, ws), ref))
             best = min((k for k in cands if k != "cublas"), key=lambda k: cands[k]["us"])
             hn, h = (int(part[1:]) for part in best.split("_"))  # e.g. n64_h1
             best_fn = gluon(h, hn)
@@ -98,9 +98,11 @@ def main():
                 json.dump(results, f, indent=1)
             top = sorted(cands.items(), key=lambda kv: kv[1]["us"])[:4]
             print(f"K={K} N={N} M={M}: " + " ".join(f"{k}={v['us']:.1f}" for k, v in top)
-                  + f" | A/B us: " + " ".join(f"{k}={v:.1f}" for k, v in med.items())
-                  + f" | best/cublas {row['best_vs_cublas']:.3f}x, quant+best vs bf16 {row['quant_plus_best_vs_bf16']:.3f}x"
-                  f" (now {row['now_vs_bf16']:.3f}x)", flush=True)
+                  + " | A/B us: " + " ".join(f"{k}={v:.1f}" for k, v in med.items())
+                  + f" | best/cublas {row['best_vs_cublas']:.3f}x,"
+                  f" quant+best vs bf16 {row['quant_plus_best_vs_bf16']:.3f}x"
+                  f" (now {row['now_vs_bf16']:.3f}x)",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -93,8 +93,8 @@ if HAVE_GLUON:
     _BLOCK_M = gl.constexpr(BLOCK_M)
 
     # Worker partitions get their arguments as runtime values (constexprs do not survive the trip), so the
-    # tile configuration travels in the shared-memory types: STAGES = ready barriers, HALVES = B buffers / STAGES,
-    # HN (HALF_N) = a B buffer's rows.
+    # tile configuration travels in the shared-memory types: STAGES = ready barriers, HALVES = B buffers /
+    # STAGES, HN (HALF_N) = a B buffer's rows.
     # The kernel is persistent: program p takes tiles p, p + P, ... (P = programs); every partition walks the
     # same tiles and K blocks in the same order, and one running count `it` of K blocks names the stage and
     # barrier phase, so the producer fills the next tile's stages while the consumers run an epilogue.
@@ -293,7 +293,7 @@ def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
            out_buffers: int = 1, half_n: int = HALF_N) -> torch.Tensor:
     """out[M, N] = (xq @ wq^T) * x_scale * w_scale^T (+ bias). xq [M, K], wq [N, K] fp8 (e4m3fn), K-contiguous,
     K a multiple of 16 (TMA's 16-byte strides); x_scale [M] / w_scale [N] fp32 contiguous.
-    A tile is 128 rows x (halves * half_n) columns, half_n 64 or 128 (narrow tiles: more programs at mid M)."""
+    A tile is 128 rows x (halves * half_n) columns, half_n 64 or 128 (narrow: more programs at mid M)."""
     if not available(xq.device):
         raise RuntimeError("ptpc_gemm_gluon needs an sm_90 CUDA GPU and a Triton with Gluon")
     if xq.dtype != torch.float8_e4m3fn or wq.dtype != torch.float8_e4m3fn:

@@ -20,7 +20,8 @@ def run(xq, xs, wq, ws, bias=None, **config):
 @pytest.mark.parametrize("M, N, K", [(1, 128, 128), (200, 320, 4160), (1000, 1000, 2048), (4096, 4096, 4096),
                                      (257, 6144, 14336)])
 @pytest.mark.parametrize("config", [dict(halves=2, stages=4), dict(halves=1, stages=6, group_m=16),
-                                    dict(halves=2, stages=3, out_buffers=2), dict(halves=1, stages=8, half_n=64),
+                                    dict(halves=2, stages=3, out_buffers=2),
+                                    dict(halves=1, stages=8, half_n=64),  # the mid-M tiles
                                     dict(halves=2, stages=6, half_n=64, out_buffers=2)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_matches_the_exact_product(M, N, K, config, with_bias):

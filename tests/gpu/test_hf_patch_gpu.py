@@ -76,9 +76,9 @@ def test_ptpc_logits_and_compiled_decode():
 @pytest.mark.parametrize("rows", [1, 5, 64, 300, 1100])
 def test_eager_projection_groups_match_each_linear_alone(rows):
     """patch()'s eager q/k/v and gate/up groups (one ptpc_linear over the group's rows) on the GPU kernels, at
-    the small-M GEMM's, cuBLASLt's, the Gluon GEMM's narrow tiles' (300 rows, q/k/v: 72 tiles of 128 x 64) and
-    (1100 rows) its wide tiles' sizes: each member's slice against that member run on its own. The quant is the
-    same; only the GEMM's summation order may differ with N."""
+    the small-M GEMM's, cuBLASLt's, the Gluon GEMM's narrow tiles' (300 rows, q/k/v: 72 tiles of 128 x 64)
+    and (1100 rows) its wide tiles' sizes: each member's slice against that member run on its own. The quant
+    is the same; only the GEMM's summation order may differ with N."""
     from rocm_attn.kernels.ptpc_scaled_mm import SMALL_M_MAX, gluon_takes
     from rocm_attn.kernels.triton_kernels.ptpc_gemm_gluon import sm_count, takes_narrow_tiles
 

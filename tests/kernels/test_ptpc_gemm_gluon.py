@@ -38,8 +38,8 @@ def _compile(halves, stages, out_buffers, half_n=gluon_gemm.HALF_N):
         "c_desc": f"tensordesc<bf16[64, {half_n}],{c_layout!r}>",
         "xs_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
     }
-    constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=8, HAS_BIAS=True, CONSUMER_REGS=232, C_BUFS=out_buffers,
-                      HALF_N=half_n)
+    constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=8, HAS_BIAS=True, CONSUMER_REGS=232,
+                      C_BUFS=out_buffers, HALF_N=half_n)
     signature.update({name: "constexpr" for name in constexprs})
     src = GluonASTSource(gluon_gemm._ptpc_gemm_gluon_kernel, signature, constexprs, {})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
