@@ -55,6 +55,19 @@ def host_us(fn, n=200):
     return round((t1 - t0) / n * 1e6, 1), round((t2 - t0) / n * 1e6, 1)
 
 
+def cprofile_calls(fn, args, res, key, n=100):
+    """cProfile n calls of fn(*args) after 10 warm-up calls; res[key + "_tottime" / "_cumulative"] get the top 30
+    entries by each order (s20_host.py profiles its grouped layer the same way)."""
+    for _ in range(10): fn(*args)
+    torch.cuda.synchronize()
+    pr = cProfile.Profile(); pr.enable()
+    for _ in range(n): fn(*args)
+    pr.disable(); torch.cuda.synchronize()
+    for order in ("tottime", "cumulative"):
+        s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats(order).print_stats(30)
+        res[f"{key}_{order}"] = s.getvalue()
+
+
 def main():
     torch.manual_seed(0)
     layers = {"bf16": Layer(bf16_linear), "ptpc_apart": Layer(fp8_linear), "ptpc_grouped": Layer(fp8_linear)}
@@ -82,15 +95,7 @@ def main():
         x = torch.randn(PM, H, device="cuda", dtype=torch.bfloat16)
         x_i = torch.randn(PM, I, device="cuda", dtype=torch.bfloat16)
         layer = layers["ptpc_grouped"]
-        for _ in range(10): layer(x, x_i)
-        torch.cuda.synchronize()
-        pr = cProfile.Profile(); pr.enable()
-        for _ in range(100): layer(x, x_i)
-        pr.disable(); torch.cuda.synchronize()
-    s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(30)
-    res["profile_grouped_M64_tottime"] = s.getvalue()
-    s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(30)
-    res["profile_grouped_M64_cumulative"] = s.getvalue()
+        cprofile_calls(layer, (x, x_i), res, "profile_grouped_M64")
     print(res["profile_grouped_M64_tottime"][:5000])
     # GPU kernel times of one call of each variant at PROFILE_M
     from torch.profiler import ProfilerActivity, profile

@@ -3,7 +3,7 @@ model runs them, with kernels/ptpc_linear.py's eager plans and through the op on
 (ROCM_ATTN_EAGER_PLANS=0): PTPC grouped (patch.SharedInputProjections), PTPC one by one, bf16 nn.Linear.
 Also one linear alone (q_proj shape), plan vs op, and a cProfile of the grouped layer with plans.
 Session 18's s18_host.py is the same layer; this adds the plan / op A/B (interleaved rounds, one process)."""
-import cProfile, io, json, os, pstats, sys
+import json, os, sys
 import torch
 from rocm_attn.kernels.ptpc_linear import ptpc_linear_eager
 from rocm_attn.patch import _share_projection_storage, PatchReport
@@ -63,14 +63,6 @@ with torch.no_grad():
         print(M, json.dumps(res[f"M{M}"]), flush=True)
     x = torch.randn(64, H, device="cuda", dtype=torch.bfloat16)
     x_i = torch.randn(64, I, device="cuda", dtype=torch.bfloat16)
-    for _ in range(10): grouped(x, x_i)
-    torch.cuda.synchronize()
-    pr = cProfile.Profile(); pr.enable()
-    for _ in range(100): grouped(x, x_i)
-    pr.disable(); torch.cuda.synchronize()
-s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(30)
-res["profile_grouped_plans_M64_tottime"] = s.getvalue()
-s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(30)
-res["profile_grouped_plans_M64_cumulative"] = s.getvalue()
+    s18_host.cprofile_calls(grouped, (x, x_i), res, "profile_grouped_plans_M64")
 print(res["profile_grouped_plans_M64_tottime"][:4000])
 json.dump(res, open(f"{OUT}/{os.environ.get('TAG', 's20_layer_linears_host')}.json", "w"), indent=1)
