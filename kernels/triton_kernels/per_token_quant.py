@@ -31,12 +31,11 @@ SMALL_M_ROWS = 256  # up to here a 4096 block runs 16 warps, above it 8
 
 @triton.jit
 def _per_token_quant_fp8_kernel(
-    x_ptr, xq_ptr, scale_ptr, inv_scale_ptr,
+    x_ptr, xq_ptr, scale_ptr,
     K, stride_xm,
     FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
-    BLOCK_K: tl.constexpr, SINGLE_BLOCK: tl.constexpr, SCALES_ONLY: tl.constexpr,
+    BLOCK_K: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
 ):
-    # SCALES_ONLY: write scale and 1 / scale, no xq (the Gluon GEMM quantizes x itself: per_token_scales)
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xm
     q_row = xq_ptr + row * K
@@ -45,9 +44,8 @@ def _per_token_quant_fp8_kernel(
         mask = offs < K
         x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
         scale = tl.maximum(tl.max(tl.abs(x), axis=0) * INV_FP8_MAX, SCALE_FLOOR)
-        if not SCALES_ONLY:
-            q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
-            tl.store(q_row + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
+        q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
+        tl.store(q_row + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     else:
         acc = tl.zeros([BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -55,15 +53,12 @@ def _per_token_quant_fp8_kernel(
             x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
             acc = tl.maximum(acc, tl.abs(x))
         scale = tl.maximum(tl.max(acc, axis=0) * INV_FP8_MAX, SCALE_FLOOR)
-        if not SCALES_ONLY:
-            for k0 in range(0, K, BLOCK_K):
-                mask = k0 + offs < K
-                x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
-                q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
-                tl.store(q_row + k0 + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
+        for k0 in range(0, K, BLOCK_K):
+            mask = k0 + offs < K
+            x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+            q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
+            tl.store(q_row + k0 + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + row, scale)
-    if SCALES_ONLY:
-        tl.store(inv_scale_ptr + row, tl.math.div_rn(1.0, scale))
 
 
 def default_quant_config(K: int, M: int | None = None) -> tuple[int, int, bool]:
@@ -107,29 +102,12 @@ def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max:
     # after the first call of a specialization the compiled kernel is launched directly (launch_cache.py):
     # an eager linear runs this kernel and a GEMM, and Triton's JIT launch path is most of their host time
     launch_cache.launch(
-        _COMPILED, _per_token_quant_fp8_kernel, (M,), (x2, xq, scale, scale, K, x2.stride(0)),
+        _COMPILED, _per_token_quant_fp8_kernel, (M,), (x2, xq, scale, K, x2.stride(0)),
         dict(FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
-             BLOCK_K=block, SINGLE_BLOCK=single, SCALES_ONLY=False),
+             BLOCK_K=block, SINGLE_BLOCK=single),
         num_warps=warps,
     )
     return xq.view(shape), scale.view(*shape[:-1], 1)
-
-
-def per_token_scales_launch(x2: torch.Tensor, fp8_max: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """x2 [M, K] (M, K > 0, rows contiguous) -> (scale [M, 1], 1 / scale [M]) fp32: per_token_quant_fp8's
-    scales without xq, for a GEMM that quantizes x as it loads it (ptpc_gemm_gluon.linear_launch). It reads
-    x once (the quant also writes K fp8 bytes per row)."""
-    M, K = x2.shape
-    scale = torch.empty((M, 1), dtype=torch.float32, device=x2.device)
-    inv_scale = torch.empty((M,), dtype=torch.float32, device=x2.device)
-    block, warps, single = default_quant_config(K, M)
-    launch_cache.launch(
-        _COMPILED, _per_token_quant_fp8_kernel, (M,), (x2, scale, scale, inv_scale, K, x2.stride(0)),
-        dict(FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
-             BLOCK_K=block, SINGLE_BLOCK=single, SCALES_ONLY=True),
-        num_warps=warps,
-    )
-    return scale, inv_scale
 
 
 _COMPILED: dict[tuple, object] = {}  # specialization key -> Triton CompiledKernel (launch_cache.py)

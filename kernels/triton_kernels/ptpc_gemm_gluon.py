@@ -51,12 +51,6 @@ BLOCK_M = 128  # two consumer warpgroups of 64 rows
 HALF_N = 128  # one wgmma accumulator: 64 x 128 fp32 = 64 registers per thread
 BLOCK_K = 128  # one promotion per 128 K elements, as cuBLASLt's precise mode
 CONSUMER_REGS = 232  # registers per consumer thread after setmaxnreg (the producer warp keeps 24)
-# With the converter partition (bf16 / fp16 x) the kernel runs 4 warpgroups (the producer's warp padded to one):
-# 512 threads x 128 registers at launch fill the SM's 64K; after setmaxnreg the consumers hold 216 each (no
-# spills: checked offline), the converter 56, the producer 24 (2 x 216 + 56 + 24 = 4 x 128)
-FUSED_CONSUMER_REGS = 216
-FUSED_MAXNREG = 128
-CONVERTER_REGS = 56
 NARROW_HALF_N = 64  # the mid-M tiles' width (one 64 x 64 wgmma accumulator per warpgroup)
 
 
@@ -97,11 +91,6 @@ if HAVE_GLUON:
     # the same numbers as constexprs, for the kernels (a jit function reads only constexpr globals)
     _BLOCK_K = gl.constexpr(BLOCK_K)
     _BLOCK_M = gl.constexpr(BLOCK_M)
-    _QUANT_ROWS = gl.constexpr(16)  # rows the converter quantizes at a time
-    _CONVERTER_REGS = gl.constexpr(CONVERTER_REGS)
-    import os as _os
-    _ABLATE = gl.constexpr(int(_os.environ.get("ROCM_ATTN_S22_ABLATE", "0")))  # S22 diagnosis only
-    _sync_warps = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier  # (Triton 3.6: thread_barrier)
 
     # Worker partitions get their arguments as runtime values (constexprs do not survive the trip), so the
     # tile configuration travels in the shared-memory types: STAGES = ready barriers, HALVES = B buffers /
@@ -124,11 +113,9 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, x_bufs, x_ready, x_empty, inv_ptr):
-        # one warp: waits for a free stage, then TMA-loads A (two 64-row halves) and B (HALVES x HN rows).
-        # With bf16 / fp16 activations (a_desc's dtype), A goes to the x ring instead, for the converter.
+                  xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
+        # one warp: waits for a free stage, then TMA-loads A (two 64-row halves) and B (HALVES x 128 rows)
         STAGES: gl.constexpr = ready.type.shape[0]
-        X_STAGES: gl.constexpr = x_ready.type.shape[0]
         HALVES: gl.constexpr = b_bufs.type.shape[0] // STAGES
         HN: gl.constexpr = b_bufs.type.shape[1]
         num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, HN * HALVES)
@@ -137,72 +124,15 @@ if HAVE_GLUON:
         for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
             off_m, off_n = _tile_origin(tile, M, N, group_m, HALVES, HN)
             for kt in range(k_tiles):
-                k = kt * _BLOCK_K
                 s = it % STAGES
-                if a_desc.dtype.is_fp8():
-                    mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # barriers start "free"
-                    bar = ready.index(s)
-                    mbarrier.expect(bar, 2 * a_desc.block_type.nbytes + HALVES * b_desc.block_type.nbytes)
-                    tma_load(a_desc, [off_m, k], bar, a_bufs.index(2 * s))
-                    tma_load(a_desc, [off_m + 64, k], bar, a_bufs.index(2 * s + 1))
-                else:
-                    j = it % X_STAGES
-                    mbarrier.wait(x_empty.index(j), ((it // X_STAGES) & 1) ^ 1)
-                    xbar = x_ready.index(j)
-                    mbarrier.expect(xbar, 2 * a_desc.block_type.nbytes)
-                    tma_load(a_desc, [off_m, k], xbar, x_bufs.index(2 * j))
-                    tma_load(a_desc, [off_m + 64, k], xbar, x_bufs.index(2 * j + 1))
-                    mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)
-                    bar = ready.index(s)
-                    mbarrier.expect(bar, HALVES * b_desc.block_type.nbytes)  # the converter arrives for A
+                mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # barriers start "free" (phase 1 done)
+                bar = ready.index(s)
+                mbarrier.expect(bar, 2 * a_desc.block_type.nbytes + HALVES * b_desc.block_type.nbytes)
+                k = kt * _BLOCK_K
+                tma_load(a_desc, [off_m, k], bar, a_bufs.index(2 * s))
+                tma_load(a_desc, [off_m + 64, k], bar, a_bufs.index(2 * s + 1))
                 for h in gl.static_range(HALVES):
                     tma_load(b_desc, [off_n + h * HN, k], bar, b_bufs.index(HALVES * s + h))
-                it += 1
-
-    @gluon.jit
-    def _quantize_rows(x_in, a8, inv_ptr, row0, M):
-        # x_in: 64 x 128 bf16 / fp16 activations (as TMA left them, unswizzled); a8: the fp8 block the
-        # wgmmas read. q = x * (1 / scale[row]), converted with saturation (sm_90's cvt.rn.satfinite), 16 rows
-        # at a time (few registers). The multiply by the reciprocal can differ from per_token_quant_fp8's IEEE
-        # division by one fp32 ulp: that changes the fp8 value only where x / scale lies within that ulp of a
-        # rounding midpoint.
-        layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[2, 16],
-                                                warps_per_cta=[4, 1], order=[1, 0])
-        for c in gl.static_range(64 // _QUANT_ROWS):
-            x = x_in.slice(c * _QUANT_ROWS, _QUANT_ROWS).load(layout).to(gl.float32)
-            rows = row0 + c * _QUANT_ROWS + gl.arange(0, _QUANT_ROWS, layout=gl.SliceLayout(1, layout))
-            if _ABLATE == 2:
-                inv = gl.full([_QUANT_ROWS], 1.0, gl.float32, gl.SliceLayout(1, layout)) + rows.to(gl.float32) * 0.0
-            else:
-                inv = gl.load(inv_ptr + rows, mask=rows < M, other=0.0)
-            a8.slice(c * _QUANT_ROWS, _QUANT_ROWS).store((x * gl.expand_dims(inv, 1)).to(a8.dtype))
-
-    @gluon.jit
-    def _converter(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                   xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, x_bufs, x_ready, x_empty, inv_ptr):
-        # 4 warps (bf16 / fp16 activations only): each K block of x from the x ring to fp8 in the stage's A
-        # buffers, then one arrival on the stage's ready barrier (the producer's B load is the other)
-        STAGES: gl.constexpr = ready.type.shape[0]
-        X_STAGES: gl.constexpr = x_ready.type.shape[0]
-        HALVES: gl.constexpr = b_bufs.type.shape[0] // STAGES
-        HN: gl.constexpr = b_bufs.type.shape[1]
-        num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, HN * HALVES)
-        k_tiles = gl.cdiv(K, _BLOCK_K)
-        it = 0
-        for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-            off_m, off_n = _tile_origin(tile, M, N, group_m, HALVES, HN)
-            for kt in range(k_tiles):
-                s = it % STAGES
-                j = it % X_STAGES
-                mbarrier.wait(x_ready.index(j), (it // X_STAGES) & 1)
-                mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # the consumers are done with it
-                if _ABLATE != 1:
-                    _quantize_rows(x_bufs.index(2 * j), a_bufs.index(2 * s), inv_ptr, off_m, M)
-                    _quantize_rows(x_bufs.index(2 * j + 1), a_bufs.index(2 * s + 1), inv_ptr, off_m + 64, M)
-                fence_async_shared()  # written by the threads, read by the wgmmas (the async proxy)
-                _sync_warps()  # all 4 warps are done before one thread arrives
-                mbarrier.arrive(x_empty.index(j), count=1)
-                mbarrier.arrive(ready.index(s), count=1)
                 it += 1
 
     @gluon.jit
@@ -270,66 +200,39 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _consumer_wg0(a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                      xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, x_bufs, x_ready, x_empty, inv_ptr):
+                      xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
         _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
                   c_bufs, has_bias, 0)
 
     @gluon.jit
     def _consumer_wg1(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, group_m,
-                      xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, x_bufs, x_ready, x_empty, inv_ptr):
+                      xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias):
         # the producer's signature (worker partitions share one)
         _consumer(a_bufs, b_bufs, ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc,
                   c_bufs, has_bias, 1)
 
     @gluon.jit
-    def _ptpc_gemm_gluon_kernel(a_desc, b_desc, c_desc, xs_ptr, ws_ptr, bias_ptr, inv_ptr, M, N, K,
+    def _ptpc_gemm_gluon_kernel(a_desc, b_desc, c_desc, xs_ptr, ws_ptr, bias_ptr, M, N, K,
                                 HALVES: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                                 HAS_BIAS: gl.constexpr, CONSUMER_REGS: gl.constexpr, C_BUFS: gl.constexpr,
-                                HALF_N: gl.constexpr, X_STAGES: gl.constexpr):
-        # a_desc: fp8 xq, or the bf16 / fp16 activations x: then the producer loads x into an X_STAGES-deep
-        # ring and a converter partition writes each K block as fp8 (x * inv_ptr[row], inv_ptr = 1 / x_scale)
-        # into the stage's A buffers, where the consumers find fp8 A either way
-        if a_desc.dtype.is_fp8():
-            a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, 64, _BLOCK_K], a_desc.layout)
-        else:  # fp8 A blocks of 128-wide K, the same NVMMA layout as B's
-            a_bufs = gl.allocate_shared_memory(b_desc.dtype, [2 * STAGES, 64, _BLOCK_K], b_desc.layout)
+                                HALF_N: gl.constexpr):
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, 64, _BLOCK_K], a_desc.layout)
         b_bufs = gl.allocate_shared_memory(b_desc.dtype, [HALVES * STAGES, HALF_N, _BLOCK_K], b_desc.layout)
         c_bufs = gl.allocate_shared_memory(c_desc.dtype, [2 * C_BUFS, 64, HALF_N], c_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        if a_desc.dtype.is_fp8():
-            x_bufs = a_bufs  # (unused: no x ring)
-            x_ready = ready
-            x_empty = empty
-        else:
-            x_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * X_STAGES, 64, _BLOCK_K], a_desc.layout)
-            x_ready = gl.allocate_shared_memory(gl.int64, [X_STAGES, 1], mbarrier.MBarrierLayout())
-            x_empty = gl.allocate_shared_memory(gl.int64, [X_STAGES, 1], mbarrier.MBarrierLayout())
-            for j in gl.static_range(X_STAGES):
-                mbarrier.init(x_ready.index(j), count=1)
-                mbarrier.init(x_empty.index(j), count=1)
         for s in gl.static_range(STAGES):
-            # ready: the producer's TMA (and, for bf16 / fp16 x, the converter's arrival)
-            mbarrier.init(ready.index(s), count=1 if a_desc.dtype.is_fp8() else 2)
+            mbarrier.init(ready.index(s), count=1)
             mbarrier.init(empty.index(s), count=2)  # both consumer warpgroups release a stage
 
         group_m = GROUP_M
         has_bias = HAS_BIAS
-        common = (ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias, x_bufs,
-                  x_ready, x_empty, inv_ptr)
-        if a_desc.dtype.is_fp8():
-            gl.warp_specialize([
-                (_consumer_wg0, (a_bufs, b_bufs) + common),
-                (_consumer_wg1, (a_desc, b_desc, a_bufs, b_bufs) + common),
-                (_producer, (a_desc, b_desc, a_bufs, b_bufs) + common),
-            ], [4, 1], [CONSUMER_REGS, 24])
-        else:
-            gl.warp_specialize([
-                (_consumer_wg0, (a_bufs, b_bufs) + common),
-                (_consumer_wg1, (a_desc, b_desc, a_bufs, b_bufs) + common),
-                (_converter, (a_desc, b_desc, a_bufs, b_bufs) + common),
-                (_producer, (a_desc, b_desc, a_bufs, b_bufs) + common),
-            ], [4, 4, 1], [CONSUMER_REGS, _CONVERTER_REGS, 24])
+        common = (ready, empty, M, N, K, group_m, xs_ptr, ws_ptr, bias_ptr, c_desc, c_bufs, has_bias)
+        gl.warp_specialize([
+            (_consumer_wg0, (a_bufs, b_bufs) + common),
+            (_consumer_wg1, (a_desc, b_desc, a_bufs, b_bufs) + common),
+            (_producer, (a_desc, b_desc, a_bufs, b_bufs) + common),
+        ], [4, 1], [CONSUMER_REGS, 24])
 
 
 def takes_shape(M: int, K: int, N: int) -> bool:
@@ -384,47 +287,6 @@ def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
                                   out_buffers=out_buffers, half_n=half_n)
 
 
-# The fused quantization's shared memory: the fp8 stages (A and B) as the fp8 GEMM's, plus x_stages of bf16 A
-# (32 KB each): 128 x 256 tiles fit 2 + 2 stages with 2 output buffers per warpgroup (224 KB), 128 x 128
-# tiles 3 + 2 (192 KB).
-LINEAR_CONFIGS = {2: dict(stages=2, out_buffers=2, x_stages=2), 1: dict(stages=3, out_buffers=1, x_stages=2)}
-
-
-def linear_takes(x2: torch.Tensor, wq: torch.Tensor) -> bool:
-    """Whether linear_launch takes x2 [M, K] (bf16 / fp16, rows contiguous) and wq [N, K] (e4m3fn): TMA's
-    16-byte strides and alignment, and the GPU (available())."""
-    M, K = x2.shape
-    return (x2.dtype in _DTYPE_NAMES and wq.dtype == torch.float8_e4m3fn and takes_shape(M, K, wq.shape[0])
-            and wq.is_contiguous() and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0 and available(x2.device))
-
-
-def linear_launch(x2: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
-                  halves: int | None = None, stages: int | None = None, out_buffers: int | None = None,
-                  x_stages: int | None = None):
-    """ptpc_linear in two launches, no fp8 copy of x: x2 [M, K] bf16 / fp16 -> [M, N] in x2's dtype.
-    The per-token scales first (per_token_scales_launch: reads x once), then this GEMM with bf16 / fp16 A
-    tiles: a converter partition (4 warps) turns each K block into fp8 (x / scale, saturated) in shared
-    memory, where the consumers' wgmmas read it as in the fp8 GEMM. Against per_token_quant_fp8 + the fp8
-    GEMM it saves writing xq and reading it back. Callers check linear_takes first; halves / stages /
-    out_buffers / x_stages override the default config."""
-    from ..platform import fp8_max
-    from .per_token_quant import per_token_scales_launch
-
-    M, K = x2.shape
-    N = wq.shape[0]
-    x_scale, inv_scale = per_token_scales_launch(x2, fp8_max(torch.float8_e4m3fn))
-    out = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
-    if halves is None:
-        halves = pick_halves(M, N, _sm_count(x2.device.index))
-    config = LINEAR_CONFIGS[halves]
-    bias = bias.contiguous() if bias is not None else None
-    _launch_checked_inputs(x2, x_scale.view(M), wq, w_scale.reshape(N).contiguous(), bias, out, halves,
-                           stages or config["stages"], 16, FUSED_CONSUMER_REGS,
-                           out_buffers or config["out_buffers"], HALF_N, inv_scale,
-                           x_stages or config["x_stages"])
-    return out
-
-
 def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
            bias: torch.Tensor | None, out: torch.Tensor,
            halves: int = 2, stages: int = 4, group_m: int = 8, consumer_regs: int = CONSUMER_REGS,
@@ -450,42 +312,29 @@ def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
 
 
 def _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, group_m, consumer_regs,
-                           out_buffers, half_n=HALF_N, inv_scale=None, x_stages=2):
-    """launch() after its checks (the triton provider's gate has made the same ones). xq is the fp8 A, or the
-    bf16 / fp16 activations with inv_scale = 1 / x_scale (the fused quantization: linear_launch)."""
+                           out_buffers, half_n=HALF_N):
+    """launch() after its checks (the triton provider's gate has made the same ones)."""
     M, K = xq.shape
     N = wq.shape[0]
     tiles = launch_cache.cdiv(M, BLOCK_M) * launch_cache.cdiv(N, half_n * halves)
-    fused = inv_scale is not None
-    if not fused:
-        a_desc = TensorDescriptor.from_tensor(xq, [64, BLOCK_K], _smem_layout(64, BLOCK_K, "float8e4nv"))
-    else:  # 256-byte rows: TMA's swizzled boxes stop at 128 bytes; the converter reads them with plain loads
-        a_desc = TensorDescriptor.from_tensor(xq, [64, BLOCK_K], _unswizzled_16bit_layout())
+    a_desc = TensorDescriptor.from_tensor(xq, [64, BLOCK_K], _smem_layout(64, BLOCK_K, "float8e4nv"))
     b_desc = TensorDescriptor.from_tensor(wq, [half_n, BLOCK_K], _smem_layout(half_n, BLOCK_K, "float8e4nv"))
-    c_desc = TensorDescriptor.from_tensor(out, [64, half_n], _smem_layout(64, half_n, _DTYPE_NAMES[out.dtype]))
+    out_name = "bfloat16" if out.dtype == torch.bfloat16 else "float16"
+    c_desc = TensorDescriptor.from_tensor(out, [64, half_n], _smem_layout(64, half_n, out_name))
     device_index = xq.device.index  # a CUDA tensor's device has its index
     grid = (min(tiles, _sm_count(device_index)),)
     bias_arg = bias if bias is not None else w_scale
-    args = (a_desc, b_desc, c_desc, x_scale, w_scale, bias_arg, inv_scale if fused else x_scale, M, N, K)
+    args = (a_desc, b_desc, c_desc, x_scale, w_scale, bias_arg, M, N, K)
     constexprs = dict(HALVES=halves, STAGES=stages, GROUP_M=group_m, HAS_BIAS=bias is not None,
-                      CONSUMER_REGS=consumer_regs, C_BUFS=out_buffers, HALF_N=half_n,
-                      X_STAGES=x_stages if fused else 1)
+                      CONSUMER_REGS=consumer_regs, C_BUFS=out_buffers, HALF_N=half_n)
     # the JIT launch costs ~80 us of host time per call, more than cuBLASLt's whole launch: after the first
     # call of a specialization the compiled kernel is launched directly (launch_cache.py)
     launch_cache.launch(_COMPILED, _ptpc_gemm_gluon_kernel, grid, args, constexprs, num_warps=4,
-                        # registers are handed out by warpgroup at launch: 3 (two consumers, the 1-warp
-                        # producer's) x 128 threads x 168 fit the SM's 64K, 4 x 128 x 128 with the
-                        # converter's; setmaxnreg then moves them to the consumers
-                        maxnreg=FUSED_MAXNREG if fused else 168)
+                        # registers are handed out by warpgroup: 3 groups (two consumers, the 1-warp
+                        # producer's) x 128 threads x maxnreg must fit the SM's 64K; setmaxnreg then moves
+                        # them to the consumers
+                        maxnreg=168)
     return out
-
-
-_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-@functools.lru_cache(maxsize=None)
-def _unswizzled_16bit_layout():
-    return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
 
 
 _COMPILED: dict[tuple, object] = {}  # specialization key -> Triton CompiledKernel (see launch)
