@@ -7,7 +7,8 @@ Providers:
 - torch: the reference composition (torch quant + torch ptpc_scaled_mm).
 - triton: per_token_quant_fp8 then ptpc_scaled_mm, each through its own provider choice
   (auto: the Triton quant kernel and the GEMM from the table in ptpc_scaled_mm.py; forced
-  "triton": the Triton kernels). (A one-launch quant + small-M GEMM kernel was measured in
+  "triton": the Triton kernels). Where those are our quant and the Gluon GEMM and the GEMM is one
+  round of tiles on the SMs, the two launch as a PDL pair (_pdl_pair_takes). (A one-launch quant + small-M GEMM kernel was measured in
   session 4 and lost to these two launches at M = 1 and 16; it was removed, RESULTS.md says why.)
 - aiter: AITER quant + gemm_a8w8.
 
@@ -27,8 +28,8 @@ from .common import check_float, check_rank, check_same_device, is_fp8
 from .custom_op import custom_op
 from .per_token_quant import inv_fp8_max, per_token_quant_fp8_aiter, per_token_quant_fp8_torch, scale_floor
 from .platform import fp8_dtype, fp8_max
-from .ptpc_scaled_mm import ptpc_scaled_mm_aiter, ptpc_scaled_mm_torch, scaled_mm_fallback
-from .registry import dispatch, register_provider, requested_kernels, select
+from .ptpc_scaled_mm import gluon_takes_shape, ptpc_scaled_mm_aiter, ptpc_scaled_mm_torch, scaled_mm_fallback
+from .registry import Kernels, dispatch, register_provider, requested_kernels, select
 
 OP = "ptpc_linear"
 
@@ -83,9 +84,38 @@ def _triton_supports(x=None, wq=None, w_scale=None, bias=None, fast_accum=False)
     return None
 
 
+def _pdl_pair_takes(x2, wq, out_dtype, fast_accum) -> bool:
+    """Whether the triton provider launches its quant and GEMM as a PDL pair (sm_90 programmatic dependent
+    launch: the quant lets the GEMM start on the SMs it frees): where dispatch would run our Triton quant and
+    the Gluon GEMM (auto or forced "triton") and ptpc_gemm_gluon.pdl_pays (H100, Session 22: K = N = 4096,
+    M = 256: 16.1 -> 14.7 us). ROCM_ATTN_PDL=0 turns it off."""
+    if os.environ.get("ROCM_ATTN_PDL") == "0" or requested_kernels() not in (Kernels.AUTO, Kernels.TRITON):
+        return False
+    M, K = x2.shape
+    N = wq.shape[0]
+    if wq.dtype != torch.float8_e4m3fn or not gluon_takes_shape(M, K, N, fp8_dtype(), x2.device, out_dtype,
+                                                                  fast_accum):
+        return False
+    from .triton_kernels import ptpc_gemm_gluon
+
+    return (ptpc_gemm_gluon.pdl_pays(M, K, N, ptpc_gemm_gluon.sm_count(x2.device))
+            and select("per_token_quant_fp8", x2.device, x2)[0] == "triton")
+
+
+def _pdl_linear(x2, wq, w_scale, bias, out_dtype):
+    """The quant then the Gluon GEMM, launched as a PDL pair (where _pdl_pair_takes)."""
+    from .triton_kernels.per_token_quant import per_token_quant_fp8_launch
+    from .triton_kernels.ptpc_gemm_gluon import ptpc_gemm_gluon_launch
+
+    xq, x_scale = per_token_quant_fp8_launch(x2, fp8_dtype(), fp8_max(), launch_dependents=True)
+    return ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype, pdl=True)
+
+
 @register_provider(OP, "triton", supports=_triton_supports)
 def ptpc_linear_triton(x, wq, w_scale, bias=None, fast_accum=False):
     x2 = _rows(x)
+    if _pdl_pair_takes(x2, wq, x.dtype, fast_accum):
+        return _pdl_linear(x2, wq, w_scale, bias, x.dtype).reshape(*x.shape[:-1], wq.shape[0])
     xq, x_scale = dispatch("per_token_quant_fp8", x.device, x2)
     out = dispatch("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum)
     return out.reshape(*x.shape[:-1], wq.shape[0])
@@ -141,7 +171,8 @@ def _plan_key(x, wq, w_scale, bias, fast_accum) -> tuple:
     return (requested_kernels(), x.dtype, x.device, x.dim(), x.shape[-1], math.prod(x.shape[:-1]),
             wq.dtype, wq.shape, wq.device, w_scale.dtype, w_scale.shape, w_scale.device,
             None if bias is None else (bias.dtype, bias.shape, bias.device), fast_accum,
-            os.environ.get("ROCM_ATTN_GLUON_GEMM"), os.environ.get("TRITON_INTERPRET"))
+            os.environ.get("ROCM_ATTN_GLUON_GEMM"), os.environ.get("ROCM_ATTN_PDL"),
+            os.environ.get("TRITON_INTERPRET"))
 
 
 def ptpc_linear_eager(x, wq, w_scale, bias=None, fast_accum=False):
@@ -170,6 +201,11 @@ def _first_call(x, wq, w_scale, bias, fast_accum):
     if name != "triton":  # torch / aiter: one function, no inner choices
         return linear_fn(x, wq, w_scale, bias, fast_accum), linear_fn
     x2 = _rows(x)
+    if _pdl_pair_takes(x2, wq, x.dtype, fast_accum):
+        def pdl_pair(x, wq, w_scale, bias, fast_accum):
+            return _pdl_linear(_rows(x), wq, w_scale, bias, x.dtype).reshape(*x.shape[:-1], wq.shape[0])
+
+        return pdl_pair(x, wq, w_scale, bias, fast_accum), pdl_pair
     _, quant_fn = select("per_token_quant_fp8", x.device, x2)
     xq, x_scale = quant_fn(x2)
     _, mm_fn = select("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum)

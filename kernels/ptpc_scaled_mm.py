@@ -62,22 +62,27 @@ def gluon_takes(xq, wq, out_dtype, fast_accum) -> bool:
     above SMALL_M_MAX where its narrow tiles fit in one round on the SMs). ROCM_ATTN_GLUON_GEMM=0 turns it
     off (then the tiled Triton GEMM / torch._scaled_mm run, as before). Asked twice per call on auto's path
     (choosing the provider, then inside it): the cheap tests go first."""
-    M = xq.shape[0]
-    if fast_accum or M <= SMALL_M_MAX or xq.dtype != torch.float8_e4m3fn:
+    return gluon_takes_shape(*xq.shape, wq.shape[0], xq.dtype, xq.device, out_dtype, fast_accum)
+
+
+def gluon_takes_shape(M, K, N, dtype, device, out_dtype, fast_accum) -> bool:
+    """gluon_takes for an xq [M, K] of `dtype` on `device` and a weight of N rows, before xq exists
+    (ptpc_linear asks it before its quant)."""
+    if fast_accum or M <= SMALL_M_MAX or dtype != torch.float8_e4m3fn:
         return False
     if out_dtype not in _GLUON_OUT_DTYPES:
         return False
     from .triton_kernels import ptpc_gemm_gluon
 
     if not (
-        ptpc_gemm_gluon.takes_shape(*xq.shape, wq.shape[0])
+        ptpc_gemm_gluon.takes_shape(M, K, N)
         and os.environ.get("ROCM_ATTN_GLUON_GEMM", "1") != "0"
-        and ptpc_gemm_gluon.available(xq.device)
+        and ptpc_gemm_gluon.available(device)
     ):
         return False
     if M >= GLUON_MIN_M:
         return True
-    return ptpc_gemm_gluon.takes_narrow_tiles(M, wq.shape[0], ptpc_gemm_gluon.sm_count(xq.device))
+    return ptpc_gemm_gluon.takes_narrow_tiles(M, N, ptpc_gemm_gluon.sm_count(device))
 
 
 def cuda_auto_choice(M: int, N: int | None = None, K: int | None = None) -> str:

@@ -34,8 +34,10 @@ def _per_token_quant_fp8_kernel(
     x_ptr, xq_ptr, scale_ptr,
     K, stride_xm,
     FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
-    BLOCK_K: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
+    BLOCK_K: tl.constexpr, SINGLE_BLOCK: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr = False,
 ):
+    if LAUNCH_DEPENDENTS:  # sm_90 PDL: the next kernel (launched with launch_pdl) may start on freed SMs
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xm
     q_row = xq_ptr + row * K
@@ -77,9 +79,11 @@ def default_quant_config(K: int, M: int | None = None) -> tuple[int, int, bool]:
 
 
 def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max: float,
-                               block_k: int | None = None, num_warps: int | None = None):
+                               block_k: int | None = None, num_warps: int | None = None,
+                               launch_dependents: bool = False):
     """block_k / num_warps override the default (benchmarks/tune_linear.py tries variants);
-    block_k >= K reads the row once, a smaller block_k loops over it twice."""
+    block_k >= K reads the row once, a smaller block_k loops over it twice. launch_dependents (sm_90 only):
+    let a GEMM launched next with PDL start on the SMs this kernel frees (ptpc_linear's PDL pair)."""
     shape = x.shape
     K = shape[-1]
     x2 = x.reshape(math.prod(shape[:-1]), K)  # not -1: K may be 0
@@ -104,7 +108,7 @@ def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max:
     launch_cache.launch(
         _COMPILED, _per_token_quant_fp8_kernel, (M,), (x2, xq, scale, K, x2.stride(0)),
         dict(FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
-             BLOCK_K=block, SINGLE_BLOCK=single),
+             BLOCK_K=block, SINGLE_BLOCK=single, LAUNCH_DEPENDENTS=launch_dependents),
         num_warps=warps,
     )
     return xq.view(shape), scale.view(*shape[:-1], 1)

@@ -120,6 +120,12 @@ if HAVE_GLUON:
         HN: gl.constexpr = b_bufs.type.shape[1]
         num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, HN * HALVES)
         k_tiles = gl.cdiv(K, _BLOCK_K)
+        # sm_90 PDL: launched with launch_pdl after a kernel that calls launch_dependents (ptpc_linear's quant),
+        # this kernel may start while that one finishes; every load (A, B, the scales the consumers read) comes
+        # after this wait, which returns once the previous kernel is done and its writes are visible (at once
+        # without PDL)
+        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False,
+                                  pack=1)
         it = 0
         for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
             off_m, off_n = _tile_origin(tile, M, N, group_m, HALVES, HN)
@@ -263,11 +269,36 @@ def takes_narrow_tiles(M: int, N: int, sms: int) -> bool:
     return tiles <= sms
 
 
-def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
+def _auto_config(M: int, N: int, sms: int) -> tuple[int, int, int, int]:
+    """(halves, half_n, stages, out_buffers) ptpc_gemm_gluon_launch runs: at M >= 1024, 3 stages and two
+    output buffers per warpgroup, which measured best on an H100 (Session 11: an interleaved A/B with
+    cuBLASLt, benchmarks/results/h100-2026-11-22/s11/h); below, the narrow tiles where takes_narrow_tiles says
+    so (8 stages fill shared memory)."""
+    if takes_narrow_tiles(M, N, sms):
+        return 1, NARROW_HALF_N, 8, 1
+    halves = pick_halves(M, N, sms)
+    return (halves, HALF_N) + ((3, 2) if halves == 2 else (6, 1))
+
+
+@functools.lru_cache(maxsize=4096)
+def pdl_pays(M: int, K: int, N: int, sms: int) -> bool:
+    """Whether ptpc_linear launches its quant and this GEMM as a programmatic-dependent-launch pair (sm_90
+    PDL: the quant lets the GEMM's programs start on the SMs it frees, and the GEMM waits for the quant's
+    output before its first load). Measured on an H100 (Session 22, three runs): it pays where the GEMM is one
+    round of tiles and the quant reads each row in one block (K <= 8192): K = N = 4096 at M = 128 / 256 / 1024
+    14.5 -> 13.7, 16.1 -> 14.7, 34.8 -> 33.0-34.2 us; N = 6144 and N = 1024 at M = 128 0.8-0.9 us less. Past
+    one round, or after the two-pass quant of K = 14336, it cost 1-5% (N = 28672, M = 4096: 824 -> 857 us)."""
+    from .per_token_quant import MAX_SINGLE_BLOCK
+
+    halves, half_n, _, _ = _auto_config(M, N, sms)
+    tiles = launch_cache.cdiv(M, BLOCK_M) * launch_cache.cdiv(N, half_n * halves)
+    return K <= MAX_SINGLE_BLOCK and tiles <= sms
+
+
+def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype, pdl: bool = False):
     """The ptpc_scaled_mm triton provider's entry (precise accumulation): operands as prepare_operands
-    leaves them. At M >= 1024, 3 stages and two output buffers per warpgroup, which measured best on an H100
-    (Session 11: an interleaved A/B with cuBLASLt, benchmarks/results/h100-2026-11-22/s11/h); below, the
-    narrow tiles where takes_narrow_tiles says so (8 stages fill shared memory)."""
+    leaves them, the tile configuration from _auto_config. pdl: launch as the dependent of a PDL pair (the
+    kernel before it, ptpc_linear's quant, called launch_dependents; pdl_pays says where that is faster)."""
     from .ptpc_gemm import prepare_operands
 
     ops, out = prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype)
@@ -275,16 +306,11 @@ def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype):
         return out
     xq, xs, wq, ws, bias = ops
     M, N = out.shape
-    sms = _sm_count(out.device.index)  # a CUDA tensor's device has its index
-    if takes_narrow_tiles(M, N, sms):
-        halves, half_n, stages, out_buffers = 1, NARROW_HALF_N, 8, 1
-    else:
-        halves, half_n = pick_halves(M, N, sms), HALF_N
-        stages, out_buffers = (3, 2) if halves == 2 else (6, 1)
+    halves, half_n, stages, out_buffers = _auto_config(M, N, _sm_count(out.device.index))
     # the provider's gate (ptpc_scaled_mm.gluon_takes) checked what launch() would check: launch unchecked
     return _launch_checked_inputs(xq.contiguous(), xs, wq.contiguous(), ws, bias, out, halves=halves,
                                   stages=stages, group_m=16, consumer_regs=CONSUMER_REGS,
-                                  out_buffers=out_buffers, half_n=half_n)
+                                  out_buffers=out_buffers, half_n=half_n, pdl=pdl)
 
 
 def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
@@ -312,7 +338,7 @@ def launch(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
 
 
 def _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, group_m, consumer_regs,
-                           out_buffers, half_n=HALF_N):
+                           out_buffers, half_n=HALF_N, pdl=False):
     """launch() after its checks (the triton provider's gate has made the same ones)."""
     M, K = xq.shape
     N = wq.shape[0]
@@ -333,7 +359,7 @@ def _launch_checked_inputs(xq, x_scale, wq, w_scale, bias, out, halves, stages, 
                         # registers are handed out by warpgroup: 3 groups (two consumers, the 1-warp
                         # producer's) x 128 threads x maxnreg must fit the SM's 64K; setmaxnreg then moves
                         # them to the consumers
-                        maxnreg=168)
+                        maxnreg=168, launch_pdl=pdl)
     return out
 
 

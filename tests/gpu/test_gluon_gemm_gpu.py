@@ -79,3 +79,55 @@ def test_bad_input_is_refused():
         run(xq[:, :120].contiguous(), xs, wq[:, :120].contiguous(), ws)
     with pytest.raises(ValueError, match="out must be"):
         gluon_gemm.launch(xq, xs, wq, ws, None, torch.empty(64, 128, device="cuda", dtype=torch.float32))
+
+
+@pytest.mark.parametrize("M, N, K", [(1024, 4096, 4096), (256, 4096, 4096), (128, 1024, 4096), (65, 6144, 4096),
+                                     (300, 4096, 1008)])  # K: TMA wants 16-byte rows; not 128-aligned
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_the_pdl_pair_matches_two_plain_launches(M, N, K, with_bias):
+    """ptpc_linear's PDL pair (the quant calls launch_dependents, the GEMM launched with launch_pdl waits for
+    it): bit for bit the quant then the GEMM launched plainly, eagerly and replayed from a CUDA graph on inputs
+    rewritten after the capture (fresh randn each time, never zeros)."""
+    from rocm_attn.kernels.ptpc_linear import _pdl_linear
+    from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
+
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    wq, ws = quantize_weight_per_channel(torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.05)
+    bias = torch.randn(N, device="cuda", dtype=torch.bfloat16) if with_bias else None
+
+    def plain(x):
+        xq, xs = torch.ops.rocm_attn.per_token_quant_fp8(x)
+        return gluon_gemm.ptpc_gemm_gluon_launch(xq, xs, wq, ws, bias, torch.bfloat16)
+
+    assert torch.equal(_pdl_linear(x, wq, ws, bias, torch.bfloat16), plain(x))
+    graph = torch.cuda.CUDAGraph()
+    _pdl_linear(x, wq, ws, bias, torch.bfloat16)
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        captured = _pdl_linear(x, wq, ws, bias, torch.bfloat16)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, plain(x))
+
+
+def test_ptpc_linear_takes_the_pdl_pair_where_it_pays(monkeypatch):
+    """The op (and an FP8Linear's eager plan) run the PDL pair at K = N = 4096, M = 256 on an H100 / H200
+    (132 SMs: 128 narrow tiles, one round) and give what ROCM_ATTN_PDL=0 gives; not at K = 14336."""
+    from rocm_attn.kernels import ptpc_linear as linear_mod
+    from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
+
+    if gluon_gemm.sm_count(torch.device("cuda")) < 128:
+        pytest.skip("fewer SMs than an H100's: the one-round rule differs")
+    for K, expected in [(4096, True), (14336, False)]:
+        x = torch.randn(2, 128, K, device="cuda", dtype=torch.bfloat16)
+        wq, ws = quantize_weight_per_channel(torch.randn(4096, K, device="cuda", dtype=torch.bfloat16) * 0.05)
+        assert linear_mod._pdl_pair_takes(x.reshape(256, K), wq, torch.bfloat16, False) is expected
+        y = torch.ops.rocm_attn.ptpc_linear(x, wq, ws)
+        y_eager = linear_mod.ptpc_linear_eager(x, wq, ws)
+        monkeypatch.setenv("ROCM_ATTN_PDL", "0")
+        assert not linear_mod._pdl_pair_takes(x.reshape(256, K), wq, torch.bfloat16, False)
+        assert torch.equal(y, torch.ops.rocm_attn.ptpc_linear(x, wq, ws))
+        assert torch.equal(y_eager, linear_mod.ptpc_linear_eager(x, wq, ws))
+        monkeypatch.delenv("ROCM_ATTN_PDL")

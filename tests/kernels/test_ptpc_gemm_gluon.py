@@ -52,7 +52,8 @@ def build_report(halves, stages, out_buffers, half_n=gluon_gemm.HALF_N) -> dict:
     kernel = _compile(halves, stages, out_buffers, half_n)
     ptx = kernel.asm["ptx"]
     report = dict(wgmma=ptx.count("wgmma.mma_async"), tma=ptx.count("cp.async.bulk.tensor"),
-                  setmaxnreg="setmaxnreg" in ptx, shared=kernel.metadata.shared, regs=None)
+                  setmaxnreg="setmaxnreg" in ptx, shared=kernel.metadata.shared, regs=None,
+                  pdl_wait=ptx.count("griddepcontrol.wait"))
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
     if os.path.exists(cuobjdump):
         with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
@@ -78,9 +79,50 @@ def test_builds_for_sm90(halves, stages, out_buffers, half_n):
     # loads (producer): A's two 64-row halves and B's halves; stores: one per output half in each consumer
     assert report["tma"] == 2 + halves + 2 * halves
     assert report["setmaxnreg"]  # the producer warp gives its registers to the consumers
+    assert report["pdl_wait"] == 1  # the producer waits for a PDL predecessor before its first load
     assert report["shared"] <= 227 * 1024
     if report["regs"] is not None:
         assert report["regs"] <= 168  # 3 warpgroups x 128 threads fit 64K
+
+
+def test_the_pdl_pair_only_where_it_was_measured_to_pay(monkeypatch):
+    """pdl_pays on an H100 (132 SMs): the GEMM one round of tiles and the quant one block per row (K <= 8192);
+    and ptpc_linear's gate around it (auto or forced triton, Gluon taking the GEMM, our Triton quant,
+    ROCM_ATTN_PDL)."""
+    import torch
+    from rocm_attn.kernels import ptpc_linear as linear_mod
+    from rocm_attn.kernels import use_kernels
+
+    assert gluon_gemm.pdl_pays(1024, 4096, 4096, 132)  # 128 wide tiles
+    assert gluon_gemm.pdl_pays(256, 4096, 4096, 132) and gluon_gemm.pdl_pays(128, 4096, 6144, 132)  # narrow
+    assert not gluon_gemm.pdl_pays(1024, 14336, 4096, 132)  # the two-pass quant
+    assert not gluon_gemm.pdl_pays(4096, 4096, 4096, 132)  # 512 tiles
+    assert not gluon_gemm.pdl_pays(1024, 4096, 28672, 132)
+    assert not gluon_gemm.pdl_pays(1024, 4096, 6144, 132)  # 128 x 128 tiles: 384
+
+    fp8 = torch.float8_e4m3fn
+    monkeypatch.setattr(gluon_gemm, "available", lambda device=None: True)
+    monkeypatch.setattr(gluon_gemm, "sm_count", lambda device: 132)
+    monkeypatch.setattr(linear_mod, "fp8_dtype", lambda: fp8)
+    quant_provider = ["triton"]
+    monkeypatch.setattr(linear_mod, "select", lambda op, device, *args: (quant_provider[0], None))
+
+    def takes(M=1024, K=4096, N=4096, fast_accum=False, out_dtype=torch.bfloat16):
+        return linear_mod._pdl_pair_takes(torch.empty(M, K, dtype=torch.bfloat16), torch.empty(N, K, dtype=fp8),
+                                          out_dtype, fast_accum)
+
+    assert takes() and takes(M=256)
+    assert not takes(K=14336) and not takes(M=4096) and not takes(M=64)  # M <= 64: the small-M kernel
+    assert not takes(fast_accum=True) and not takes(out_dtype=torch.float32)
+    with use_kernels("torch"):
+        assert not takes()
+    with use_kernels("triton"):
+        assert takes()
+    monkeypatch.setenv("ROCM_ATTN_PDL", "0")
+    assert not takes()
+    monkeypatch.delenv("ROCM_ATTN_PDL")
+    quant_provider[0] = "torch"
+    assert not takes()
 
 
 def test_not_available_without_a_hopper_gpu():
