@@ -8,8 +8,9 @@ Providers:
 - triton: per_token_quant_fp8 then ptpc_scaled_mm, each through its own provider choice
   (auto: the Triton quant kernel and the GEMM from the table in ptpc_scaled_mm.py; forced
   "triton": the Triton kernels). Where those are our quant and the Gluon GEMM and the GEMM is one
-  round of tiles on the SMs, the two launch as a PDL pair (_pdl_pair_takes). (A one-launch quant + small-M GEMM kernel was measured in
-  session 4 and lost to these two launches at M = 1 and 16; it was removed, RESULTS.md says why.)
+  round of tiles on the SMs, the two launch as a PDL pair (_pdl_pair_takes). (A one-launch quant +
+  small-M GEMM kernel was measured in session 4 and lost to these two launches at M = 1 and 16; it
+  was removed, RESULTS.md says why.)
 - aiter: AITER quant + gemm_a8w8.
 
 fp8_per_tensor_linear(x, wq, w_scale[1], bias?) is classic per-tensor FP8 (one dynamic
@@ -102,20 +103,22 @@ def _pdl_pair_takes(x2, wq, out_dtype, fast_accum) -> bool:
             and select("per_token_quant_fp8", x2.device, x2)[0] == "triton")
 
 
-def _pdl_linear(x2, wq, w_scale, bias, out_dtype):
-    """The quant then the Gluon GEMM, launched as a PDL pair (where _pdl_pair_takes)."""
+def _pdl_linear(x, wq, w_scale, bias=None, fast_accum=False):
+    """The quant then the Gluon GEMM, launched as a PDL pair (where _pdl_pair_takes, which checked
+    fast_accum)."""
     from .triton_kernels.per_token_quant import per_token_quant_fp8_launch
     from .triton_kernels.ptpc_gemm_gluon import ptpc_gemm_gluon_launch
 
-    xq, x_scale = per_token_quant_fp8_launch(x2, fp8_dtype(), fp8_max(), launch_dependents=True)
-    return ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype, pdl=True)
+    xq, x_scale = per_token_quant_fp8_launch(_rows(x), fp8_dtype(), fp8_max(), launch_dependents=True)
+    out = ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, x.dtype, pdl=True)
+    return out.reshape(*x.shape[:-1], wq.shape[0])
 
 
 @register_provider(OP, "triton", supports=_triton_supports)
 def ptpc_linear_triton(x, wq, w_scale, bias=None, fast_accum=False):
     x2 = _rows(x)
     if _pdl_pair_takes(x2, wq, x.dtype, fast_accum):
-        return _pdl_linear(x2, wq, w_scale, bias, x.dtype).reshape(*x.shape[:-1], wq.shape[0])
+        return _pdl_linear(x, wq, w_scale, bias)
     xq, x_scale = dispatch("per_token_quant_fp8", x.device, x2)
     out = dispatch("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum)
     return out.reshape(*x.shape[:-1], wq.shape[0])
@@ -202,10 +205,7 @@ def _first_call(x, wq, w_scale, bias, fast_accum):
         return linear_fn(x, wq, w_scale, bias, fast_accum), linear_fn
     x2 = _rows(x)
     if _pdl_pair_takes(x2, wq, x.dtype, fast_accum):
-        def pdl_pair(x, wq, w_scale, bias, fast_accum):
-            return _pdl_linear(_rows(x), wq, w_scale, bias, x.dtype).reshape(*x.shape[:-1], wq.shape[0])
-
-        return pdl_pair(x, wq, w_scale, bias, fast_accum), pdl_pair
+        return _pdl_linear(x, wq, w_scale, bias), _pdl_linear
     _, quant_fn = select("per_token_quant_fp8", x.device, x2)
     xq, x_scale = quant_fn(x2)
     _, mm_fn = select("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum)

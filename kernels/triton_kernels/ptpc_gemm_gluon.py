@@ -120,10 +120,10 @@ if HAVE_GLUON:
         HN: gl.constexpr = b_bufs.type.shape[1]
         num_tiles = gl.cdiv(M, _BLOCK_M) * gl.cdiv(N, HN * HALVES)
         k_tiles = gl.cdiv(K, _BLOCK_K)
-        # sm_90 PDL: launched with launch_pdl after a kernel that calls launch_dependents (ptpc_linear's quant),
-        # this kernel may start while that one finishes; every load (A, B, the scales the consumers read) comes
-        # after this wait, which returns once the previous kernel is done and its writes are visible (at once
-        # without PDL)
+        # sm_90 PDL: launched with launch_pdl after a kernel that calls launch_dependents (ptpc_linear's
+        # quant), this kernel may start while that one finishes; every load (A, B, the scales the consumers
+        # read) comes after this wait, which returns once the previous kernel is done and its writes are
+        # visible (at once without PDL)
         gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False,
                                   pack=1)
         it = 0

@@ -81,13 +81,14 @@ def test_bad_input_is_refused():
         gluon_gemm.launch(xq, xs, wq, ws, None, torch.empty(64, 128, device="cuda", dtype=torch.float32))
 
 
-@pytest.mark.parametrize("M, N, K", [(1024, 4096, 4096), (256, 4096, 4096), (128, 1024, 4096), (65, 6144, 4096),
+@pytest.mark.parametrize("M, N, K", [(1024, 4096, 4096), (256, 4096, 4096), (128, 1024, 4096),
+                                     (65, 6144, 4096),
                                      (300, 4096, 1008)])  # K: TMA wants 16-byte rows; not 128-aligned
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_the_pdl_pair_matches_two_plain_launches(M, N, K, with_bias):
     """ptpc_linear's PDL pair (the quant calls launch_dependents, the GEMM launched with launch_pdl waits for
-    it): bit for bit the quant then the GEMM launched plainly, eagerly and replayed from a CUDA graph on inputs
-    rewritten after the capture (fresh randn each time, never zeros)."""
+    it): bit for bit the quant then the GEMM launched plainly, eagerly and replayed from a CUDA graph on
+    inputs rewritten after the capture (fresh randn each time, never zeros)."""
     from rocm_attn.kernels.ptpc_linear import _pdl_linear
     from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
 
@@ -99,12 +100,12 @@ def test_the_pdl_pair_matches_two_plain_launches(M, N, K, with_bias):
         xq, xs = torch.ops.rocm_attn.per_token_quant_fp8(x)
         return gluon_gemm.ptpc_gemm_gluon_launch(xq, xs, wq, ws, bias, torch.bfloat16)
 
-    assert torch.equal(_pdl_linear(x, wq, ws, bias, torch.bfloat16), plain(x))
+    assert torch.equal(_pdl_linear(x, wq, ws, bias), plain(x))
     graph = torch.cuda.CUDAGraph()
-    _pdl_linear(x, wq, ws, bias, torch.bfloat16)
+    _pdl_linear(x, wq, ws, bias)
     torch.cuda.synchronize()
     with torch.cuda.graph(graph):
-        captured = _pdl_linear(x, wq, ws, bias, torch.bfloat16)
+        captured = _pdl_linear(x, wq, ws, bias)
     for _ in range(3):
         x.copy_(torch.randn_like(x))
         graph.replay()
