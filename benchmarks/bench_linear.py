@@ -62,6 +62,19 @@ def input_copies(tensors) -> list[tuple]:
     return [tuple(tensors)] + [tuple(t.clone() for t in tensors) for _ in range(n - 1)]
 
 
+def round_robin(variants: dict, rounds: int) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """variants: name -> (fn, input tensors). Times each `rounds` times, round-robin, each call rotating over
+    copies of its inputs beyond L2 (input_copies): ms per call of every round, and each variant's copy count.
+    Round-robin because a variant timed once, after the others, drifts with the GPU's thermal state (up to
+    ~10% on the long kernels, Session 11); callers keep the median."""
+    rotated = {name: (fn, input_copies(tensors)) for name, (fn, tensors) in variants.items()}
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (fn, sets) in rotated.items():
+            samples[name].append(bench(lambda fn=fn, sets=sets: [fn(*s) for s in sets]) / len(sets))
+    return samples, {name: len(sets) for name, (_, sets) in rotated.items()}
+
+
 def copy_bandwidth_gbs() -> float:
     src = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
@@ -113,15 +126,8 @@ def run_shape(K, N, M, copy_gbs, rounds: int = 3):
         "quant": (ops.per_token_quant_fp8, (x,)),
         "copy_same_bytes": (lambda s, d: d.copy_(s), (copy_src, torch.empty_like(copy_src))),
     }
-    # Round-robin over the variants, `rounds` times, median per variant: a variant timed once, after the
-    # others, drifts with the GPU's thermal state (up to ~10% on the long kernels, Session 11).
-    rotated = {name: (fn, input_copies(tensors)) for name, (fn, tensors) in variants.items()}
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, (fn, sets) in rotated.items():
-            samples[name].append(bench(lambda fn=fn, sets=sets: [fn(*s) for s in sets]) / len(sets))
-    timings = {name: (statistics.median(v), len(rotated[name][1])) for name, v in samples.items()}
-    del rotated
+    samples, copies = round_robin(variants, rounds)
+    timings = {name: (statistics.median(v), copies[name]) for name, v in samples.items()}
     errors = accumulation_errors(x, w, scaled_mm, triton_mm)
     t = {k: ms for k, (ms, _) in timings.items()}
     flop = 2.0 * M * N * K

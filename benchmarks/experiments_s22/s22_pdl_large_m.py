@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_linear import bench, input_copies  # noqa: E402
+from bench_linear import round_robin  # noqa: E402
 
 import rocm_attn  # noqa: E402,F401
 from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel  # noqa: E402
@@ -74,18 +74,13 @@ def main():
                     "pdl_off": (lambda x, wq, ws: linear(x, wq, ws, False), (x, wq, ws)),
                     "pdl_on": (lambda x, wq, ws: linear(x, wq, ws, True), (x, wq, ws)),
                     "pdl_no_trigger": (lambda x, wq, ws: linear(x, wq, ws, True, False), (x, wq, ws))}
-        rot = {n: (fn, input_copies(t)) for n, (fn, t) in variants.items()}
-        samples = {n: [] for n in variants}
-        for _ in range(a.rounds):
-            for n, (fn, sets) in rot.items():
-                samples[n].append(bench(lambda fn=fn, sets=sets: [fn(*s) for s in sets]) / len(sets) * 1000)
+        samples = {n: [t * 1000 for t in v] for n, v in round_robin(variants, a.rounds)[0].items()}
         us = {n: statistics.median(v) for n, v in samples.items()}
         row = dict(K=K, N=N, M=M, us=us, samples_us=samples, x_bf16={n: us["bf16"] / us[n] for n in us})
         res["rows"].append(row)
         json.dump(res, open(a.out, "w"), indent=1)
         print(K, N, M, {n: round(v, 1) for n, v in us.items()},
               {n: round(v, 3) for n, v in row["x_bf16"].items()}, flush=True)
-        del rot
         torch.cuda.empty_cache()
 
 

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_linear import bench, input_copies  # noqa: E402
+from bench_linear import round_robin  # noqa: E402
 
 import rocm_attn  # noqa: E402,F401
 from rocm_attn.kernels.per_token_quant import inv_fp8_max, scale_floor  # noqa: E402
@@ -33,26 +33,19 @@ def _quant_two_pass_hinted(x_ptr, xq_ptr, scale_ptr, K, stride_xm, FP8_MAX: tl.c
     x_row = x_ptr + row * stride_xm
     q_row = xq_ptr + row * K
     offs = tl.arange(0, BLOCK_K)
+    keep: tl.constexpr = "evict_last" if HINTS else ""
+    stream: tl.constexpr = "evict_first" if HINTS else ""
     acc = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         mask = k0 + offs < K
-        if HINTS:
-            x = tl.load(x_row + k0 + offs, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32)
-        else:
-            x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_row + k0 + offs, mask=mask, other=0.0, eviction_policy=keep).to(tl.float32)
         acc = tl.maximum(acc, tl.abs(x))
     scale = tl.maximum(tl.max(acc, axis=0) * INV_FP8_MAX, SCALE_FLOOR)
     for k0 in range(0, K, BLOCK_K):
         mask = k0 + offs < K
-        if HINTS:
-            x = tl.load(x_row + k0 + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        else:
-            x = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_row + k0 + offs, mask=mask, other=0.0, eviction_policy=stream).to(tl.float32)
         q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
-        if HINTS:
-            tl.store(q_row + k0 + offs, q.to(xq_ptr.dtype.element_ty), mask=mask, eviction_policy="evict_first")
-        else:
-            tl.store(q_row + k0 + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
+        tl.store(q_row + k0 + offs, q.to(xq_ptr.dtype.element_ty), mask=mask, eviction_policy=stream)
     tl.store(scale_ptr + row, scale)
 
 
@@ -88,18 +81,13 @@ def main():
         timed = {"production": (torch.ops.rocm_attn.per_token_quant_fp8, (x,)),
                  "copy_same_bytes": (lambda s, d: d.copy_(s), (copy_src, torch.empty_like(copy_src)))}
         timed.update({n: (fn, (x,)) for n, fn in variants.items()})
-        rot = {n: (fn, input_copies(t)) for n, (fn, t) in timed.items()}
-        samples = {n: [] for n in timed}
-        for _ in range(a.rounds):
-            for n, (fn, sets) in rot.items():
-                samples[n].append(bench(lambda fn=fn, sets=sets: [fn(*s) for s in sets]) / len(sets) * 1000)
+        samples = {n: [t * 1000 for t in v] for n, v in round_robin(timed, a.rounds)[0].items()}
         us = {n: statistics.median(v) for n, v in samples.items()}
         row = dict(M=M, K=K, us=us, bit_equal=same, samples_us=samples)
         res["rows"].append(row)
         json.dump(res, open(a.out, "w"), indent=1)
         print(M, K, {n: round(v, 1) for n, v in sorted(us.items(), key=lambda kv: kv[1])}, "all equal:",
               all(same.values()), flush=True)
-        del rot
         torch.cuda.empty_cache()
 
 
