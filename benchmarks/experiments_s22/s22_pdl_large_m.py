@@ -1,6 +1,7 @@
 """Session 22: programmatic dependent launch (sm_90 PDL) between the quant and the Gluon GEMM at M >= 1024.
 
-    python benchmarks/experiments_s22/s22_pdl_large_m.py --out $OUT/pdl_large_m.json [--rounds 5]
+    python benchmarks/experiments_s22/s22_pdl_large_m.py --out $OUT/pdl_large_m.json [--rounds 5] [--mid]
+        [--rows "14336,4096,128;14336,4096,256"]
 
 The quant kernel calls griddepcontrol.launch_dependents first; the GEMM is launched with launch_pdl and its
 producer waits (griddepcontrol.wait) before loading A. Checks: PDL on == off bit for bit, eagerly and in a
@@ -46,7 +47,9 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--mid", action="store_true", help="the M <= 1024 rows (MID_ROWS) instead of ROWS")
     p.add_argument("--no-check", action="store_true")
+    p.add_argument("--rows", default="", help="K,N,M rows to time instead, separated by ';' (Session 23)")
     a = p.parse_args()
+    rows = [tuple(map(int, r.split(","))) for r in a.rows.split(";") if r] or (MID_ROWS if a.mid else ROWS)
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, command=" ".join(sys.argv),
                check=[], rows=[])
     for K, N, M in [] if a.no_check else [(4096, 4096, 1024), (14336, 4096, 1000), (4096, 6144, 2048)]:
@@ -66,7 +69,7 @@ def main():
         print(row, flush=True)
         res["check"].append(row)
     json.dump(res, open(a.out, "w"), indent=1)
-    for K, N, M in MID_ROWS if a.mid else ROWS:
+    for K, N, M in rows:
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02
         wq, ws = quantize_weight_per_channel(w)

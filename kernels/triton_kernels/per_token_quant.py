@@ -2,18 +2,20 @@
 
 Memory bound: read K inputs, write K fp8 bytes and one scale. Rows up to MAX_SINGLE_BLOCK
 elements are read once (kept in registers between the amax and the quant pass); longer
-rows loop twice over LOOP_BLOCK chunks, the second read hitting L2. Measured on an H100
-(benchmarks/tune_linear.py): K = 4096 is best as one 4096 block with 8 warps (16 at
-M <= 256); K = 14336 as 2048-wide chunks (Session 12: 1024-16384 wide blocks with 4-32 warps,
-single-pass 16384 included, all slower). Session 22 (benchmarks/experiments_s22/
-s22_quant_long_rows.py): with L2 eviction hints (the first read evict_last, the second read and
-the store evict_first) and 8 warps, K = 14336 ran 22.9 / 69.4 / 129.1 us at M = 1024 / 4096 / 8192
-against 23.0 / 71.0 / 134.6 (16 warps, no hints), the output bit for bit the same (a copy of the
-same bytes: 16.6 / 60.0 / 118.4); so above SMALL_M_ROWS rows. At M = 1 / 16 8 warps were slower
-(4.7 / 6.6 us against 3.4 / 4.5), so there it stays 16 warps without hints.
+rows loop twice over LOOP_BLOCK chunks, the second read hitting L2 (Session 22: with L2
+eviction hints, the first read evict_last, the second read and the store evict_first, above
+SMALL_M_ROWS rows).
+
+The division decides the speed of long rows. With IEEE division per element (div.rn) the
+kernel was ALU-bound: K = 14336 had to run as two passes over 2048-wide chunks, 3.4 / 23.5 /
+69.5 / 129.1 us at M = 1 / 1024 / 4096 / 8192 (H100, Session 23). With the reciprocal formed
+once per row (divide_by_row_scale, the same bits) the row fits one 16384 block with 16 warps:
+2.7 / 18.8 / 63.6 / 121.9 us; a copy of the same bytes 1.1 / 16.6 / 59.8 / 118.0
+(benchmarks/experiments_s23/s23_quant_variants.py). K = 4096: one 4096 block with 8 warps
+(16 at M <= 256).
 
 scale = max(amax * INV_FP8_MAX, SCALE_FLOOR) (fp32 multiply by constants rounded to fp32)
-and q = x / scale with IEEE division (div_rn): bit for bit what the torch reference does on
+and q = x / scale correctly rounded (IEEE): bit for bit what the torch reference does on
 CPU and GPU (Triton's `/` is the approximate div.full.f32).
 """
 
@@ -28,11 +30,48 @@ import triton.language as tl
 from ..per_token_quant import inv_fp8_max, scale_floor
 from . import launch_cache
 
-MAX_SINGLE_BLOCK = 8192
+MAX_SINGLE_BLOCK = 16384  # one block in registers, 16 warps at 16384
 LOOP_BLOCK = 2048
 LOOP_WARPS = 8  # long rows at M > SMALL_M_ROWS, with the L2 hints (Session 22)
 LOOP_WARPS_FEW_ROWS = 16  # long rows at M <= SMALL_M_ROWS, no hints (8 warps: M = 1 3.4 -> 4.7 us, K = 14336)
 SMALL_M_ROWS = 256  # up to here a 4096 block runs 16 warps, above it 8
+
+
+@triton.jit
+def divide_by_row_scale(x, scale):
+    """x / scale as IEEE division rounds it, for a row whose elements share one scale > 0.
+
+    Why not div.rn per element: that is a quarter-rate MUFU reciprocal, Newton steps and a special-case check
+    per element, and it made the quant ALU-bound (H100, K = 14336, M = 1024: 23.5 us against ~18 with this,
+    a copy of the same bytes 16.6; Session 23). Here 1/scale is formed once per row, as inv + inv_lo (inv =
+    RN(1/scale), inv_lo its rounding error), and each element costs a multiply, three fmas and a sign copy:
+    - q = RN(x * inv + x * inv_lo) is within one ulp of x / scale (x * (inv + inv_lo) is ~2^-46 off);
+    - Markstein: with inv within half an ulp of 1/scale and q within one ulp, RN(q - (q*scale - x) * inv) is
+      RN(x / scale), the remainder q*scale - x being exact in an fma.
+    The theorem needs normal numbers, the remainder (~|x| 2^-24) included, and |x| <= fp8_max * scale holds
+    in a row scaled by its own amax. So the quotient is IEEE's bit for bit down to ~2^-84 (tested to 2^-60);
+    below, its last bits may differ, on values far under fp8's smallest step (2^-9), with the same sign: the
+    fp8 cast makes both the same signed zero.
+    scale = inf (a row with an inf) gives inv = inv_lo = 0: q = +-0, NaN for x = +-inf, as IEEE; the remainder
+    uses FLT_MAX so that 0 * inf does not turn every element into NaN.
+    tests/kernels/test_per_token_quant.py checks it against IEEE division over every bf16 value."""
+    inv = tl.math.div_rn(1.0, scale)
+    finite_scale = tl.minimum(scale, 3.4028234663852886e38)
+    inv_lo = tl.fma(-finite_scale, inv, 1.0) * inv  # (1 - scale * inv) / scale: inv's rounding error
+    q = tl.fma(x, inv, x * inv_lo)
+    q = tl.fma(-tl.fma(q, finite_scale, -x), inv, q)
+    # x / scale has x's sign (scale > 0): copy it (one LOP3), since an fma's zero result did not keep it (x = -0
+    # came back +0 on an H100)
+    sign = x.to(tl.int32, bitcast=True) & -2147483648
+    return ((q.to(tl.int32, bitcast=True) & 2147483647) | sign).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def quantize_by_row_scale(x, scale, FP8_MAX: tl.constexpr):
+    """per_token_quant_fp8's definition of q: clamp(x / scale) (IEEE division), before the cast to fp8. NaN stays
+    NaN as in torch.clamp (an inf in a row makes its scale inf and inf / inf NaN); Triton's default clamp
+    would turn it into -FP8_MAX."""
+    return tl.clamp(divide_by_row_scale(x, scale), -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -53,7 +92,7 @@ def _per_token_quant_fp8_kernel(
         mask = offs < K
         x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
         scale = tl.maximum(tl.max(tl.abs(x), axis=0) * INV_FP8_MAX, SCALE_FLOOR)
-        q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
+        q = quantize_by_row_scale(x, scale, FP8_MAX)
         tl.store(q_row + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     else:
         # L2_HINTS: the first read asks L2 to keep the row for the second; the second read and the store stream
@@ -68,7 +107,7 @@ def _per_token_quant_fp8_kernel(
         for k0 in range(0, K, BLOCK_K):
             mask = k0 + offs < K
             x = tl.load(x_row + k0 + offs, mask=mask, other=0.0, eviction_policy=stream).to(tl.float32)
-            q = tl.clamp(tl.math.div_rn(x, tl.zeros_like(x) + scale), -FP8_MAX, FP8_MAX)
+            q = quantize_by_row_scale(x, scale, FP8_MAX)
             tl.store(q_row + k0 + offs, q.to(xq_ptr.dtype.element_ty), mask=mask, eviction_policy=stream)
     tl.store(scale_ptr + row, scale)
 
@@ -77,7 +116,7 @@ def default_quant_config(K: int, M: int | None = None) -> tuple[int, int, bool]:
     """(BLOCK_K, num_warps, single block) for M rows of K elements."""
     if K <= MAX_SINGLE_BLOCK:
         block = launch_cache.next_power_of_2(K)
-        warps = 1 if block <= 512 else 4 if block <= 4096 else 8
+        warps = 1 if block <= 512 else 4 if block <= 4096 else 8 if block <= 8192 else 16
         if M is not None and block == 4096:  # measured at K = 4096
             # few rows = few programs: spread each row over more threads so its loads all fly at
             # once (H100, K = 4096: M = 1 1.83 us with 16 warps vs 2.42 with 4; M = 1024 6.9 vs 7.9).

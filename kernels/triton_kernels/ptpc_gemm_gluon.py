@@ -52,6 +52,8 @@ HALF_N = 128  # one wgmma accumulator: 64 x 128 fp32 = 64 registers per thread
 BLOCK_K = 128  # one promotion per 128 K elements, as cuBLASLt's precise mode
 CONSUMER_REGS = 232  # registers per consumer thread after setmaxnreg (the producer warp keeps 24)
 NARROW_HALF_N = 64  # the mid-M tiles' width (one 64 x 64 wgmma accumulator per warpgroup)
+PDL_MAX_K = 8192  # pdl_pays: up to this K the pair pays at any M of one round of tiles (Session 22)
+PDL_MAX_M_LONG_K = 128  # and above it, up to this M (Session 23)
 
 
 @functools.lru_cache(maxsize=None)
@@ -284,15 +286,15 @@ def _auto_config(M: int, N: int, sms: int) -> tuple[int, int, int, int]:
 def pdl_pays(M: int, K: int, N: int, sms: int) -> bool:
     """Whether ptpc_linear launches its quant and this GEMM as a programmatic-dependent-launch pair (sm_90
     PDL: the quant lets the GEMM's programs start on the SMs it frees, and the GEMM waits for the quant's
-    output before its first load). Measured on an H100 (Session 22, three runs): it pays where the GEMM is one
-    round of tiles and the quant reads each row in one block (K <= 8192): K = N = 4096 at M = 128 / 256 / 1024
-    14.5 -> 13.7, 16.1 -> 14.7, 34.8 -> 33.0-34.2 us; N = 6144 and N = 1024 at M = 128 0.8-0.9 us less. Past
-    one round, or after the two-pass quant of K = 14336, it cost 1-5% (N = 28672, M = 4096: 824 -> 857 us)."""
-    from .per_token_quant import MAX_SINGLE_BLOCK
-
+    output before its first load). Measured on an H100: it pays where the GEMM is one round of tiles and either
+    K <= 8192 (Session 22, three runs: K = N = 4096 at M = 128 / 256 / 1024 14.5 -> 13.7, 16.1 -> 14.7,
+    34.8 -> 33.0-34.2 us; N = 6144 and N = 1024 at M = 128 0.8-0.9 us less) or M <= 128 (Session 23, two runs:
+    K = 14336, M = 128: 34.3 -> 33.1-33.2 us). At K = 14336 and M = 256 / 512 it cost 5 / 5.6 us, at M = 1024
+    -0.5 to +2 us (Session 23, benchmarks/results/h100-2026-11-23/s23/pdl_*.json); past one round of tiles
+    1-5% (Session 22: N = 28672, M = 4096: 824 -> 857 us)."""
     halves, half_n, _, _ = _auto_config(M, N, sms)
     tiles = launch_cache.cdiv(M, BLOCK_M) * launch_cache.cdiv(N, half_n * halves)
-    return K <= MAX_SINGLE_BLOCK and tiles <= sms
+    return (K <= PDL_MAX_K or M <= PDL_MAX_M_LONG_K) and tiles <= sms
 
 
 def ptpc_gemm_gluon_launch(xq, x_scale, wq, w_scale, bias, out_dtype, pdl: bool = False):

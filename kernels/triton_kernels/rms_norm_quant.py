@@ -15,6 +15,7 @@ import triton.language as tl
 
 from ..per_token_quant import inv_fp8_max, scale_floor
 from . import launch_cache
+from .per_token_quant import quantize_by_row_scale
 
 MAX_K = 16384
 
@@ -42,9 +43,9 @@ def _rms_norm_quant_kernel(
     y = h * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if ROUND_Y_TO_X:  # weight * h has x's dtype unless the weight promotes it to fp32
         y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
-    # per_token_quant_fp8's definition: scale by an fp32 multiply, q by IEEE division (div_rn)
+    # per_token_quant_fp8's definition: scale by an fp32 multiply, q by IEEE division
     scale = tl.maximum(tl.max(tl.abs(y), axis=0) * INV_FP8_MAX, SCALE_FLOOR)
-    q = tl.clamp(tl.math.div_rn(y, tl.zeros_like(y) + scale), -FP8_MAX, FP8_MAX)
+    q = quantize_by_row_scale(y, scale, FP8_MAX)
     tl.store(xq_ptr + row * K + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + row, scale)
 

@@ -31,7 +31,7 @@ import triton.language as tl
 from ..per_token_quant import inv_fp8_max, scale_floor
 from ..platform import triton_interpret
 from . import launch_cache
-from .per_token_quant import per_token_quant_fp8_launch
+from .per_token_quant import per_token_quant_fp8_launch, quantize_by_row_scale
 
 # A 16384-wide block in registers (Llama-3-8B's N = 14336) ran at half the copy bandwidth on an
 # H100: rows above this take the persistent path.
@@ -60,12 +60,6 @@ def _silu_mul(g_ptrs, u_ptrs, mask, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _quantize(y, scale, FP8_MAX: tl.constexpr):
-    # per_token_quant_fp8's definition: q by IEEE division
-    return tl.clamp(tl.math.div_rn(y, tl.zeros_like(y) + scale), -FP8_MAX, FP8_MAX)
-
-
-@triton.jit
 def _silu_mul_kernel(g_ptr, u_ptr, y_ptr, N, stride_g, stride_u, BLOCK_N: tl.constexpr):
     """y = silu(gate) * up for one BLOCK_N slice of one row (the few-rows path; the quant follows)."""
     row = tl.program_id(0).to(tl.int64)
@@ -86,7 +80,7 @@ def _silu_mul_quant_row_kernel(
     mask = offs < N
     y = _silu_mul(g_ptr + row * stride_g + offs, u_ptr + row * stride_u + offs, mask, g_ptr.dtype.element_ty)
     scale = tl.maximum(tl.max(tl.abs(y), axis=0) * INV_FP8_MAX, SCALE_FLOOR)
-    tl.store(xq_ptr + row * N + offs, _quantize(y, scale, FP8_MAX).to(xq_ptr.dtype.element_ty), mask=mask)
+    tl.store(xq_ptr + row * N + offs, quantize_by_row_scale(y, scale, FP8_MAX).to(xq_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + row, scale)
 
 
@@ -117,7 +111,7 @@ def _silu_mul_quant_persistent_kernel(
         for n0 in range(0, N, BLOCK_N):
             mask = n0 + offs < N
             y = tl.load(scratch + n0 + offs, mask=mask, other=0.0).to(tl.float32)
-            tl.store(xq_ptr + r * N + n0 + offs, _quantize(y, scale, FP8_MAX).to(xq_ptr.dtype.element_ty),
+            tl.store(xq_ptr + r * N + n0 + offs, quantize_by_row_scale(y, scale, FP8_MAX).to(xq_ptr.dtype.element_ty),
                      mask=mask)
         tl.store(scale_ptr + row, scale)
         tl.debug_barrier()

@@ -2,8 +2,11 @@
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from rocm_attn.kernels import fp8_dtype, fp8_max, use_kernels
 from rocm_attn.kernels.per_token_quant import scale_floor
+from rocm_attn.kernels.triton_kernels.per_token_quant import divide_by_row_scale
 
 import rocm_attn
 
@@ -121,3 +124,71 @@ def test_forced_provider_that_cannot_run_says_why(monkeypatch):
     monkeypatch.setenv("ROCM_ATTN_KERNELS", "nonsense")
     with pytest.raises(ValueError, match="unknown kernel provider"):
         torch.ops.rocm_attn.per_token_quant_fp8(torch.randn(2, 16))
+
+
+@triton.jit
+def _divide_rows_kernel(x_ptr, scale_ptr, out_ptr, K, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < K
+    x = tl.load(x_ptr + row * K + offs, mask=mask)
+    tl.store(out_ptr + row * K + offs, divide_by_row_scale(x, tl.load(scale_ptr + row)), mask=mask)
+
+
+def test_divide_by_row_scale_is_ieee_division():
+    """The quant kernels' division (one reciprocal per row, two fma corrections) against IEEE division (torch
+    fp32 on CPU): every bf16 value and random full-mantissa fp32 values, over scales from the floor to 1e35
+    and inf. Bit for bit where the quotient is >= 2^-60; below, the same sign (the fp8 cast makes both a
+    signed zero); NaN where it is NaN. The fp8 casts of the clamped quotients must match everywhere."""
+    bf16_all = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+    g = torch.Generator().manual_seed(23)
+    fp32_random = torch.randn(2**16, generator=g) * torch.exp2(torch.randint(-40, 40, (2**16,), generator=g))
+    amax = torch.rand(12, generator=g).to(torch.bfloat16).float() * torch.exp2(
+        torch.randint(-10, 20, (12,), generator=g).float())
+    fmax = fp8_max()
+    inv_fmax = torch.tensor(1.0 / fmax, dtype=torch.float32)
+    scales = torch.cat([amax * inv_fmax,  # fp32 products, as the kernels form them
+                        torch.tensor([scale_floor(fmax), 1.0, 0.5, 3.0, 1e-3, 7.25e12, 1e35, float("inf")])])
+    for x_row in (bf16_all, fp32_random):
+        x = x_row.expand(len(scales), -1).contiguous()
+        got = torch.empty_like(x)
+        _divide_rows_kernel[(len(scales),)](x, scales, got, x.shape[1], BLOCK=x.shape[1])
+        ref = x / scales[:, None]
+        # in a kernel |x| <= amax = fp8_max * scale: leave out quotients far beyond that (x infinite with a
+        # finite scale, or huge x over a small scale, where the intermediate products overflow)
+        used = ~(ref.abs() > 2.0 ** 64)
+        got, ref = got[used], ref[used]
+        assert torch.equal(got.isnan(), ref.isnan())
+        got, ref = got[~ref.isnan()], ref[~ref.isnan()]
+        # the remainder x - q * scale (~|x| 2^-24) must be a normal number for the correction to be exact:
+        # below, the last bits may differ, on quotients that the fp8 cast turns into zeros (< 2^-10)
+        normal = ref.abs() >= 2.0 ** -60
+        assert torch.equal(got[normal].view(torch.int32), ref[normal].view(torch.int32))
+        assert torch.equal(torch.signbit(got[~normal]), torch.signbit(ref[~normal]))
+        assert (got[~normal].abs() < 2.0 ** -59).all()
+        q_got = got.clamp(-fmax, fmax).to(fp8_dtype()).view(torch.uint8)
+        q_ref = ref.clamp(-fmax, fmax).to(fp8_dtype()).view(torch.uint8)
+        assert torch.equal(q_got, q_ref)
+
+
+@pytest.mark.parametrize("K", [64, 70])
+def test_triton_inf_row_matches_reference(K):
+    """A row with an inf: its scale is inf, the inf's quotient NaN (the reference's; the clamp keeps it) and
+    every other one a signed zero, as in the torch reference. Single-block and two-pass kernels."""
+    from rocm_attn.kernels.triton_kernels.per_token_quant import per_token_quant_fp8_launch
+
+    x = torch.randn(3, K)
+    x[1, 9] = float("inf")
+    x[1, 10] = -0.0
+    with use_kernels("torch"):
+        q_ref, s_ref = torch.ops.rocm_attn.per_token_quant_fp8(x)
+    assert q_ref[1].float().isnan().sum() == 1 and q_ref[1, 9].float().isnan()
+    others = torch.arange(K) != 9
+    for block_k in (None, 16):
+        q, s = per_token_quant_fp8_launch(x, fp8_dtype(), fp8_max(), block_k=block_k)
+        assert torch.equal(s, s_ref) and s[1].item() == float("inf")
+        assert torch.equal(q.view(torch.uint8)[1, others], q_ref.view(torch.uint8)[1, others])  # signed zeros
+        assert q[1, others].float().eq(0).all() and torch.signbit(q[1, 10].float())
+        # the interpreter's fp8 cast (REFERENCE.md's traps) turns NaN into a number and moves some values near
+        # powers of two: the NaN and the other rows are checked bit for bit on the GPU
+        # (tests/gpu/test_linear_gpu.py::test_per_token_quant_triton_exact)

@@ -86,7 +86,7 @@ def test_builds_for_sm90(halves, stages, out_buffers, half_n):
 
 
 def test_the_pdl_pair_only_where_it_was_measured_to_pay(monkeypatch):
-    """pdl_pays on an H100 (132 SMs): the GEMM one round of tiles and the quant one block per row (K <= 8192);
+    """pdl_pays on an H100 (132 SMs): the GEMM one round of tiles and K <= 8192, or M <= 128 at longer K;
     and ptpc_linear's gate around it (auto or forced triton, Gluon taking the GEMM, our Triton quant,
     ROCM_ATTN_PDL)."""
     import torch
@@ -95,7 +95,8 @@ def test_the_pdl_pair_only_where_it_was_measured_to_pay(monkeypatch):
 
     assert gluon_gemm.pdl_pays(1024, 4096, 4096, 132)  # 128 wide tiles
     assert gluon_gemm.pdl_pays(256, 4096, 4096, 132) and gluon_gemm.pdl_pays(128, 4096, 6144, 132)  # narrow
-    assert not gluon_gemm.pdl_pays(1024, 14336, 4096, 132)  # the two-pass quant
+    assert not gluon_gemm.pdl_pays(1024, 14336, 4096, 132) and not gluon_gemm.pdl_pays(256, 14336, 4096, 132)
+    assert gluon_gemm.pdl_pays(128, 14336, 4096, 132)
     assert not gluon_gemm.pdl_pays(4096, 4096, 4096, 132)  # 512 tiles
     assert not gluon_gemm.pdl_pays(1024, 4096, 28672, 132)
     assert not gluon_gemm.pdl_pays(1024, 4096, 6144, 132)  # 128 x 128 tiles: 384
