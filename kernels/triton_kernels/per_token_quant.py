@@ -70,7 +70,7 @@ def divide_by_row_scale(x, scale):
 def quantize_by_row_scale(x, scale, FP8_MAX: tl.constexpr):
     """per_token_quant_fp8's definition of q: clamp(x / scale) (IEEE division), before the cast to fp8. NaN stays
     NaN as in torch.clamp (an inf in a row makes its scale inf and inf / inf NaN); Triton's default clamp
-    would turn it into -FP8_MAX."""
+    turns it into +-FP8_MAX."""
     return tl.clamp(divide_by_row_scale(x, scale), -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
 
 

@@ -80,7 +80,8 @@ def _silu_mul_quant_row_kernel(
     mask = offs < N
     y = _silu_mul(g_ptr + row * stride_g + offs, u_ptr + row * stride_u + offs, mask, g_ptr.dtype.element_ty)
     scale = tl.maximum(tl.max(tl.abs(y), axis=0) * INV_FP8_MAX, SCALE_FLOOR)
-    tl.store(xq_ptr + row * N + offs, quantize_by_row_scale(y, scale, FP8_MAX).to(xq_ptr.dtype.element_ty), mask=mask)
+    q = quantize_by_row_scale(y, scale, FP8_MAX)
+    tl.store(xq_ptr + row * N + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + row, scale)
 
 
@@ -111,8 +112,8 @@ def _silu_mul_quant_persistent_kernel(
         for n0 in range(0, N, BLOCK_N):
             mask = n0 + offs < N
             y = tl.load(scratch + n0 + offs, mask=mask, other=0.0).to(tl.float32)
-            tl.store(xq_ptr + r * N + n0 + offs, quantize_by_row_scale(y, scale, FP8_MAX).to(xq_ptr.dtype.element_ty),
-                     mask=mask)
+            q = quantize_by_row_scale(y, scale, FP8_MAX)
+            tl.store(xq_ptr + r * N + n0 + offs, q.to(xq_ptr.dtype.element_ty), mask=mask)
         tl.store(scale_ptr + row, scale)
         tl.debug_barrier()
 

@@ -136,7 +136,7 @@ def _divide_rows_kernel(x_ptr, scale_ptr, out_ptr, K, BLOCK: tl.constexpr):
 
 
 def test_divide_by_row_scale_is_ieee_division():
-    """The quant kernels' division (one reciprocal per row, two fma corrections) against IEEE division (torch
+    """The quant kernels' division (1/scale as two floats per row, one fma correction) against IEEE division (torch
     fp32 on CPU): every bf16 value and random full-mantissa fp32 values, over scales from the floor to 1e35
     and inf. Bit for bit where the quotient is >= 2^-60; below, the same sign (the fp8 cast makes both a
     signed zero); NaN where it is NaN. The fp8 casts of the clamped quotients must match everywhere."""
