@@ -7,8 +7,8 @@ Providers:
 - torch: the reference composition (torch quant + torch ptpc_scaled_mm).
 - triton: per_token_quant_fp8 then ptpc_scaled_mm, each through its own provider choice
   (auto: the Triton quant kernel and the GEMM from the table in ptpc_scaled_mm.py; forced
-  "triton": the Triton kernels). Where those are our quant and the Gluon GEMM and the GEMM is one
-  round of tiles on the SMs, the two launch as a PDL pair (_pdl_pair_takes). (A one-launch quant +
+  "triton": the Triton kernels). Where those are our quant and either the small-M GEMM or the Gluon GEMM
+  in one round of tiles on the SMs, the two launch as a PDL pair (_pdl_pair). (A one-launch quant +
   small-M GEMM kernel was measured in session 4 and lost to these two launches at M = 1 and 16; it
   was removed, RESULTS.md says why.)
 - aiter: AITER quant + gemm_a8w8.
@@ -29,7 +29,8 @@ from .common import check_float, check_rank, check_same_device, is_fp8
 from .custom_op import custom_op
 from .per_token_quant import inv_fp8_max, per_token_quant_fp8_aiter, per_token_quant_fp8_torch, scale_floor
 from .platform import fp8_dtype, fp8_max
-from .ptpc_scaled_mm import gluon_takes_shape, ptpc_scaled_mm_aiter, ptpc_scaled_mm_torch, scaled_mm_fallback
+from .ptpc_scaled_mm import (SMALL_M_MAX, cuda_auto_choice, gluon_takes_shape, ptpc_scaled_mm_aiter,
+                             ptpc_scaled_mm_torch, scaled_mm_fallback)
 from .registry import Kernels, dispatch, register_provider, requested_kernels, select
 
 OP = "ptpc_linear"
@@ -85,26 +86,39 @@ def _triton_supports(x=None, wq=None, w_scale=None, bias=None, fast_accum=False)
     return None
 
 
-def _pdl_pair_takes(x2, wq, out_dtype, fast_accum) -> bool:
-    """Whether the triton provider launches its quant and GEMM as a PDL pair (sm_90 programmatic dependent
-    launch: the quant lets the GEMM start on the SMs it frees): where dispatch would run our Triton quant and
-    the Gluon GEMM (auto or forced "triton") and ptpc_gemm_gluon.pdl_pays (H100, Session 22: K = N = 4096,
-    M = 256: 16.1 -> 14.7 us). ROCM_ATTN_PDL=0 turns it off."""
-    if os.environ.get("ROCM_ATTN_PDL") == "0" or requested_kernels() not in (Kernels.AUTO, Kernels.TRITON):
-        return False
+def _pdl_pair(x2, wq, out_dtype, fast_accum) -> str | None:
+    """Which programmatic-dependent-launch pair the triton provider launches (sm_90 PDL: the quant lets the
+    GEMM's programs start while it finishes; the GEMM waits for its output before reading), or None:
+    - "small_m": M <= SMALL_M_MAX where the GEMM would be the small-M kernel (H100, Session 24: 0.4-0.9 us
+      less per call, K = N = 4096, M = 1: 11.4 -> 10.8 us);
+    - "gluon": where the GEMM would be the Gluon GEMM and ptpc_gemm_gluon.pdl_pays (Session 22: K = N = 4096,
+      M = 256: 16.1 -> 14.7 us).
+    Both only where the quant would be our Triton kernel. ROCM_ATTN_PDL=0 turns them off."""
+    wanted = requested_kernels()
+    if os.environ.get("ROCM_ATTN_PDL") == "0" or wanted not in (Kernels.AUTO, Kernels.TRITON):
+        return None
     M, K = x2.shape
     N = wq.shape[0]
-    if wq.dtype != torch.float8_e4m3fn or not gluon_takes_shape(M, K, N, fp8_dtype(), x2.device, out_dtype,
-                                                                  fast_accum):
-        return False
-    from .triton_kernels import ptpc_gemm_gluon
+    if wq.dtype != torch.float8_e4m3fn or M == 0:
+        return None
+    if M <= SMALL_M_MAX:
+        from .triton_kernels.ptpc_gemm_small_m import pdl_capable
 
-    return (ptpc_gemm_gluon.pdl_pays(M, K, N, ptpc_gemm_gluon.sm_count(x2.device))
-            and select("per_token_quant_fp8", x2.device, x2)[0] == "triton")
+        small_m_runs = wanted is Kernels.TRITON or cuda_auto_choice(M, N, K) == "triton"
+        pair = "small_m" if small_m_runs and pdl_capable(x2.device) else None
+    elif gluon_takes_shape(M, K, N, fp8_dtype(), x2.device, out_dtype, fast_accum):
+        from .triton_kernels import ptpc_gemm_gluon
+
+        pair = "gluon" if ptpc_gemm_gluon.pdl_pays(M, K, N, ptpc_gemm_gluon.sm_count(x2.device)) else None
+    else:
+        pair = None
+    if pair is None or select("per_token_quant_fp8", x2.device, x2)[0] != "triton":
+        return None
+    return pair
 
 
-def _pdl_linear(x, wq, w_scale, bias=None, fast_accum=False):
-    """The quant then the Gluon GEMM, launched as a PDL pair (where _pdl_pair_takes, which checked
+def _pdl_gluon_linear(x, wq, w_scale, bias=None, fast_accum=False):
+    """The quant then the Gluon GEMM, launched as a PDL pair (where _pdl_pair says "gluon", which checked
     fast_accum)."""
     from .triton_kernels.per_token_quant import per_token_quant_fp8_launch
     from .triton_kernels.ptpc_gemm_gluon import ptpc_gemm_gluon_launch
@@ -114,11 +128,25 @@ def _pdl_linear(x, wq, w_scale, bias=None, fast_accum=False):
     return out.reshape(*x.shape[:-1], wq.shape[0])
 
 
+def _pdl_small_m_linear(x, wq, w_scale, bias=None, fast_accum=False):
+    """The quant then the small-M GEMM, launched as a PDL pair (where _pdl_pair says "small_m")."""
+    from .triton_kernels.per_token_quant import per_token_quant_fp8_launch
+    from .triton_kernels.ptpc_gemm_small_m import ptpc_gemm_small_m_launch
+
+    xq, x_scale = per_token_quant_fp8_launch(_rows(x), fp8_dtype(), fp8_max(), launch_dependents=True)
+    out = ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum=fast_accum, pdl=True)
+    return out.reshape(*x.shape[:-1], wq.shape[0])
+
+
+_PDL_LINEARS = {"gluon": _pdl_gluon_linear, "small_m": _pdl_small_m_linear}
+
+
 @register_provider(OP, "triton", supports=_triton_supports)
 def ptpc_linear_triton(x, wq, w_scale, bias=None, fast_accum=False):
     x2 = _rows(x)
-    if _pdl_pair_takes(x2, wq, x.dtype, fast_accum):
-        return _pdl_linear(x, wq, w_scale, bias)
+    pair = _pdl_pair(x2, wq, x.dtype, fast_accum)
+    if pair is not None:
+        return _PDL_LINEARS[pair](x, wq, w_scale, bias, fast_accum)
     xq, x_scale = dispatch("per_token_quant_fp8", x.device, x2)
     out = dispatch("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum)
     return out.reshape(*x.shape[:-1], wq.shape[0])
@@ -204,8 +232,10 @@ def _first_call(x, wq, w_scale, bias, fast_accum):
     if name != "triton":  # torch / aiter: one function, no inner choices
         return linear_fn(x, wq, w_scale, bias, fast_accum), linear_fn
     x2 = _rows(x)
-    if _pdl_pair_takes(x2, wq, x.dtype, fast_accum):
-        return _pdl_linear(x, wq, w_scale, bias), _pdl_linear
+    pair = _pdl_pair(x2, wq, x.dtype, fast_accum)
+    if pair is not None:
+        pdl_linear = _PDL_LINEARS[pair]
+        return pdl_linear(x, wq, w_scale, bias, fast_accum), pdl_linear
     _, quant_fn = select("per_token_quant_fp8", x.device, x2)
     xq, x_scale = quant_fn(x2)
     _, mm_fn = select("ptpc_scaled_mm", x.device, xq, x_scale, wq, w_scale, bias, x.dtype, fast_accum)

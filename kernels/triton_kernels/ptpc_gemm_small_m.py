@@ -15,6 +15,8 @@ next call (so the counters stay valid across CUDA-graph replays). One launch, no
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -43,12 +45,13 @@ CONFIGS = [
 # Exact configs per shape, from benchmarks/tune_linear.py on an H100 (it prints this table; session 7: inputs
 # rotated so the weight streams from HBM, not L2, and each config timed after the quant kernel as ptpc_linear
 # runs it - K = N = 4096 at M = 1 / 16 went from 1.23x to 1.30x bf16 in bench_linear):
-# (M bucket, N, K) -> {"BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"},
-# M bucket a power of two; an M takes the entry of the smallest bucket >= M. Shapes not
-# listed are autotuned over CONFIGS.
+# (M bucket, N, K) -> {"BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"} (+ "pdl": False where the
+# PDL launch was measured slower; added by hand, as were the 6 stages at K = N = 4096, M <= 16: Session 24,
+# 9.2 / 9.4 us against 9.7 / 10.1 with 4), M bucket a power of two; an M takes the entry of the smallest
+# bucket >= M. Shapes not listed are autotuned over CONFIGS.
 TUNED: dict[tuple[int, int, int], dict] = {
-    (1, 4096, 4096): {'BLOCK_N': 32, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
-    (16, 4096, 4096): {'BLOCK_N': 32, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
+    (1, 4096, 4096): {'BLOCK_N': 32, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 6},
+    (16, 4096, 4096): {'BLOCK_N': 32, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 6},
     (64, 4096, 4096): {'BLOCK_N': 16, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
     (1, 6144, 4096): {'BLOCK_N': 32, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
     (16, 6144, 4096): {'BLOCK_N': 32, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
@@ -57,7 +60,10 @@ TUNED: dict[tuple[int, int, int], dict] = {
     (16, 28672, 4096): {'BLOCK_N': 16, 'BLOCK_K': 512, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 3},
     (64, 28672, 4096): {'BLOCK_N': 32, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
     (1, 4096, 14336): {'BLOCK_N': 32, 'BLOCK_K': 512, 'SPLIT_K': 2, 'num_warps': 4, 'num_stages': 3},
-    (16, 4096, 14336): {'BLOCK_N': 32, 'BLOCK_K': 512, 'SPLIT_K': 2, 'num_warps': 4, 'num_stages': 3},
+    # pdl False: launched plainly even in ptpc_linear's PDL pair (Session 24, three H100 runs: 28.1-28.3 us
+    # plain, 28.6-29.0 with PDL; every other entry gained 0.4-0.8 us)
+    (16, 4096, 14336): {'BLOCK_N': 32, 'BLOCK_K': 512, 'SPLIT_K': 2, 'num_warps': 4, 'num_stages': 3,
+                        'pdl': False},
     (64, 4096, 14336): {'BLOCK_N': 16, 'BLOCK_K': 256, 'SPLIT_K': 1, 'num_warps': 4, 'num_stages': 4},
 }
 INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}
@@ -98,6 +104,7 @@ def _ptpc_gemm_small_m_kernel(
     stride_xm, stride_wn, stride_om,
     HAS_BIAS: tl.constexpr, FAST_ACCUM: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -112,6 +119,13 @@ def _ptpc_gemm_small_m_kernel(
     # this program's slice of K: whole BLOCK_K chunks (the last slice may run past K: masked)
     k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_begin = pid_k * k_per_split
+    if PDL:
+        # sm_90 programmatic dependent launch: launched with launch_pdl, this kernel's programs may be
+        # resident while the kernel before it (ptpc_linear's activation quant) finishes; every read and write
+        # comes after this wait, which returns once that kernel is done and its writes are visible. (Loading
+        # the first weight chunks before the wait, or asking L2 for the whole weight slice, was slower:
+        # Session 24, benchmarks/experiments_s24.)
+        tl.extra.cuda.gdc_wait()
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(k_begin, k_begin + k_per_split, BLOCK_K):
         if EVEN_K:
@@ -203,7 +217,19 @@ def _counters(device: torch.device, n_tiles: int) -> torch.Tensor | None:
     return buf
 
 
-def _launch(x, xs, wq, ws, bias, out, config=None, fast_accum=False):
+@functools.lru_cache(maxsize=None)
+def _pdl_capable_on(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_capable(device: torch.device) -> bool:
+    """Whether this kernel can run as the dependent of a PDL pair on `device`: a CUDA GPU of sm_90 or later
+    (griddepcontrol), not under the interpreter."""
+    return device.type == "cuda" and not torch.version.hip and not triton_interpret() and \
+        _pdl_capable_on(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _launch(x, xs, wq, ws, bias, out, config=None, fast_accum=False, pdl=False):
     M, K = x.shape
     N = wq.shape[0]
     if M > MAX_M:
@@ -228,12 +254,16 @@ def _launch(x, xs, wq, ws, bias, out, config=None, fast_accum=False):
     # a known config: the heuristics' constexprs computed here, so that after the first call the compiled
     # kernel is launched directly (launch_cache.py; a decode step runs this kernel for every linear)
     block_n, block_k, split_k = config["BLOCK_N"], config["BLOCK_K"], config["SPLIT_K"]
+    pdl = pdl and config.get("pdl", True)
     constexprs = dict(  # the kernel's order
         HAS_BIAS=consts["HAS_BIAS"], FAST_ACCUM=consts["FAST_ACCUM"], EVEN_K=K % (block_k * split_k) == 0,
         IMPRECISE_K=imprecise_k({"FAST_ACCUM": consts["FAST_ACCUM"], "BLOCK_K": block_k}),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k,
+        PDL=pdl,
     )
     options = {k: v for k, v in config.items() if k in ("num_warps", "num_stages")}
+    if pdl:
+        options["launch_pdl"] = True
     launch_cache.launch(_COMPILED, _ptpc_gemm_small_m_kernel, (launch_cache.cdiv(N, block_n), split_k), args,
                         constexprs, **options)
     return out
@@ -243,10 +273,13 @@ _COMPILED: dict[tuple, object] = {}  # specialization key -> Triton CompiledKern
 
 
 def ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | None = None,
-                             fast_accum: bool = False):
-    """ptpc_scaled_mm for M <= 64: xq fp8 [M, K] with x_scale [M, 1]. config: see TUNED."""
+                             fast_accum: bool = False, pdl: bool = False):
+    """ptpc_scaled_mm for M <= 64: xq fp8 [M, K] with x_scale [M, 1]. config: see TUNED.
+    pdl (sm_90): launch as the dependent of a PDL pair (the kernel before it called launch_dependents:
+    ptpc_linear's quant). A shape TUNED does not list runs without PDL (the autotuner times plain
+    launches)."""
     ops, out = prepare_operands(xq, x_scale, wq, w_scale, bias, out_dtype)
     if ops is None:
         return out
     xq, xs, wq, ws, bias = ops
-    return _launch(xq, xs, wq, ws, bias, out, config, fast_accum)
+    return _launch(xq, xs, wq, ws, bias, out, config, fast_accum, pdl)

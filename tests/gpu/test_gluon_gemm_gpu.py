@@ -89,7 +89,7 @@ def test_the_pdl_pair_matches_two_plain_launches(M, N, K, with_bias):
     """ptpc_linear's PDL pair (the quant calls launch_dependents, the GEMM launched with launch_pdl waits for
     it): bit for bit the quant then the GEMM launched plainly, eagerly and replayed from a CUDA graph on
     inputs rewritten after the capture (fresh randn each time, never zeros)."""
-    from rocm_attn.kernels.ptpc_linear import _pdl_linear
+    from rocm_attn.kernels.ptpc_linear import _pdl_gluon_linear
     from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel
 
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -100,12 +100,12 @@ def test_the_pdl_pair_matches_two_plain_launches(M, N, K, with_bias):
         xq, xs = torch.ops.rocm_attn.per_token_quant_fp8(x)
         return gluon_gemm.ptpc_gemm_gluon_launch(xq, xs, wq, ws, bias, torch.bfloat16)
 
-    assert torch.equal(_pdl_linear(x, wq, ws, bias), plain(x))
+    assert torch.equal(_pdl_gluon_linear(x, wq, ws, bias), plain(x))
     graph = torch.cuda.CUDAGraph()
-    _pdl_linear(x, wq, ws, bias)
+    _pdl_gluon_linear(x, wq, ws, bias)
     torch.cuda.synchronize()
     with torch.cuda.graph(graph):
-        captured = _pdl_linear(x, wq, ws, bias)
+        captured = _pdl_gluon_linear(x, wq, ws, bias)
     for _ in range(3):
         x.copy_(torch.randn_like(x))
         graph.replay()
@@ -124,11 +124,11 @@ def test_ptpc_linear_takes_the_pdl_pair_where_it_pays(monkeypatch):
     for K, expected in [(4096, True), (14336, False)]:
         x = torch.randn(2, 128, K, device="cuda", dtype=torch.bfloat16)
         wq, ws = quantize_weight_per_channel(torch.randn(4096, K, device="cuda", dtype=torch.bfloat16) * 0.05)
-        assert linear_mod._pdl_pair_takes(x.reshape(256, K), wq, torch.bfloat16, False) is expected
+        assert (linear_mod._pdl_pair(x.reshape(256, K), wq, torch.bfloat16, False) == "gluon") is expected
         y = torch.ops.rocm_attn.ptpc_linear(x, wq, ws)
         y_eager = linear_mod.ptpc_linear_eager(x, wq, ws)
         monkeypatch.setenv("ROCM_ATTN_PDL", "0")
-        assert not linear_mod._pdl_pair_takes(x.reshape(256, K), wq, torch.bfloat16, False)
+        assert linear_mod._pdl_pair(x.reshape(256, K), wq, torch.bfloat16, False) is None
         assert torch.equal(y, torch.ops.rocm_attn.ptpc_linear(x, wq, ws))
         assert torch.equal(y_eager, linear_mod.ptpc_linear_eager(x, wq, ws))
         monkeypatch.delenv("ROCM_ATTN_PDL")

@@ -255,6 +255,69 @@ def test_small_m_split_k_two_streams(weights):
             check_close(out, ref, mag, f"small-M split-K on stream {s}")
 
 
+@pytest.mark.parametrize("K,N", [(4096, 4096), (14336, 4096), (512, 1000)])  # TUNED (split-K 2 at 14336); autotuned
+@pytest.mark.parametrize("M", [1, 7, 16, 64])
+def test_small_m_pdl_pair_matches_two_plain_launches(weights, K, N, M):
+    """ptpc_linear's small-M PDL pair (the quant calls launch_dependents, the small-M GEMM launched with
+    launch_pdl waits for it): bit for bit the quant then the GEMM launched plainly, with and without bias and
+    fast accumulation, eagerly and replayed from a CUDA graph on inputs rewritten after the capture (fresh
+    randn each time). K = 512, N = 1000 is a shape TUNED does not list (the autotuned launch, no PDL)."""
+    from rocm_attn.kernels.ptpc_linear import _pdl_small_m_linear
+    from rocm_attn.kernels.triton_kernels.per_token_quant import per_token_quant_fp8_launch
+    from rocm_attn.kernels.triton_kernels.ptpc_gemm_small_m import pdl_capable, ptpc_gemm_small_m_launch
+
+    if not pdl_capable(torch.device(DEV)):
+        pytest.skip("PDL needs sm_90 or later")
+    if (K, N) in weights:
+        _, wq, w_scale, bias = weights[K, N]
+    else:
+        wq, w_scale = quantize_weight_per_channel(torch.randn(N, K, device=DEV, dtype=torch.bfloat16) * 0.05)
+        bias = torch.randn(N, device=DEV, dtype=torch.bfloat16)
+    for b, fast in ((None, False), (bias, False), (bias, True)):
+        def plain(x):
+            xq, xs = per_token_quant_fp8_launch(x, fp8_dtype(), fp8_max())
+            return ptpc_gemm_small_m_launch(xq, xs, wq, w_scale, b, torch.bfloat16, fast_accum=fast)
+
+        x = activations(M, K, seed=31 * M + fast)
+        assert torch.equal(_pdl_small_m_linear(x, wq, w_scale, b, fast), plain(x)), (K, M, fast)
+        graph = torch.cuda.CUDAGraph()
+        _pdl_small_m_linear(x, wq, w_scale, b, fast)
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            captured = _pdl_small_m_linear(x, wq, w_scale, b, fast)
+        for rep in range(3):
+            x.copy_(activations(M, K, seed=1000 + 31 * M + rep))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(captured, plain(x)), (K, M, fast, rep)
+
+
+def test_ptpc_linear_takes_the_small_m_pdl_pair(weights, monkeypatch):
+    """On sm_90 the op (and an FP8Linear's eager plan) run the small-M PDL pair at M <= 64 where the GEMM is
+    the small-M kernel, and give what ROCM_ATTN_PDL=0 gives; not at N = 28672, M = 64 (auto: cuBLASLt)."""
+    from rocm_attn.kernels import ptpc_linear as linear_mod
+    from rocm_attn.kernels.triton_kernels.ptpc_gemm_small_m import pdl_capable
+
+    if not pdl_capable(torch.device(DEV)):
+        pytest.skip("PDL needs sm_90 or later")
+    _, wq, w_scale, bias = weights[4096, 4096]
+    for M in (1, 16, 64):
+        x = activations(M, 4096, seed=5 + M).reshape(1, M, 4096)
+        assert linear_mod._pdl_pair(x.reshape(M, 4096), wq, torch.bfloat16, False) == "small_m"
+        with torch.no_grad():
+            y = torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale, bias)
+            y_eager = linear_mod.ptpc_linear_eager(x, wq, w_scale, bias)
+            monkeypatch.setenv("ROCM_ATTN_PDL", "0")
+            assert linear_mod._pdl_pair(x.reshape(M, 4096), wq, torch.bfloat16, False) is None
+            assert torch.equal(y, torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale, bias))
+            assert torch.equal(y_eager, linear_mod.ptpc_linear_eager(x, wq, w_scale, bias))
+            monkeypatch.delenv("ROCM_ATTN_PDL")
+    _, wq_wide, _, _ = weights[4096, 28672]
+    x = activations(64, 4096, seed=3)
+    assert linear_mod._pdl_pair(x, wq_wide, torch.bfloat16, False) is None
+    assert linear_mod._pdl_pair(x[:16], wq_wide, torch.bfloat16, False) == "small_m"
+
+
 def test_ptpc_linear_leading_dims_odd_shapes():
     w = torch.randn(72, 200, device=DEV)  # K, N not multiples of 16: the fallbacks
     wq, w_scale = quantize_weight_per_channel(w)

@@ -110,7 +110,7 @@ def test_the_pdl_pair_only_where_it_was_measured_to_pay(monkeypatch):
 
     def takes(M=1024, K=4096, N=4096, fast_accum=False, out_dtype=torch.bfloat16):
         x2, wq = torch.empty(M, K, dtype=torch.bfloat16), torch.empty(N, K, dtype=fp8)
-        return linear_mod._pdl_pair_takes(x2, wq, out_dtype, fast_accum)
+        return linear_mod._pdl_pair(x2, wq, out_dtype, fast_accum) == "gluon"
 
     assert takes() and takes(M=256)
     assert not takes(K=14336) and not takes(M=4096) and not takes(M=64)  # M <= 64: the small-M kernel

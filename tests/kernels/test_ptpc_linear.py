@@ -202,3 +202,36 @@ def test_per_tensor_bad_scale():
     wq, w_scale = quantize_weight_per_channel(torch.randn(16, 32))
     with pytest.raises(ValueError, match="w_scale must have shape \\(1,\\)"):
         torch.ops.rocm_attn.fp8_per_tensor_linear(torch.randn(4, 32), wq, w_scale)
+
+
+def test_small_m_pdl_pair_gate(monkeypatch):
+    """ptpc_linear's gate for the small-M PDL pair (its kernels are compared on the GPU, tests/gpu): M <= 64
+    where the GEMM would be the small-M kernel (auto's table or forced triton), an sm_90 GPU (faked here), our
+    Triton quant, e4m3fn weights, ROCM_ATTN_PDL not 0. On this machine's CPU it never applies."""
+    from rocm_attn.kernels import ptpc_linear as linear_mod
+    from rocm_attn.kernels.triton_kernels import ptpc_gemm_small_m as small_m
+
+    fp8 = torch.float8_e4m3fn
+
+    def pair(M, N=4096, K=4096, wdtype=fp8):
+        x2, wq = torch.empty(M, K, dtype=torch.bfloat16), torch.empty(N, K, dtype=wdtype)
+        return linear_mod._pdl_pair(x2, wq, torch.bfloat16, False)
+
+    assert not small_m.pdl_capable(torch.device("cpu"))
+    assert pair(16) is None  # the CPU
+    monkeypatch.setattr(small_m, "pdl_capable", lambda device: True)
+    monkeypatch.setattr(linear_mod, "fp8_dtype", lambda: fp8)
+    quant_provider = ["triton"]
+    monkeypatch.setattr(linear_mod, "select", lambda op, device, *args: (quant_provider[0], None))
+    assert pair(1) == pair(16) == pair(64) == "small_m"
+    assert pair(0) is None and pair(16, wdtype=torch.float8_e5m2) is None
+    assert pair(64, N=28672) is None and pair(16, N=28672) == "small_m"  # auto: cuBLASLt above M = 16 there
+    with use_kernels("triton"):
+        assert pair(64, N=28672) == "small_m"
+    with use_kernels("torch"):
+        assert pair(16) is None
+    monkeypatch.setenv("ROCM_ATTN_PDL", "0")
+    assert pair(16) is None
+    monkeypatch.delenv("ROCM_ATTN_PDL")
+    quant_provider[0] = "torch"
+    assert pair(16) is None

@@ -209,3 +209,24 @@ def test_bad_out_dtype():
 
 def test_fp8_dtype_is_platforms():
     assert make(1, 16, 16)[0].dtype == fp8_dtype()
+
+
+@pytest.mark.parametrize("M, N, K, pdl_launch", [(16, 4096, 4096, True), (1, 4096, 14336, True),
+                                                  (16, 4096, 14336, False)])
+def test_small_m_pdl_launch_follows_tuned(monkeypatch, M, N, K, pdl_launch):
+    """pdl=True launches the small-M kernel with launch_pdl and its PDL constexpr (the griddepcontrol.wait)
+    together, except where the TUNED entry says "pdl": False (K = 14336, M <= 16 bucket: measured slower);
+    the launch itself is recorded, not run (PDL needs an sm_90 GPU: tests/gpu runs it)."""
+    from rocm_attn.kernels.triton_kernels import ptpc_gemm_small_m as small_m
+
+    launches = []
+    monkeypatch.setattr(small_m.launch_cache, "launch",
+                        lambda cache, kernel, grid, args, constexprs, **options: launches.append((constexprs, options)))
+    fp8 = torch.float8_e4m3fn
+    xq, wq = torch.empty(M, K, dtype=fp8), torch.empty(N, K, dtype=fp8)  # not read: the launch is recorded
+    out = torch.empty(M, N, dtype=torch.bfloat16)
+    small_m._launch(xq, torch.ones(M, 1), wq, torch.ones(N, 1), None, out, pdl=True)
+    small_m._launch(xq, torch.ones(M, 1), wq, torch.ones(N, 1), None, out, pdl=False)
+    (with_pdl, with_opts), (plain, plain_opts) = launches
+    assert with_pdl["PDL"] is pdl_launch and with_opts.get("launch_pdl", False) is pdl_launch
+    assert plain["PDL"] is False and "launch_pdl" not in plain_opts
