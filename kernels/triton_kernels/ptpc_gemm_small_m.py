@@ -11,6 +11,10 @@ fp32 partial sum to a workspace, then bumps a per-column-tile counter (atomic, a
 the program that arrives last sums the SPLIT_K partials in a fixed order (deterministic),
 applies the scales and bias and writes the output, and resets the counter to 0 for the
 next call (so the counters stay valid across CUDA-graph replays). One launch, no memset.
+
+PDL (sm_90): ptpc_linear launches this kernel with launch_pdl right after its quant, which calls
+launch_dependents, so the launch overlaps the quant's run; the kernel's griddepcontrol.wait comes before
+its first read (ptpc_linear._pdl_pair says where).
 """
 
 from __future__ import annotations
