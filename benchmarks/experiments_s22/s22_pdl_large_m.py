@@ -11,14 +11,13 @@ CUDA-graph replay, on fresh randn inputs. Timing: quant + GEMM with PDL off / on
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_linear import round_robin  # noqa: E402
+from bench_linear import round_robin_us  # noqa: E402
 
 import rocm_attn  # noqa: E402,F401
 from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel  # noqa: E402
@@ -77,8 +76,7 @@ def main():
                     "pdl_off": (lambda x, wq, ws: linear(x, wq, ws, False), (x, wq, ws)),
                     "pdl_on": (lambda x, wq, ws: linear(x, wq, ws, True), (x, wq, ws)),
                     "pdl_no_trigger": (lambda x, wq, ws: linear(x, wq, ws, True, False), (x, wq, ws))}
-        samples = {n: [t * 1000 for t in v] for n, v in round_robin(variants, a.rounds)[0].items()}
-        us = {n: statistics.median(v) for n, v in samples.items()}
+        samples, us = round_robin_us(variants, a.rounds)
         row = dict(K=K, N=N, M=M, us=us, samples_us=samples, x_bf16={n: us["bf16"] / us[n] for n in us})
         res["rows"].append(row)
         json.dump(res, open(a.out, "w"), indent=1)

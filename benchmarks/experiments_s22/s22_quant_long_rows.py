@@ -12,13 +12,12 @@ CUDA-graph replays over input copies beyond L2 (bench_linear's helpers), round-r
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_linear import round_robin  # noqa: E402
+from bench_linear import round_robin_us  # noqa: E402
 
 import rocm_attn  # noqa: E402,F401
 from rocm_attn.kernels.per_token_quant import inv_fp8_max, scale_floor  # noqa: E402
@@ -59,8 +58,7 @@ def main():
         timed = {"production": (torch.ops.rocm_attn.per_token_quant_fp8, (x,)),
                  "copy_same_bytes": (lambda s, d: d.copy_(s), (copy_src, torch.empty_like(copy_src)))}
         timed.update({n: (fn, (x,)) for n, fn in variants.items()})
-        samples = {n: [t * 1000 for t in v] for n, v in round_robin(timed, a.rounds)[0].items()}
-        us = {n: statistics.median(v) for n, v in samples.items()}
+        samples, us = round_robin_us(timed, a.rounds)
         row = dict(M=M, K=K, us=us, bit_equal=same, samples_us=samples)
         res["rows"].append(row)
         json.dump(res, open(a.out, "w"), indent=1)

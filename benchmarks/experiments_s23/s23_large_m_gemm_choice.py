@@ -11,14 +11,13 @@ This times the whole linear both ways: bf16 F.linear, ptpc_linear (auto: our qua
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_linear import round_robin  # noqa: E402
+from bench_linear import round_robin_us  # noqa: E402
 
 import rocm_attn  # noqa: E402,F401
 from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel  # noqa: E402
@@ -47,8 +46,7 @@ def main():
         variants = {"bf16": (F.linear, (x, w)),
                     "ptpc_linear_gluon": (torch.ops.rocm_attn.ptpc_linear, (x, wq, ws)),
                     "quant_cublaslt": (quant_cublas, (x, wq.t(), ws.t()))}
-        samples = {n: [t * 1000 for t in v] for n, v in round_robin(variants, a.rounds)[0].items()}
-        us = {n: statistics.median(v) for n, v in samples.items()}
+        samples, us = round_robin_us(variants, a.rounds)
         row = dict(K=K, N=N, M=M, us=us, samples_us=samples, rel_diff=rel,
                    x_bf16={n: us["bf16"] / us[n] for n in us})
         res["rows"].append(row)

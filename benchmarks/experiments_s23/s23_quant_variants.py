@@ -16,7 +16,6 @@ by ptpc_scaled_mm (auto provider), round-robin rounds, medians, CUDA-graph repla
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -25,7 +24,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_linear import round_robin  # noqa: E402
+from bench_linear import round_robin_us  # noqa: E402
 from rocm_attn.kernels.per_token_quant import inv_fp8_max, scale_floor  # noqa: E402
 from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel  # noqa: E402
 
@@ -194,8 +193,7 @@ def main():
                         xq, xs = fn(x)
                         return torch.ops.rocm_attn.ptpc_scaled_mm(xq, xs, wq, ws)
                     timed[f"lin_{n}"] = (linear, (x, wq, ws))
-            samples = {n: [t * 1000 for t in v] for n, v in round_robin(timed, a.rounds)[0].items()}
-            us = {n: statistics.median(v) for n, v in samples.items()}
+            samples, us = round_robin_us(timed, a.rounds)
             row = dict(M=M, K=K, us=us, mismatches=mismatches, samples_us=samples)
             if lin:
                 row["x_bf16"] = {n: us["lin_bf16"] / us[n] for n in us if n.startswith("lin_")}

@@ -9,13 +9,12 @@ Bit for bit against the kept launcher first; CUDA-graph replays over inputs beyo
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_linear import round_robin  # noqa: E402
+from bench_linear import round_robin_us  # noqa: E402
 
 import rocm_attn  # noqa: E402,F401
 from rocm_attn.kernels.per_token_quant import inv_fp8_max, scale_floor  # noqa: E402
@@ -55,8 +54,7 @@ def main():
         timed = {"kept": (torch.ops.rocm_attn.silu_mul_quant_fp8, (gu,)),
                  "copy_same_bytes": (lambda s, d: d.copy_(s), (copy_src, torch.empty_like(copy_src)))}
         timed.update({n: (fn, (gu,)) for n, fn in variants.items()})
-        samples = {n: [t * 1000 for t in v] for n, v in round_robin(timed, a.rounds)[0].items()}
-        us = {n: statistics.median(v) for n, v in samples.items()}
+        samples, us = round_robin_us(timed, a.rounds)
         res["rows"].append(dict(M=M, N=N, us=us, bit_equal=equal, samples_us=samples))
         json.dump(res, open(a.out, "w"), indent=1)
         print(M, N, {n: round(v, 1) for n, v in sorted(us.items(), key=lambda kv: kv[1])}, equal, flush=True)

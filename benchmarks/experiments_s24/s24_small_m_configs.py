@@ -9,7 +9,6 @@ costs in this harness (CUDA-graph replays over copies beyond L2, bench_linear's 
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -17,7 +16,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_linear import round_robin  # noqa: E402
+from bench_linear import round_robin_us  # noqa: E402
 
 import rocm_attn  # noqa: E402,F401
 from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel  # noqa: E402
@@ -79,8 +78,7 @@ def main():
         out = torch.empty(1024, dtype=torch.int32, device="cuda")
         variants["read_floor"] = (lambda wq, out: read_floor(wq, out), (wq, out))
         variants["read_floor_264"] = (lambda wq, out: read_floor(wq, out, 264), (wq, out))
-        samples = {n: [t * 1000 for t in v] for n, v in round_robin(variants, a.rounds)[0].items()}
-        us = {n: statistics.median(v) for n, v in samples.items()}
+        samples, us = round_robin_us(variants, a.rounds)
         row = dict(K=K, N=N, M=M, tuned=tuned_config(M, N, K), not_equal=bad, us=us, samples_us=samples)
         res["rows"].append(row)
         json.dump(res, open(a.out, "w"), indent=1)

@@ -14,14 +14,13 @@ fresh randn inputs. Timing: round-robin `--rounds` times, CUDA-graph replays ove
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_linear import round_robin  # noqa: E402
+from bench_linear import round_robin_us  # noqa: E402
 
 import rocm_attn  # noqa: E402,F401
 from rocm_attn.kernels.quantize_weight import quantize_weight_per_channel  # noqa: E402
@@ -96,8 +95,7 @@ def main():
             variants[name] = (lambda x, wq, ws, pdl=pdl, c=c: linear(x, wq, ws, pdl, c), (x, wq, ws))
         variants["gemm_alone"] = (lambda xq, xs, wq, ws: ptpc_gemm_small_m_launch(xq, xs, wq, ws, None,
                                                                                   torch.bfloat16), (xq, xs, wq, ws))
-        samples = {n: [t * 1000 for t in v] for n, v in round_robin(variants, a.rounds)[0].items()}
-        us = {n: statistics.median(v) for n, v in samples.items()}
+        samples, us = round_robin_us(variants, a.rounds)
         row = dict(K=K, N=N, M=M, us=us, samples_us=samples, x_bf16={n: us["bf16"] / us[n] for n in us})
         res["rows"].append(row)
         json.dump(res, open(a.out, "w"), indent=1)
