@@ -55,23 +55,9 @@ def divide_by_row_scale(x, scale):
     scale = inf (a row with an inf) gives inv = inv_lo = 0: q = +-0, NaN for x = +-inf, as IEEE; the remainder
     uses FLT_MAX so that 0 * inf does not turn every element into NaN.
     tests/kernels/test_per_token_quant.py checks it against IEEE division over every bf16 value."""
-    finite_scale, inv, inv_lo = row_scale_reciprocal(scale)
-    return divide_by_reciprocal(x, finite_scale, inv, inv_lo)
-
-
-@triton.jit
-def row_scale_reciprocal(scale):
-    """(finite scale, inv, inv_lo) for divide_by_reciprocal: formed once per row (a kernel that quantizes a row
-    in chunks keeps them across its loop). divide_by_row_scale says what they are."""
     inv = tl.math.div_rn(1.0, scale)
     finite_scale = tl.minimum(scale, 3.4028234663852886e38)
     inv_lo = tl.fma(-finite_scale, inv, 1.0) * inv  # (1 - scale * inv) / scale: inv's rounding error
-    return finite_scale, inv, inv_lo
-
-
-@triton.jit
-def divide_by_reciprocal(x, finite_scale, inv, inv_lo):
-    """x / scale, IEEE-rounded, from row_scale_reciprocal(scale) (divide_by_row_scale's second half)."""
     q = tl.fma(x, inv, x * inv_lo)
     q = tl.fma(-tl.fma(q, finite_scale, -x), inv, q)
     # x / scale has x's sign (scale > 0): copy it (one LOP3), since an fma's zero result did not keep it (x = -0
@@ -94,12 +80,10 @@ def _per_token_quant_fp8_kernel(
     K, stride_xm,
     FP8_MAX: tl.constexpr, INV_FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr,
     BLOCK_K: tl.constexpr, SINGLE_BLOCK: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr = False,
-    L2_HINTS: tl.constexpr = False, PDL_WAIT: tl.constexpr = False,
+    L2_HINTS: tl.constexpr = False,
 ):
     if LAUNCH_DEPENDENTS:  # sm_90 PDL: the next kernel (launched with launch_pdl) may start on freed SMs
         tl.extra.cuda.gdc_launch_dependents()
-    if PDL_WAIT:  # launched with launch_pdl: every read and write waits for the kernel before to finish
-        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xm
     q_row = xq_ptr + row * K
@@ -147,7 +131,7 @@ def default_quant_config(K: int, M: int | None = None) -> tuple[int, int, bool]:
 
 def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max: float,
                                block_k: int | None = None, num_warps: int | None = None,
-                               launch_dependents: bool = False, pdl_wait: bool = False):
+                               launch_dependents: bool = False):
     """block_k / num_warps override the default (benchmarks/tune_linear.py tries variants);
     block_k >= K reads the row once, a smaller block_k loops over it twice. launch_dependents (sm_90 only):
     let a GEMM launched next with PDL start on the SMs this kernel frees (ptpc_linear's PDL pair)."""
@@ -176,8 +160,8 @@ def per_token_quant_fp8_launch(x: torch.Tensor, out_dtype: torch.dtype, fp8_max:
         _COMPILED, _per_token_quant_fp8_kernel, (M,), (x2, xq, scale, K, x2.stride(0)),
         dict(FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max), SCALE_FLOOR=scale_floor(fp8_max),
              BLOCK_K=block, SINGLE_BLOCK=single, LAUNCH_DEPENDENTS=launch_dependents,
-             L2_HINTS=not single and M > SMALL_M_ROWS, PDL_WAIT=pdl_wait),
-        num_warps=warps, **({"launch_pdl": True} if pdl_wait else {}),
+             L2_HINTS=not single and M > SMALL_M_ROWS),
+        num_warps=warps,
     )
     return xq.view(shape), scale.view(*shape[:-1], 1)
 

@@ -108,7 +108,7 @@ def _ptpc_gemm_small_m_kernel(
     stride_xm, stride_wn, stride_om,
     HAS_BIAS: tl.constexpr, FAST_ACCUM: tl.constexpr, EVEN_K: tl.constexpr, IMPRECISE_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    PDL: tl.constexpr = False, LAUNCH_DEPENDENTS: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -123,8 +123,6 @@ def _ptpc_gemm_small_m_kernel(
     # this program's slice of K: whole BLOCK_K chunks (the last slice may run past K: masked)
     k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_begin = pid_k * k_per_split
-    if LAUNCH_DEPENDENTS:  # sm_90 PDL: a kernel launched next with launch_pdl (it waits) may get resident
-        tl.extra.cuda.gdc_launch_dependents()
     if PDL:
         # sm_90 programmatic dependent launch: launched with launch_pdl, this kernel's programs may be
         # resident while the kernel before it (ptpc_linear's activation quant) finishes; every read and write
@@ -235,7 +233,7 @@ def pdl_capable(device: torch.device) -> bool:
         _pdl_capable_on(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def _launch(x, xs, wq, ws, bias, out, config=None, fast_accum=False, pdl=False, launch_dependents=False):
+def _launch(x, xs, wq, ws, bias, out, config=None, fast_accum=False, pdl=False):
     M, K = x.shape
     N = wq.shape[0]
     if M > MAX_M:
@@ -265,7 +263,7 @@ def _launch(x, xs, wq, ws, bias, out, config=None, fast_accum=False, pdl=False, 
         HAS_BIAS=consts["HAS_BIAS"], FAST_ACCUM=consts["FAST_ACCUM"], EVEN_K=K % (block_k * split_k) == 0,
         IMPRECISE_K=imprecise_k({"FAST_ACCUM": consts["FAST_ACCUM"], "BLOCK_K": block_k}),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k,
-        PDL=pdl, LAUNCH_DEPENDENTS=launch_dependents,
+        PDL=pdl,
     )
     options = {k: v for k, v in config.items() if k in ("num_warps", "num_stages")}
     if pdl:
@@ -279,7 +277,7 @@ _COMPILED: dict[tuple, object] = {}  # specialization key -> Triton CompiledKern
 
 
 def ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: dict | None = None,
-                             fast_accum: bool = False, pdl: bool = False, launch_dependents: bool = False):
+                             fast_accum: bool = False, pdl: bool = False):
     """ptpc_scaled_mm for M <= 64: xq fp8 [M, K] with x_scale [M, 1]. config: see TUNED.
     pdl (sm_90): launch as the dependent of a PDL pair (the kernel before it called launch_dependents:
     ptpc_linear's quant). A shape TUNED does not list runs without PDL (the autotuner times plain
@@ -288,4 +286,4 @@ def ptpc_gemm_small_m_launch(xq, x_scale, wq, w_scale, bias, out_dtype, config: 
     if ops is None:
         return out
     xq, xs, wq, ws, bias = ops
-    return _launch(xq, xs, wq, ws, bias, out, config, fast_accum, pdl, launch_dependents)
+    return _launch(xq, xs, wq, ws, bias, out, config, fast_accum, pdl)
