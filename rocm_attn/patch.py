@@ -41,6 +41,9 @@ from .kernels.quantize_weight import quantize_weight_per_channel, quantize_weigh
 from .patterns.patched_linear import rows_view
 
 log = logging.getLogger("rocm_attn")
+# the device types on which transformers' generate() compiles the decode step with a compile_config
+# (GenerationMixin._valid_auto_compile_criteria); elsewhere it runs eagerly and warns once
+HF_COMPILE_DEVICES = ("cuda", "xpu", "neuron", "tpu")
 
 
 class FP8Linear(nn.Module):
@@ -449,6 +452,11 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
         model.generation_config.compile_config = CompileConfig(backend="rocm_attn", mode=None,
                                                                options=options_for_backend)
         report.compile_decode = True
+        device = next(model.parameters(), torch.empty(0)).device
+        if device.type not in HF_COMPILE_DEVICES:  # HF's _valid_auto_compile_criteria: decode runs eagerly
+            report.notes.append(f"compile: generate() compiles the decode step on {' / '.join(HF_COMPILE_DEVICES)} "
+                                f"devices only (transformers' rule): on {device.type} it runs eagerly (transformers "
+                                "warns once that compile_config is set); moved to a GPU, the model compiles it")
     elif getattr(model, "generation_config", None) is not None:
         # HF would auto-compile decode on a GPU with its default (inductor, CUDA graphs): never with our cache
         model.generation_config.disable_compile = True

@@ -39,6 +39,23 @@ def test_compile_model():
     assert "relative error" in run("compile_model.py")
 
 
+def test_ptpc_ops():
+    """The accuracy lines parse, and the token-spread case shows what PTPC is for: per-tensor FP8 loses the
+    smallest tokens (their worst relative error ~1), PTPC keeps every token within its FP8 budget."""
+    out = run("ptpc_ops.py")
+    errs = {}
+    for line in out.splitlines():
+        if line.startswith("relative error vs the exact product, "):
+            case, values = line.removeprefix("relative error vs the exact product, ").split(": ", 1)
+            for item in values.split(", "):
+                name, whole, _, worst = item.rsplit(" ", 3)
+                errs[case.split(" (")[0], name] = float(whole), float(worst)
+    assert len(errs) == 9, out
+    spread = "token norms 1e-3..1e3"
+    assert errs[spread, "PTPC-FP8"][1] < 6e-2 and errs[spread, "per-tensor FP8"][1] > 0.5
+    assert all(errs[case, "PTPC-FP8"][0] < 5e-2 for case, _ in errs)
+
+
 def test_explain_export():
     assert "rocm_attn ops in the exported program" in run("explain_export.py")
 

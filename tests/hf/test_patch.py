@@ -151,6 +151,15 @@ def test_patch_is_idempotent_and_reports():
         rocm_attn.patch(model, quantization="none", compile=False)
 
 
+def test_report_says_decode_runs_eagerly_on_cpu():
+    """compile=True sets HF's compile_config, but generate() compiles decode on GPUs only: on a CPU model the
+    report says so rather than promising a compiled decode; compile=False adds no such note."""
+    report = str(rocm_attn.patch(tiny("llama"), compile=True).rocm_attn_report)
+    assert "compiled decode     backend=rocm_attn" in report
+    assert "on cpu it runs eagerly" in report
+    assert "runs eagerly" not in str(rocm_attn.patch(tiny("llama"), compile=False).rocm_attn_report)
+
+
 def test_clear_errors():
     with pytest.raises(TypeError, match="Hugging Face"):
         rocm_attn.patch(torch.nn.Linear(4, 4))
