@@ -4,6 +4,8 @@ today's PDL pair (per_token_quant_fp8 + ptpc_gemm_small_m) and bf16 F.linear.
 
     python benchmarks/experiments_s25/s25_one_launch_small_m.py --out $OUT/one_launch.json [--rounds 5]
 
+Run it at commit e284b08 (`git checkout e284b08`): the kernel code it times was removed in the commit after.
+
 Checks: the one launch == the pair with the same config bit for bit, eagerly and in a CUDA-graph replay on
 fresh randn inputs. Timing: round-robin `--rounds` times, CUDA-graph replays over input copies beyond L2
 (bench_linear's helpers), medians in us.

@@ -4,6 +4,8 @@ back-to-back linears the next call's quant is resident and waiting while this ca
 
     python benchmarks/experiments_s25/s25_pdl_chain.py --out $OUT/pdl_chain.json [--rounds 5]
 
+Run it at commit e284b08 (`git checkout e284b08`): the kernel code it times was removed in the commit after.
+
 Variants: pair (today: quant -> GEMM as a PDL pair), chain (quant PDL-launched and waiting + GEMM triggering
 early), chain_q (quant PDL-launched, GEMM not triggering), gemm_alone, bf16 F.linear; `*_sep`: the same with a
 small unrelated torch kernel between calls (the chain's quant then follows a kernel that never triggers).
