@@ -8,9 +8,9 @@ Providers:
 - triton: per_token_quant_fp8 then ptpc_scaled_mm, each through its own provider choice
   (auto: the Triton quant kernel and the GEMM from the table in ptpc_scaled_mm.py; forced
   "triton": the Triton kernels). Where those are our quant and either the small-M GEMM or the Gluon GEMM
-  in one round of tiles on the SMs, the two launch as a PDL pair (_pdl_pair). (A one-launch quant +
-  small-M GEMM kernel was measured in session 4 and lost to these two launches at M = 1 and 16; it
-  was removed, RESULTS.md says why.)
+  in one round of tiles on the SMs, the two launch as a PDL pair (_pdl_pair). At M <= 4 and K <= 4096 on
+  sm_90 the whole linear runs as one Gluon launch instead (_one_launch_takes: the weight stream starts
+  before the quant; Session 26). Triton one-launch kernels of sessions 4, 8 and 25 lost to the pair.
 - aiter: AITER quant + gemm_a8w8.
 
 fp8_per_tensor_linear(x, wq, w_scale[1], bias?) is classic per-tensor FP8 (one dynamic
@@ -117,6 +117,47 @@ def _pdl_pair(x2, wq, out_dtype, fast_accum) -> str | None:
     return pair
 
 
+ONE_LAUNCH_MAX_M = 4  # the one-launch Gluon linear beat the PDL pair up to here (H100, Session 26)
+ONE_LAUNCH_MAX_K = 4096  # and at K = 4096, not at 14336 (every program reads all of x for its scales)
+
+
+def _one_launch_takes(x2, wq, out_dtype, fast_accum) -> bool:
+    """Whether the triton provider runs the linear as one Gluon launch (ptpc_linear_small_m_gluon.py: each program
+    starts its weight stream, then quantizes x while it arrives). Where it was measured faster than the small-M
+    PDL pair on an H100 (Session 26, benchmarks/experiments_s26): K = N = 4096, M = 1 / 2 / 4: 9.6 / 10.3 / 10.6
+    against 10.8 / 10.9 / 10.9 us; N = 6144 and 28672 at M = 1: 12.5 / 45.8 against 14.0 / 47.6. It lost at M = 8
+    (11.4 against 10.9) and at K = 14336 (M = 1: 27.2 against 26.5). So: M <= ONE_LAUNCH_MAX_M, K <=
+    ONE_LAUNCH_MAX_K, where the small-M GEMM would run after our Triton quant (auto's table or forced triton),
+    precise accumulation, bf16 / fp16 x, e4m3fn weights, an sm_90 GPU with Gluon. ROCM_ATTN_GLUON_SMALL_M=0 turns
+    it off."""
+    M, K = x2.shape
+    if not (0 < M <= ONE_LAUNCH_MAX_M and K <= ONE_LAUNCH_MAX_K) or fast_accum or \
+            os.environ.get("ROCM_ATTN_GLUON_SMALL_M") == "0":
+        return False
+    wanted = requested_kernels()
+    if wanted not in (Kernels.AUTO, Kernels.TRITON) or x2.device.type != "cuda":
+        return False
+    from .triton_kernels import ptpc_linear_small_m_gluon as one_launch
+
+    stages, split_k = one_launch.default_config(K)
+    if one_launch.shape_reason(M, K, out_dtype, wq.dtype, stages, split_k) is not None or \
+            not one_launch.available(x2.device):
+        return False
+    N = wq.shape[0]
+    if wanted is not Kernels.TRITON and cuda_auto_choice(M, N, K) != "triton":
+        return False
+    return select("per_token_quant_fp8", x2.device, x2)[0] == "triton"
+
+
+def _one_launch_linear(x, wq, w_scale, bias=None, fast_accum=False):
+    """The linear in one Gluon launch (where _one_launch_takes); the two launches when a CUDA graph is being
+    captured and no split-K counters can be had without allocating (the small-M GEMM then drops split-K)."""
+    from .triton_kernels.ptpc_linear_small_m_gluon import ptpc_linear_small_m_gluon
+
+    out = ptpc_linear_small_m_gluon(x, wq, w_scale, bias, fp8_max())
+    return out if out is not None else _two_launch_linear(x, wq, w_scale, bias, fast_accum)
+
+
 def _pdl_gluon_linear(x, wq, w_scale, bias=None, fast_accum=False):
     """The quant then the Gluon GEMM, launched as a PDL pair (where _pdl_pair says "gluon", which checked
     fast_accum)."""
@@ -143,6 +184,13 @@ _PDL_LINEARS = {"gluon": _pdl_gluon_linear, "small_m": _pdl_small_m_linear}
 
 @register_provider(OP, "triton", supports=_triton_supports)
 def ptpc_linear_triton(x, wq, w_scale, bias=None, fast_accum=False):
+    if _one_launch_takes(_rows(x), wq, x.dtype, fast_accum):
+        return _one_launch_linear(x, wq, w_scale, bias, fast_accum)
+    return _two_launch_linear(x, wq, w_scale, bias, fast_accum)
+
+
+def _two_launch_linear(x, wq, w_scale, bias=None, fast_accum=False):
+    """The quant, then the GEMM: a PDL pair where _pdl_pair says so, else each through its provider choice."""
     x2 = _rows(x)
     pair = _pdl_pair(x2, wq, x.dtype, fast_accum)
     if pair is not None:
@@ -203,6 +251,7 @@ def _plan_key(x, wq, w_scale, bias, fast_accum) -> tuple:
             wq.dtype, wq.shape, wq.device, w_scale.dtype, w_scale.shape, w_scale.device,
             None if bias is None else (bias.dtype, bias.shape, bias.device), fast_accum,
             os.environ.get("ROCM_ATTN_GLUON_GEMM"), os.environ.get("ROCM_ATTN_PDL"),
+            os.environ.get("ROCM_ATTN_GLUON_SMALL_M"),
             os.environ.get("TRITON_INTERPRET"))
 
 
@@ -232,6 +281,8 @@ def _first_call(x, wq, w_scale, bias, fast_accum):
     if name != "triton":  # torch / aiter: one function, no inner choices
         return linear_fn(x, wq, w_scale, bias, fast_accum), linear_fn
     x2 = _rows(x)
+    if _one_launch_takes(x2, wq, x.dtype, fast_accum):
+        return _one_launch_linear(x, wq, w_scale, bias, fast_accum), _one_launch_linear
     pair = _pdl_pair(x2, wq, x.dtype, fast_accum)
     if pair is not None:
         pdl_linear = _PDL_LINEARS[pair]

@@ -1,6 +1,9 @@
 """Session 26: ptpc_linear at M <= 16 in one Gluon launch (kernels/triton_kernels/ptpc_linear_small_m_gluon.py:
 each program starts its weight stream with TMA, then computes the rows' scales and its slice of q while the weight
-arrives) against today's PDL pair (per_token_quant_fp8 + ptpc_gemm_small_m), the GEMM alone and bf16 F.linear.
+arrives) against the PDL pair (per_token_quant_fp8 + ptpc_gemm_small_m), the GEMM alone and bf16 F.linear.
+The v3 run also timed a Gluon PDL pair ("gpair": the quant, then a pre-quantized mode of the same kernel issuing
+its weight loads before griddepcontrol.wait) and that GEMM alone ("galone"); that mode is at commit 9005ae1 and was
+removed after (it lost to the Triton pair).
 
     python benchmarks/experiments_s26/s26_gluon_one_launch.py --out $OUT/gluon_one_launch.json [--rounds 5]
 
@@ -30,7 +33,6 @@ from rocm_attn.kernels.triton_kernels import ptpc_linear_small_m_gluon as G  # n
 
 FP8 = torch.float8_e4m3fn
 CONFIGS = [(8, 2), (4, 4), (4, 8), (2, 8), (4, 7), (8, 14)]  # (stages, split_k) of the one launch
-PAIR_CONFIGS = [(8, 2), (4, 4), (8, 4), (4, 8), (2, 8), (4, 7), (8, 14)]  # of the Gluon GEMM in the PDL pair
 
 
 def pair(x, wq, ws, bias=None, pdl=True):
@@ -41,13 +43,6 @@ def pair(x, wq, ws, bias=None, pdl=True):
 
 def one(x, wq, ws, stages, split_k, bias=None):
     return G.ptpc_linear_small_m_gluon(x, wq, ws, bias, 448.0, stages=stages, split_k=split_k)
-
-
-def gpair(x, wq, ws, stages, split_k, bias=None, pdl=True):
-    """per_token_quant_fp8, then the Gluon small-M GEMM as its PDL dependent (weight loads before the wait)."""
-    xq, xs = per_token_quant_fp8_launch(x, FP8, 448.0, launch_dependents=pdl)
-    return G.ptpc_scaled_mm_small_m_gluon(xq, xs, wq, ws, bias, torch.bfloat16, stages=stages, split_k=split_k,
-                                          pdl=pdl)
 
 
 def rel(a, b):
@@ -71,12 +66,11 @@ def fits(K, M, stages, split_k):
 def checks(res):
     for K, N, M in [(4096, 4096, 1), (4096, 4096, 16), (4096, 6144, 5), (14336, 4096, 3), (4096, 1000, 9),
                     (1024, 4096, 16)]:
-        for kind, stages, split_k in [("one", 4, 4), ("one", 8, 2), ("one", 4, 8), ("one", 8, 14), ("gpair", 4, 4),
-                                      ("gpair", 8, 2), ("gpair", 8, 14)]:
+        for stages, split_k in [(4, 4), (8, 2), (4, 8), (8, 14)]:
             if not fits(K, M, stages, split_k):
                 continue
-            fn = one if kind == "one" else gpair
-            row = dict(kind=kind, K=K, N=N, M=M, stages=stages, split_k=split_k)
+            fn = one
+            row = dict(kind="one", K=K, N=N, M=M, stages=stages, split_k=split_k)
             try:
                 x = fresh_x(M, K)
                 wq, ws = quantize_weight_per_channel(torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02)
@@ -141,20 +135,6 @@ def main():
                 continue
             variants[f"one_s{stages}_k{split_k}"] = (lambda x, wq, ws, s=stages, k=split_k: one(x, wq, ws, s, k),
                                                      (x, wq, ws))
-        variants["galone_s4_k4"] = (lambda xq, xs, wq, ws: G.ptpc_scaled_mm_small_m_gluon(
-            xq, xs, wq, ws, None, torch.bfloat16, 4, 4), (xq, xs, wq, ws)) if fits(K, M, 4, 4) else None
-        variants = {n: v for n, v in variants.items() if v is not None}
-        for stages, split_k in PAIR_CONFIGS:
-            if not fits(K, M, stages, split_k):
-                continue
-            try:
-                gpair(x, wq, ws, stages, split_k)
-                torch.cuda.synchronize()
-            except Exception as e:  # noqa: BLE001
-                print(K, N, M, "gpair", stages, split_k, type(e).__name__, str(e)[:200], flush=True)
-                continue
-            variants[f"gpair_s{stages}_k{split_k}"] = (
-                lambda x, wq, ws, s=stages, k=split_k: gpair(x, wq, ws, s, k), (x, wq, ws))
         samples, us = round_robin_us(variants, a.rounds)
         row = dict(K=K, N=N, M=M, us=us, samples_us=samples, x_bf16={n: us["bf16"] / us[n] for n in us})
         res["rows"].append(row)

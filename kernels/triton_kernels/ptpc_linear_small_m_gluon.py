@@ -1,21 +1,27 @@
-"""Gluon one-launch ptpc_linear for a few rows (decode, M <= 16) on Hopper: the weight stream starts first.
+"""Gluon one-launch ptpc_linear for a few rows (decode, M <= 4 in ptpc_linear) on Hopper: the weight stream first.
 
 Why: at M = 1 the two-launch linear (per_token_quant_fp8, then the small-M GEMM, a PDL pair) spends ~1.6 us of
-its ~10.8 us at K = N = 4096 on the quant before the GEMM may read its weight (RESULTS.md, Sessions 24-25).
-Plain Triton cannot start a loop's loads before work that comes ahead of the loop (Session 25's one-launch
-kernel quantized each x tile inside the loop and ran 2-3x slower). Here the order is explicit:
-  1. each program issues TMA loads for the first STAGES boxes of its weight slice ([64, 128] fp8 each);
-  2. while they are in flight it computes its rows' scales (amax over all of K) and writes its slice of
-     q = x / scale, as per_token_quant_fp8 rounds it, into shared memory (fp8);
-  3. then it runs the swap-AB product out^T = W @ q^T on wgmma (64 weight rows x MP token columns), adding
-     each 128-deep box's product into an fp32 accumulator (precise accumulation, as the Gluon GEMM), and
-     refills the box's stage;
+its ~10.8 us at K = N = 4096 waiting for the quant before the GEMM reads its weight (RESULTS.md, Sessions 24-25).
+Plain Triton cannot start a loop's loads before work placed ahead of the loop (Session 25's one-launch kernel
+quantized x inside the loop and ran 2-3x slower). Here the order is explicit. Program (n, s) owns 64 weight
+rows and the s-th of SPLIT_K slices of K (KS = K / SPLIT_K columns, a power of two):
+  1. it issues TMA loads for the first STAGES [64, 128] fp8 boxes of its weight slice;
+  2. while they stream, it loads its [MP, KS] slice of x in one go, computes the rows' scales from all of K
+     (per_token_quant_fp8's: max(amax / fp8_max, floor)) and writes q = x / scale (IEEE division, the quant's
+     bits) into shared memory as fp8;
+  3. then out^T = W @ q^T on wgmma (64 weight rows x MP token columns, MP = max(8, M) rounded up to a power
+     of two), each 128-deep box's product added into an fp32 accumulator (precise accumulation, as the Gluon
+     GEMM), each stage refilled as soon as its product is done;
   4. epilogue: out[m, n] = acc[n, m] * x_scale[m] * w_scale[n] (+ bias[n]). With SPLIT_K > 1 the programs of a
      column tile store fp32 partials and the last to arrive sums them in a fixed order (ptpc_gemm_small_m's
-     scheme, the same counters).
-Every program reads all M rows of x for the amax (8 KB at M = 1, from L2 after the first program).
+     scheme and counters: deterministic, one launch, no memset).
 
-Needs sm_90 and a Triton with Gluon (3.6 and newer).
+Every program reads all M rows of x for the amax, so the cost grows with M x K: on an H100 (Session 26,
+benchmarks/experiments_s26) it beats the PDL pair at M <= 4 and K = 4096 (K = N = 4096: 9.6 / 10.3 / 10.6 us
+at M = 1 / 2 / 4 against 10.8 / 10.9 / 10.9; N = 6144, M = 1: 12.5 against 14.0) and loses from M = 8 on and at
+K = 14336 (M = 1: 27.2 against 26.5). ptpc_linear takes it there (ptpc_linear._one_launch_takes).
+
+Needs sm_90 and a Triton with Gluon (3.6 and newer); bf16 / fp16 x, float8_e4m3fn weights, K a multiple of 128.
 """
 
 from __future__ import annotations
@@ -65,9 +71,9 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _ptpc_linear_small_m_gluon_kernel(
-        x_ptr, xs_ptr, w_desc, ws_ptr, bias_ptr, out_ptr, part_ptr, count_ptr,
+        x_ptr, w_desc, ws_ptr, bias_ptr, out_ptr, part_ptr, count_ptr,
         M, N, stride_xm, stride_om,
-        QUANT: gl.constexpr, PDL: gl.constexpr, K: gl.constexpr, MROWS: gl.constexpr, MP: gl.constexpr, AMAX_COLS: gl.constexpr, STAGES: gl.constexpr,
+        K: gl.constexpr, MROWS: gl.constexpr, MP: gl.constexpr, AMAX_COLS: gl.constexpr, STAGES: gl.constexpr,
         SPLIT_K: gl.constexpr, FP8_MAX: gl.constexpr, INV_FP8_MAX: gl.constexpr, SCALE_FLOOR: gl.constexpr,
         HAS_BIAS: gl.constexpr, XA_LAYOUT: gl.constexpr, XQ_REG_LAYOUT: gl.constexpr, XQ_LAYOUT: gl.constexpr,
     ):
@@ -93,38 +99,28 @@ if HAVE_GLUON:
                 mbarrier.expect(ready.index(s), w_desc.block_type.nbytes)
                 tma_load(w_desc, [off_n, k0 + s * BK], ready.index(s), w_bufs.index(s))
 
-        # sm_90 PDL (the pre-quantized mode as the dependent of the quant kernel): the weight loads above do not
-        # depend on that kernel, so they are in flight before this wait; x and its scales are read after it
-        if PDL:
-            gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False,
-                                      pack=1)
+        # 2. this program's slice of x (MP rows, the ones past M masked to 0) in one load, issued first; the rows'
+        #    scales from all of K in AMAX_COLS-wide loads (one at K <= AMAX_COLS); then q into shared memory
         q_rows = gl.arange(0, MP, layout=gl.SliceLayout(1, XQ_REG_LAYOUT))
         q_cols = gl.arange(0, KS, layout=gl.SliceLayout(0, XQ_REG_LAYOUT))
         x_slice = gl.load(x_ptr + gl.expand_dims(q_rows.to(gl.int64) * stride_xm, 1) + k0 + gl.expand_dims(q_cols, 0),
                           mask=gl.expand_dims(q_rows < M, 1), other=0.0)
-        if QUANT:
-            # 2. x's slice (MP rows, the ones past M masked to 0) was loaded in one go above; the rows' scales come
-            #    from all of K in AMAX_COLS-wide loads (one at K <= AMAX_COLS); then q into shared memory
-            a_rows = gl.arange(0, MROWS, layout=gl.SliceLayout(1, XA_LAYOUT))
-            a_cols = gl.arange(0, AMAX_COLS, layout=gl.SliceLayout(0, XA_LAYOUT))
-            a_ptrs = x_ptr + gl.expand_dims(a_rows.to(gl.int64) * stride_xm, 1) + gl.expand_dims(a_cols, 0)
-            amax = gl.zeros([MROWS], gl.float32, gl.SliceLayout(1, XA_LAYOUT))
-            for c in gl.static_range(K // AMAX_COLS):
-                xa = gl.load(a_ptrs + c * AMAX_COLS, mask=gl.expand_dims(a_rows < M, 1), other=0.0)
-                amax = gl.maximum(amax, gl.max(gl.abs(xa.to(gl.float32)), axis=1),
-                                  propagate_nan=tl.PropagateNan.ALL)
-            # the scales move to the q layout's rows (MP >= MROWS) through shared memory
-            scale_smem.slice(0, MROWS).store(gl.maximum(amax * INV_FP8_MAX, SCALE_FLOOR))
-            cta_barrier()
-            scale = scale_smem.load(gl.SliceLayout(1, XQ_REG_LAYOUT))
-            scale = gl.where(q_rows < M, scale, SCALE_FLOOR)  # rows past M: never stored (their x is 0)
-            q = _divide_by_row_scale(x_slice.to(gl.float32), gl.expand_dims(scale, 1))
-            q = gl.minimum(gl.maximum(q, -FP8_MAX, propagate_nan=tl.PropagateNan.ALL), FP8_MAX,
-                           propagate_nan=tl.PropagateNan.ALL)
-            xq_smem.store(q.to(w_desc.dtype))
-        else:
-            # 2'. x is already fp8 (per_token_quant_fp8's output) with its scales in xs_ptr
-            xq_smem.store(x_slice)
+        a_rows = gl.arange(0, MROWS, layout=gl.SliceLayout(1, XA_LAYOUT))
+        a_cols = gl.arange(0, AMAX_COLS, layout=gl.SliceLayout(0, XA_LAYOUT))
+        a_ptrs = x_ptr + gl.expand_dims(a_rows.to(gl.int64) * stride_xm, 1) + gl.expand_dims(a_cols, 0)
+        amax = gl.zeros([MROWS], gl.float32, gl.SliceLayout(1, XA_LAYOUT))
+        for c in gl.static_range(K // AMAX_COLS):
+            xa = gl.load(a_ptrs + c * AMAX_COLS, mask=gl.expand_dims(a_rows < M, 1), other=0.0)
+            amax = gl.maximum(amax, gl.max(gl.abs(xa.to(gl.float32)), axis=1), propagate_nan=tl.PropagateNan.ALL)
+        # the scales move to the q layout's rows (MP >= MROWS) through shared memory
+        scale_smem.slice(0, MROWS).store(gl.maximum(amax * INV_FP8_MAX, SCALE_FLOOR))
+        cta_barrier()
+        scale = scale_smem.load(gl.SliceLayout(1, XQ_REG_LAYOUT))
+        scale = gl.where(q_rows < M, scale, SCALE_FLOOR)  # rows past M: never stored (their x is 0)
+        q = _divide_by_row_scale(x_slice.to(gl.float32), gl.expand_dims(scale, 1))
+        q = gl.minimum(gl.maximum(q, -FP8_MAX, propagate_nan=tl.PropagateNan.ALL), FP8_MAX,
+                       propagate_nan=tl.PropagateNan.ALL)
+        xq_smem.store(q.to(w_desc.dtype))
         fence_async_shared()  # the q stores (generic proxy) before wgmma reads them (async proxy)
         cta_barrier()
 
@@ -148,10 +144,7 @@ if HAVE_GLUON:
         # 4. epilogue
         n_idx = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, mma_layout))
         m_idx = gl.arange(0, MP, layout=gl.SliceLayout(0, mma_layout))
-        if QUANT:
-            xs = gl.where(m_idx < M, scale_smem.load(gl.SliceLayout(0, mma_layout)), 0.0)
-        else:
-            xs = gl.load(xs_ptr + m_idx, mask=m_idx < M, other=0.0)
+        xs = gl.where(m_idx < M, scale_smem.load(gl.SliceLayout(0, mma_layout)), 0.0)
         mask = gl.expand_dims(n_idx < N, 1) & gl.expand_dims(m_idx < M, 0)
         if SPLIT_K > 1:
             # partials [SPLIT_K, M, N] fp32; the last program of this column tile sums them in a fixed order
@@ -209,18 +202,27 @@ def shared_bytes(K: int, mp: int, stages: int, split_k: int) -> int:
     return stages * BLOCK_N * BLOCK_K + (K // split_k) * mp + 1024
 
 
+def default_config(K: int) -> tuple[int, int]:
+    """(stages, split_k) for ptpc_linear: slices of 1024 columns (8 boxes) in a 4-stage ring, the best of 7
+    configs at K = 4096 on an H100 (Session 26: 9.6 us at M = 1 against 9.7-10.4 for the others)."""
+    return 4, max(1, K // 1024)
+
+
 def unsupported_reason(x2: torch.Tensor, wq: torch.Tensor, stages: int, split_k: int) -> str | None:
     """Why this kernel cannot run the call (None: it can)."""
-    M, K = x2.shape
     if not available(x2.device):
         return "needs an sm_90 GPU and a Triton with Gluon"
+    return shape_reason(x2.shape[0], x2.shape[1], x2.dtype, wq.dtype, stages, split_k)
+
+
+def shape_reason(M: int, K: int, x_dtype: torch.dtype, w_dtype: torch.dtype, stages: int, split_k: int) -> str | None:
+    """Why a call of this shape and these dtypes cannot run here, whatever the device (None: it can)."""
     if not 0 < M <= MAX_M:
         return f"M = {M}: this kernel takes 1..{MAX_M} rows"
-    if wq.dtype != torch.float8_e4m3fn or x2.dtype not in (torch.bfloat16, torch.float16, torch.float32,
-                                                          torch.float8_e4m3fn):
-        return "float8_e4m3fn weight and bf16 / fp16 / fp32 (or float8_e4m3fn, quantized) x only"
+    if w_dtype != torch.float8_e4m3fn or x_dtype not in (torch.bfloat16, torch.float16):
+        return "float8_e4m3fn weight and bf16 / fp16 x only"
     mrows, mp, ks, amax_cols = shapes(M, K, split_k)
-    if K % (BLOCK_K * split_k) or K % amax_cols or ks & (ks - 1):
+    if split_k < 1 or stages < 1 or K % (BLOCK_K * split_k) or K % amax_cols or ks & (ks - 1):
         return f"K = {K}: split_k {split_k} must leave a power-of-two slice of whole {BLOCK_K}-wide boxes"
     if mp * ks > SLICE_ELEMENTS:
         return f"a {mp} x {ks} slice of x is more than {SLICE_ELEMENTS} elements: raise split_k"
@@ -230,56 +232,55 @@ def unsupported_reason(x2: torch.Tensor, wq: torch.Tensor, stages: int, split_k:
 
 
 def ptpc_linear_small_m_gluon(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
-                              fp8_max: float, stages: int = 4, split_k: int = 4) -> torch.Tensor:
-    """ptpc_linear in one launch for M <= 16 rows: x [..., K], wq [N, K] fp8, w_scale [N, 1] fp32 -> [..., N]
-    in x's dtype."""
+                              fp8_max: float, stages: int | None = None,
+                              split_k: int | None = None) -> torch.Tensor | None:
+    """ptpc_linear in one launch for M <= 16 rows: x [..., K] bf16 / fp16, wq [N, K] float8_e4m3fn, w_scale [N, 1]
+    fp32, bias [N]? -> [..., N] in x's dtype. stages / split_k: default_config's unless given.
+    Returns None (nothing launched) while a CUDA graph is being captured and no split-K counters can be had without
+    allocating (ptpc_gemm_small_m._counters); the caller then runs the two-launch linear."""
     K = x.shape[-1]
+    N = wq.shape[0]
+    default_stages, default_split = default_config(K)
+    stages = default_stages if stages is None else stages
+    split_k = default_split if split_k is None else split_k
     x2 = x.reshape(-1, K)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    out = _launch(x2, None, wq, w_scale, bias, x.dtype, fp8_max, stages, split_k, quant=True, pdl=False)
-    return out.reshape(*x.shape[:-1], wq.shape[0])
-
-
-def ptpc_scaled_mm_small_m_gluon(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
-                                 bias: torch.Tensor | None, out_dtype: torch.dtype, stages: int = 4, split_k: int = 4,
-                                 pdl: bool = False) -> torch.Tensor:
-    """ptpc_scaled_mm for M <= 16 rows: xq [M, K] fp8 with x_scale [M, 1]. pdl (sm_90): launched as the dependent
-    of the quant kernel (which called launch_dependents); the weight stream starts before the wait."""
-    return _launch(xq.contiguous(), x_scale.reshape(-1).contiguous(), wq, w_scale, bias, out_dtype, 448.0, stages,
-                   split_k, quant=False, pdl=pdl)
-
-
-def _launch(x2, xs, wq, w_scale, bias, out_dtype, fp8_max, stages, split_k, quant, pdl):
-    K = x2.shape[-1]
-    N = wq.shape[0]
     reason = unsupported_reason(x2, wq, stages, split_k)
     if reason is not None:
         raise ValueError(f"ptpc_linear_small_m_gluon: {reason}")
-    M = x2.shape[0]
-    mrows, mp, ks, amax_cols = shapes(M, K, split_k)
-    wq = wq if wq.is_contiguous() else wq.contiguous()
-    ws = w_scale.reshape(N).contiguous()
-    out = torch.empty((M, N), dtype=out_dtype, device=x2.device)
-    w_layout, xq_layout, xa_layout, xq_reg_layout = _layouts(mrows, mp, ks, amax_cols)
-    w_desc = TensorDescriptor.from_tensor(wq, [BLOCK_N, BLOCK_K], w_layout)
-    tiles = launch_cache.cdiv(N, BLOCK_N)
     if split_k > 1:
         from .ptpc_gemm_small_m import _counters
         counters = _counters(x2.device, launch_cache.cdiv(N, 16))
         if counters is None:
-            raise RuntimeError("ptpc_linear_small_m_gluon: no split-K counters during this CUDA-graph capture")
-        partials = torch.empty((split_k, M, N), dtype=torch.float32, device=x2.device)
+            return None
     else:
-        counters, partials = ws, out
-    args = (x2, xs if xs is not None else ws, w_desc, ws, bias if bias is not None else ws, out, partials, counters,
+        counters = None
+    out = _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters)
+    return out.reshape(*x.shape[:-1], N)
+
+
+def _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters):
+    M, K = x2.shape
+    N = wq.shape[0]
+    mrows, mp, ks, amax_cols = shapes(M, K, split_k)
+    wq = wq if wq.is_contiguous() else wq.contiguous()
+    ws = w_scale.reshape(N).contiguous()
+    out = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
+    w_layout, xq_layout, xa_layout, xq_reg_layout = _layouts(mrows, mp, ks, amax_cols)
+    w_desc = TensorDescriptor.from_tensor(wq, [BLOCK_N, BLOCK_K], w_layout)
+    tiles = launch_cache.cdiv(N, BLOCK_N)
+    # split-K: [SPLIT_K, M, N] fp32 partials; without it the kernel never touches them (nor the counters)
+    partials = torch.empty((split_k, M, N), dtype=torch.float32, device=x2.device) if split_k > 1 else out
+    counters = counters if counters is not None else ws
+    args = (x2, w_desc, ws, bias if bias is not None else ws, out, partials, counters,
             M, N, x2.stride(0), out.stride(0))
-    constexprs = dict(QUANT=quant, PDL=pdl, K=K, MROWS=mrows, MP=mp, AMAX_COLS=amax_cols, STAGES=stages,
+    constexprs = dict(K=K, MROWS=mrows, MP=mp, AMAX_COLS=amax_cols, STAGES=stages,
                       SPLIT_K=split_k, FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max),
                       SCALE_FLOOR=scale_floor(fp8_max), HAS_BIAS=bias is not None,
                       XA_LAYOUT=xa_layout, XQ_REG_LAYOUT=xq_reg_layout, XQ_LAYOUT=xq_layout)
     launch_cache.launch(_COMPILED, _ptpc_linear_small_m_gluon_kernel, (tiles, split_k), args, constexprs,
-                        num_warps=4, launch_pdl=pdl)
+                        num_warps=4)
     return out
 
 
