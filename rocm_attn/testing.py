@@ -306,3 +306,28 @@ def reference_mla_decode(q, dense, scale, L):
         outs.append(torch.softmax(s, -1).nan_to_num(0.0) @ rows.double()[:, :L])
         lses.append(torch.logsumexp(s, -1))
     return torch.stack(outs), torch.stack(lses, dim=1)
+
+
+# ---------------------------------------------------------------- offline Gluon builds (CPU tests)
+
+def cubin_resource_usage(kernel) -> dict | None:
+    """{"regs", "stack"} per thread of a kernel compiled with triton.compile, read with the cuobjdump that ships
+    with Triton's NVIDIA backend; None where this Triton has none."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    if not os.path.exists(cuobjdump):
+        return None
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(kernel.asm["cubin"])
+    try:
+        usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    finally:
+        os.unlink(f.name)
+    regs, stack = re.search(r"REG:(\d+).*?STACK:(\d+)", usage).groups()
+    return dict(regs=int(regs), stack=int(stack))

@@ -5,18 +5,15 @@ Its numbers are checked on the GPU in tests/gpu/test_mla_decode_gpu.py."""
 
 import json
 import os
-import pathlib
-import re
 import subprocess
 import sys
-import tempfile
 
 import pytest
 import torch
 from rocm_attn.kernels.triton_kernels import mla_decode as md
 from rocm_attn.kernels.triton_kernels import mla_decode_gluon as mg
 
-from rocm_attn.testing import make_latent_cache
+from rocm_attn.testing import cubin_resource_usage, make_latent_cache
 
 pytestmark = pytest.mark.skipif(not mg.HAVE_GLUON, reason="this Triton has no Gluon")
 
@@ -52,21 +49,13 @@ def build_report() -> dict:
     """Compile for sm_90 here; what the test checks (run in a fresh process without TRITON_INTERPRET: in a
     process that imported Triton under the interpreter, Gluon's own jit helpers (gl.max, ...) are
     interpreter objects that a real compile refuses)."""
-    import triton
-
     kernel = _compile()
     ptx = kernel.asm["ptx"]
     report = dict(wgmma=ptx.count("wgmma.mma_async"), tma=ptx.count("cp.async.bulk.tensor"),
                   setmaxnreg="setmaxnreg" in ptx, shared=kernel.metadata.shared, regs=None, stack=None)
-    cuobjdump = pathlib.Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    if cuobjdump.exists():
-        with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
-            f.write(kernel.asm["cubin"])
-        usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name], capture_output=True,
-                               text=True).stdout
-        os.unlink(f.name)
-        regs, stack = re.search(r"REG:(\d+).*?STACK:(\d+)", usage).groups()
-        report.update(regs=int(regs), stack=int(stack))
+    usage = cubin_resource_usage(kernel)
+    if usage is not None:
+        report.update(usage)
     return report
 
 

@@ -9,13 +9,12 @@ this test failed that way after the other kernel tests (the MLA build test does 
 """
 import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 
 import pytest
 from rocm_attn.kernels.triton_kernels import ptpc_gemm_gluon as gluon_gemm
+from rocm_attn.testing import cubin_resource_usage
 
 pytestmark = pytest.mark.skipif(not gluon_gemm.HAVE_GLUON, reason="this Triton has no Gluon")
 
@@ -47,20 +46,14 @@ def _compile(halves, stages, out_buffers, half_n=gluon_gemm.HALF_N):
 
 def build_report(halves, stages, out_buffers, half_n=gluon_gemm.HALF_N) -> dict:
     """Compile for sm_90 here (the fresh process's work); what the test checks."""
-    import triton
-
     kernel = _compile(halves, stages, out_buffers, half_n)
     ptx = kernel.asm["ptx"]
     report = dict(wgmma=ptx.count("wgmma.mma_async"), tma=ptx.count("cp.async.bulk.tensor"),
                   setmaxnreg="setmaxnreg" in ptx, shared=kernel.metadata.shared, regs=None,
                   pdl_wait=ptx.count("griddepcontrol.wait"))
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
-    if os.path.exists(cuobjdump):
-        with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
-            f.write(kernel.asm["cubin"])
-        usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-        os.unlink(f.name)
-        report["regs"] = int(re.search(r"REG:(\d+)", usage).group(1))
+    usage = cubin_resource_usage(kernel)
+    if usage is not None:
+        report["regs"] = usage["regs"]
     return report
 
 

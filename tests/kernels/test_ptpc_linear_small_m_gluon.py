@@ -7,16 +7,15 @@ The compile runs in a fresh process without TRITON_INTERPRET (test_ptpc_gemm_glu
 """
 import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 from types import SimpleNamespace
 
 import pytest
 import torch
 from rocm_attn.kernels import use_kernels
 from rocm_attn.kernels.triton_kernels import ptpc_linear_small_m_gluon as one_launch
+from rocm_attn.testing import cubin_resource_usage
 
 pytestmark = pytest.mark.skipif(not one_launch.HAVE_GLUON, reason="this Triton has no Gluon")
 FP8 = torch.float8_e4m3fn
@@ -45,8 +44,6 @@ def _compile(M, K, stages, split_k):
 
 def build_report(M, K, stages, split_k) -> dict:
     """Compile for sm_90 here (the fresh process's work); what the test checks."""
-    import triton
-
     kernel = _compile(M, K, stages, split_k)
     lines = kernel.asm["ptx"].splitlines()
     tma = [i for i, line in enumerate(lines) if "cp.async.bulk.tensor" in line]
@@ -54,13 +51,9 @@ def build_report(M, K, stages, split_k) -> dict:
     report = dict(wgmma=sum("wgmma.mma_async" in line for line in lines), tma=len(tma),
                   tma_before_x=sum(i < loads[0] for i in tma), shared=kernel.metadata.shared,
                   local=sum(".local" in line for line in lines), regs=None)
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
-    if os.path.exists(cuobjdump):
-        with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
-            f.write(kernel.asm["cubin"])
-        usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-        os.unlink(f.name)
-        report["regs"] = int(re.search(r"REG:(\d+)", usage).group(1))
+    usage = cubin_resource_usage(kernel)
+    if usage is not None:
+        report["regs"] = usage["regs"]
     return report
 
 
