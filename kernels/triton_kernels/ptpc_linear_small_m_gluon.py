@@ -76,20 +76,14 @@ if HAVE_GLUON:
         K: gl.constexpr, MROWS: gl.constexpr, MP: gl.constexpr, AMAX_COLS: gl.constexpr, STAGES: gl.constexpr,
         SPLIT_K: gl.constexpr, FP8_MAX: gl.constexpr, INV_FP8_MAX: gl.constexpr, SCALE_FLOOR: gl.constexpr,
         HAS_BIAS: gl.constexpr, XA_LAYOUT: gl.constexpr, XQ_REG_LAYOUT: gl.constexpr, XQ_LAYOUT: gl.constexpr,
-        SHARE_AMAX: gl.constexpr, QCOLS: gl.constexpr, XWAIT: gl.constexpr = True, XSWAP: gl.constexpr = False,
-        XRELOAD: gl.constexpr = True,
+        NUM_WARPS: gl.constexpr,
     ):
         BN: gl.constexpr = w_desc.block_type.shape[0]
-        NT = (N + BN - 1) // BN  # column tiles
         BK: gl.constexpr = w_desc.block_type.shape[1]
         KS: gl.constexpr = K // SPLIT_K  # this program's K slice (a multiple of BK: the launcher's gate)
         KBL: gl.constexpr = KS // BK  # its boxes
-        if XSWAP:
-            pid_n = gl.program_id(1)
-            pid_k = gl.program_id(0)
-        else:
-            pid_n = gl.program_id(0)
-            pid_k = gl.program_id(1)
+        pid_n = gl.program_id(0)
+        pid_k = gl.program_id(1)
         off_n = pid_n * BN
         k0 = pid_k * KS
 
@@ -112,58 +106,27 @@ if HAVE_GLUON:
         q_cols = gl.arange(0, KS, layout=gl.SliceLayout(0, XQ_REG_LAYOUT))
         x_slice = gl.load(x_ptr + gl.expand_dims(q_rows.to(gl.int64) * stride_xm, 1) + k0 + gl.expand_dims(q_cols, 0),
                           mask=gl.expand_dims(q_rows < M, 1), other=0.0)
-        if SHARE_AMAX:
-            # the rows' scales from the SPLIT_K programs of this column tile: each publishes its slice's amax in the
-            # tile's [SPLIT_K, MP] int32 slots (after the completion counters; zero between calls) as its bits with
-            # the sign bit set, never 0, and polls the others' until none is 0. Plain stores and volatile loads:
-            # an acq_rel atomic here fenced behind this program's in-flight weight loads (Session 27, +3 us).
-            # A cooperative launch keeps every program resident, so the wait cannot deadlock.
-            slots = count_ptr + NT + pid_n * (SPLIT_K * MP)
-            local = gl.max(gl.abs(x_slice), axis=1).to(gl.float32)  # in x's dtype: exact, no fp32 copy kept
-            gl.store(slots + pid_k * MP + q_rows, local.to(gl.int32, bitcast=True) | -2147483648)
-            amax = gl.zeros([MP], gl.float32, gl.SliceLayout(1, XQ_REG_LAYOUT))
-            for p in gl.static_range(SPLIT_K):
-                got = gl.load(slots + p * MP + q_rows, volatile=True)
-                while gl.max(got, axis=0) >= 0:
-                    got = gl.load(slots + p * MP + q_rows, volatile=True)
-                amax = gl.maximum(amax, (got & 2147483647).to(gl.float32, bitcast=True),
-                                  propagate_nan=tl.PropagateNan.ALL)
-            scale = gl.maximum(amax * INV_FP8_MAX, SCALE_FLOOR)  # rows past M: x is 0, so the floor
-            scale_smem.store(scale)  # for the epilogue
-        else:
-            a_rows = gl.arange(0, MROWS, layout=gl.SliceLayout(1, XA_LAYOUT))
-            a_cols = gl.arange(0, AMAX_COLS, layout=gl.SliceLayout(0, XA_LAYOUT))
-            a_ptrs = x_ptr + gl.expand_dims(a_rows.to(gl.int64) * stride_xm, 1) + gl.expand_dims(a_cols, 0)
-            amax = gl.zeros([MROWS], gl.float32, gl.SliceLayout(1, XA_LAYOUT))
-            for c in gl.static_range(K // AMAX_COLS):
-                xa = gl.load(a_ptrs + c * AMAX_COLS, mask=gl.expand_dims(a_rows < M, 1), other=0.0)
-                amax = gl.maximum(amax, gl.max(gl.abs(xa.to(gl.float32)), axis=1), propagate_nan=tl.PropagateNan.ALL)
-            # the scales move to the q layout's rows (MP >= MROWS) through shared memory
-            scale_smem.slice(0, MROWS).store(gl.maximum(amax * INV_FP8_MAX, SCALE_FLOOR))
-            cta_barrier()
-            scale = scale_smem.load(gl.SliceLayout(1, XQ_REG_LAYOUT))
-            scale = gl.where(q_rows < M, scale, SCALE_FLOOR)  # rows past M: never stored (their x is 0)
-        if SHARE_AMAX and XRELOAD:
-            # q in QCOLS-wide pieces, x read again (from L1: this program just read it), so that only a piece's fp32
-            # temporaries are live at a time (Triton 3.6 spilled the whole slice's at M = 16)
-            c_cols = gl.arange(0, QCOLS, layout=gl.SliceLayout(0, XQ_REG_LAYOUT))
-            c_ptrs = x_ptr + gl.expand_dims(q_rows.to(gl.int64) * stride_xm, 1) + k0 + gl.expand_dims(c_cols, 0)
-            for c in gl.static_range(KS // QCOLS):
-                xc = gl.load(c_ptrs + c * QCOLS, mask=gl.expand_dims(q_rows < M, 1), other=0.0)
-                qc = _divide_by_row_scale(xc.to(gl.float32), gl.expand_dims(scale, 1))
-                qc = gl.minimum(gl.maximum(qc, -FP8_MAX, propagate_nan=tl.PropagateNan.ALL), FP8_MAX,
-                                propagate_nan=tl.PropagateNan.ALL)
-                xq_smem.slice(c * QCOLS, QCOLS, dim=1).store(qc.to(w_desc.dtype))
-        else:
-            q = _divide_by_row_scale(x_slice.to(gl.float32), gl.expand_dims(scale, 1))
-            q = gl.minimum(gl.maximum(q, -FP8_MAX, propagate_nan=tl.PropagateNan.ALL), FP8_MAX,
-                           propagate_nan=tl.PropagateNan.ALL)
-            xq_smem.store(q.to(w_desc.dtype))
+        a_rows = gl.arange(0, MROWS, layout=gl.SliceLayout(1, XA_LAYOUT))
+        a_cols = gl.arange(0, AMAX_COLS, layout=gl.SliceLayout(0, XA_LAYOUT))
+        a_ptrs = x_ptr + gl.expand_dims(a_rows.to(gl.int64) * stride_xm, 1) + gl.expand_dims(a_cols, 0)
+        amax = gl.zeros([MROWS], gl.float32, gl.SliceLayout(1, XA_LAYOUT))
+        for c in gl.static_range(K // AMAX_COLS):
+            xa = gl.load(a_ptrs + c * AMAX_COLS, mask=gl.expand_dims(a_rows < M, 1), other=0.0)
+            amax = gl.maximum(amax, gl.max(gl.abs(xa.to(gl.float32)), axis=1), propagate_nan=tl.PropagateNan.ALL)
+        # the scales move to the q layout's rows (MP >= MROWS) through shared memory
+        scale_smem.slice(0, MROWS).store(gl.maximum(amax * INV_FP8_MAX, SCALE_FLOOR))
+        cta_barrier()
+        scale = scale_smem.load(gl.SliceLayout(1, XQ_REG_LAYOUT))
+        scale = gl.where(q_rows < M, scale, SCALE_FLOOR)  # rows past M: never stored (their x is 0)
+        q = _divide_by_row_scale(x_slice.to(gl.float32), gl.expand_dims(scale, 1))
+        q = gl.minimum(gl.maximum(q, -FP8_MAX, propagate_nan=tl.PropagateNan.ALL), FP8_MAX,
+                       propagate_nan=tl.PropagateNan.ALL)
+        xq_smem.store(q.to(w_desc.dtype))
         fence_async_shared()  # the q stores (generic proxy) before wgmma reads them (async proxy)
         cta_barrier()
 
         # 3. out^T = W @ q^T, one promotion per box, each stage refilled once its product is done
-        mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+        mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                              instr_shape=[16, MP, 32])
         acc = gl.zeros([BN, MP], gl.float32, mma_layout)
         for j in gl.static_range(KBL):  # unrolled: a box slice of q needs a constant start
@@ -196,9 +159,6 @@ if HAVE_GLUON:
                     total += gl.load(part_ptr + p * M * N + part_tile, mask=mask, other=0.0, cache_modifier=".cg")
                 _store_out(total, xs, n_idx, m_idx, mask, N, ws_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
                 gl.atomic_xchg(count_ptr + pid_n, 0)  # ready for the next call / graph replay
-                if SHARE_AMAX:  # every program of the tile has read its slots (each arrived here after): zero them
-                    slot_idx = gl.arange(0, SPLIT_K * MP, layout=gl.BlockedLayout([1], [32], [4], [0]))
-                    gl.store(count_ptr + NT + pid_n * (SPLIT_K * MP) + slot_idx, gl.zeros_like(slot_idx))
         else:
             _store_out(acc, xs, n_idx, m_idx, mask, N, ws_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
 
@@ -217,18 +177,20 @@ AMAX_ELEMENTS = 16384  # x elements per amax load: 128 per thread at 4 warps
 SLICE_ELEMENTS = 16384  # the most x elements a program quantizes (MP x K / split_k), kept in registers
 
 
-def reg_layout(rows: int, cols: int):
-    """A [rows, cols] register tile over 4 warps with 16-byte loads of bf16 (8 per thread along K)."""
+def reg_layout(rows: int, cols: int, warps: int = 4):
+    """A [rows, cols] register tile over `warps` warps with 16-byte loads of bf16 (8 per thread along K)."""
     tk = min(32, max(1, cols // 8))
     tr = 32 // tk
-    return gl.BlockedLayout([1, 8], [tr, tk], [1, 4] if rows <= tr else [4, 1], [1, 0])
+    warp_rows = min(warps, max(1, rows // tr))  # warps down the rows while there are rows for them
+    return gl.BlockedLayout([1, 8], [tr, tk], [warp_rows, warps // warp_rows], [1, 0])
 
 
 @functools.lru_cache(maxsize=None)
-def _layouts(mrows: int, mp: int, ks: int, amax_cols: int):
-    w_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.float8e4nv)
+def _layouts(mrows: int, mp: int, ks: int, amax_cols: int, block_n: int = 64):
+    warps = block_n // 16
+    w_layout = gl.NVMMASharedLayout.get_default_for([block_n, BLOCK_K], gl.float8e4nv)
     xq_layout = gl.NVMMASharedLayout.get_default_for([mp, BLOCK_K], gl.float8e4nv)
-    return w_layout, xq_layout, reg_layout(mrows, amax_cols), reg_layout(mp, ks)
+    return w_layout, xq_layout, reg_layout(mrows, amax_cols, warps), reg_layout(mp, ks, warps)
 
 
 def shapes(M: int, K: int, split_k: int) -> tuple[int, int, int, int]:
@@ -273,8 +235,8 @@ def shape_reason(M: int, K: int, x_dtype: torch.dtype, w_dtype: torch.dtype, sta
 
 
 def ptpc_linear_small_m_gluon(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
-                              fp8_max: float, stages: int | None = None, split_k: int | None = None,
-                              share_amax: bool = False, qcols: int = 256) -> torch.Tensor | None:
+                              fp8_max: float, stages: int | None = None,
+                              split_k: int | None = None, block_n: int = BLOCK_N) -> torch.Tensor | None:
     """ptpc_linear in one launch for M <= 16 rows: x [..., K] bf16 / fp16, wq [N, K] float8_e4m3fn, w_scale [N, 1]
     fp32, bias [N]? -> [..., N] in x's dtype. stages / split_k: default_config's unless given.
     Returns None (nothing launched) while a CUDA graph is being captured and no split-K counters can be had without
@@ -290,31 +252,27 @@ def ptpc_linear_small_m_gluon(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.
     reason = unsupported_reason(x2, wq, stages, split_k)
     if reason is not None:
         raise ValueError(f"ptpc_linear_small_m_gluon: {reason}")
-    if share_amax and split_k == 1:
-        share_amax = False  # one program per column tile sees the whole row
     if split_k > 1:
         from .ptpc_gemm_small_m import _counters
-        tiles = launch_cache.cdiv(N, BLOCK_N)  # completion counters, then (share_amax) the amax slots
-        slots = tiles * split_k * shapes(x2.shape[0], K, split_k)[1] if share_amax else 0
-        counters = _counters(x2.device, max(launch_cache.cdiv(N, 16), tiles + slots))
+        counters = _counters(x2.device, launch_cache.cdiv(N, 16))
         if counters is None:
             return None
     else:
         counters = None
-    out = _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, share_amax, qcols)
+    out = _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, block_n)
     return out.reshape(*x.shape[:-1], N)
 
 
-def _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, share_amax=False, qcols=256):
+def _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, block_n=BLOCK_N):
     M, K = x2.shape
     N = wq.shape[0]
     mrows, mp, ks, amax_cols = shapes(M, K, split_k)
     wq = wq if wq.is_contiguous() else wq.contiguous()
     ws = w_scale.reshape(N).contiguous()
     out = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
-    w_layout, xq_layout, xa_layout, xq_reg_layout = _layouts(mrows, mp, ks, amax_cols)
-    w_desc = TensorDescriptor.from_tensor(wq, [BLOCK_N, BLOCK_K], w_layout)
-    tiles = launch_cache.cdiv(N, BLOCK_N)
+    w_layout, xq_layout, xa_layout, xq_reg_layout = _layouts(mrows, mp, ks, amax_cols, block_n)
+    w_desc = TensorDescriptor.from_tensor(wq, [block_n, BLOCK_K], w_layout)
+    tiles = launch_cache.cdiv(N, block_n)
     # split-K: [SPLIT_K, M, N] fp32 partials; without it the kernel never touches them (nor the counters)
     partials = torch.empty((split_k, M, N), dtype=torch.float32, device=x2.device) if split_k > 1 else out
     counters = counters if counters is not None else ws
@@ -323,14 +281,10 @@ def _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, share_ama
     constexprs = dict(K=K, MROWS=mrows, MP=mp, AMAX_COLS=amax_cols, STAGES=stages,
                       SPLIT_K=split_k, FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max),
                       SCALE_FLOOR=scale_floor(fp8_max), HAS_BIAS=bias is not None,
-                      XA_LAYOUT=xa_layout, XQ_REG_LAYOUT=xq_reg_layout, XQ_LAYOUT=xq_layout, SHARE_AMAX=share_amax,
-                      QCOLS=min(qcols, ks))
-    constexprs.update(XWAIT=EXPERIMENT["wait"], XSWAP=EXPERIMENT["swap"], XRELOAD=EXPERIMENT["reload"])
-    grid = (split_k, tiles) if EXPERIMENT["swap"] else (tiles, split_k)
-    launch_cache.launch(_COMPILED, _ptpc_linear_small_m_gluon_kernel, grid, args, constexprs,
-                        num_warps=4, launch_cooperative_grid=share_amax and EXPERIMENT["coop"])
+                      XA_LAYOUT=xa_layout, XQ_REG_LAYOUT=xq_reg_layout, XQ_LAYOUT=xq_layout, NUM_WARPS=block_n // 16)
+    launch_cache.launch(_COMPILED, _ptpc_linear_small_m_gluon_kernel, (tiles, split_k), args, constexprs,
+                        num_warps=block_n // 16)
     return out
 
 
-EXPERIMENT = dict(wait=True, swap=False, reload=True, coop=True)  # session 27 diagnostics (temporary)
 _COMPILED: dict[tuple, object] = {}  # specialization key -> Triton CompiledKernel (launch_cache.py)
