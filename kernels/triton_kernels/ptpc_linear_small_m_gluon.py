@@ -76,7 +76,7 @@ if HAVE_GLUON:
         K: gl.constexpr, MROWS: gl.constexpr, MP: gl.constexpr, AMAX_COLS: gl.constexpr, STAGES: gl.constexpr,
         SPLIT_K: gl.constexpr, FP8_MAX: gl.constexpr, INV_FP8_MAX: gl.constexpr, SCALE_FLOOR: gl.constexpr,
         HAS_BIAS: gl.constexpr, XA_LAYOUT: gl.constexpr, XQ_REG_LAYOUT: gl.constexpr, XQ_LAYOUT: gl.constexpr,
-        NUM_WARPS: gl.constexpr,
+        NUM_WARPS: gl.constexpr, DIAG: gl.constexpr = 0,
     ):
         BN: gl.constexpr = w_desc.block_type.shape[0]
         BK: gl.constexpr = w_desc.block_type.shape[1]
@@ -118,7 +118,12 @@ if HAVE_GLUON:
         cta_barrier()
         scale = scale_smem.load(gl.SliceLayout(1, XQ_REG_LAYOUT))
         scale = gl.where(q_rows < M, scale, SCALE_FLOOR)  # rows past M: never stored (their x is 0)
-        q = _divide_by_row_scale(x_slice.to(gl.float32), gl.expand_dims(scale, 1))
+        if DIAG == 1:  # diagnostic: one multiply instead of the exact division
+            q = x_slice.to(gl.float32) * gl.expand_dims(1.0 / scale, 1)
+        elif DIAG == 2:  # diagnostic: no scales at all (the amax loads are dead code)
+            q = x_slice.to(gl.float32)
+        else:
+            q = _divide_by_row_scale(x_slice.to(gl.float32), gl.expand_dims(scale, 1))
         q = gl.minimum(gl.maximum(q, -FP8_MAX, propagate_nan=tl.PropagateNan.ALL), FP8_MAX,
                        propagate_nan=tl.PropagateNan.ALL)
         xq_smem.store(q.to(w_desc.dtype))
@@ -236,7 +241,7 @@ def shape_reason(M: int, K: int, x_dtype: torch.dtype, w_dtype: torch.dtype, sta
 
 def ptpc_linear_small_m_gluon(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
                               fp8_max: float, stages: int | None = None,
-                              split_k: int | None = None, block_n: int = BLOCK_N) -> torch.Tensor | None:
+                              split_k: int | None = None, block_n: int = BLOCK_N, diag: int = 0) -> torch.Tensor | None:
     """ptpc_linear in one launch for M <= 16 rows: x [..., K] bf16 / fp16, wq [N, K] float8_e4m3fn, w_scale [N, 1]
     fp32, bias [N]? -> [..., N] in x's dtype. stages / split_k: default_config's unless given.
     Returns None (nothing launched) while a CUDA graph is being captured and no split-K counters can be had without
@@ -259,11 +264,11 @@ def ptpc_linear_small_m_gluon(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.
             return None
     else:
         counters = None
-    out = _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, block_n)
+    out = _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, block_n, diag)
     return out.reshape(*x.shape[:-1], N)
 
 
-def _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, block_n=BLOCK_N):
+def _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, block_n=BLOCK_N, diag=0):
     M, K = x2.shape
     N = wq.shape[0]
     mrows, mp, ks, amax_cols = shapes(M, K, split_k)
@@ -281,7 +286,7 @@ def _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, block_n=B
     constexprs = dict(K=K, MROWS=mrows, MP=mp, AMAX_COLS=amax_cols, STAGES=stages,
                       SPLIT_K=split_k, FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max),
                       SCALE_FLOOR=scale_floor(fp8_max), HAS_BIAS=bias is not None,
-                      XA_LAYOUT=xa_layout, XQ_REG_LAYOUT=xq_reg_layout, XQ_LAYOUT=xq_layout, NUM_WARPS=block_n // 16)
+                      XA_LAYOUT=xa_layout, XQ_REG_LAYOUT=xq_reg_layout, XQ_LAYOUT=xq_layout, NUM_WARPS=block_n // 16, DIAG=diag)
     launch_cache.launch(_COMPILED, _ptpc_linear_small_m_gluon_kernel, (tiles, split_k), args, constexprs,
                         num_warps=block_n // 16)
     return out
