@@ -8,9 +8,9 @@ Providers:
 - triton: per_token_quant_fp8 then ptpc_scaled_mm, each through its own provider choice
   (auto: the Triton quant kernel and the GEMM from the table in ptpc_scaled_mm.py; forced
   "triton": the Triton kernels). Where those are our quant and either the small-M GEMM or the Gluon GEMM
-  in one round of tiles on the SMs, the two launch as a PDL pair (_pdl_pair). At M <= 4 and K <= 4096 on
-  sm_90 the whole linear runs as one Gluon launch instead (_one_launch_takes: the weight stream starts
-  before the quant; Session 26). Triton one-launch kernels of sessions 4, 8 and 25 lost to the pair.
+  in one round of tiles on the SMs, the two launch as a PDL pair (_pdl_pair). At M <= 4 (8 at K <= 2048)
+  and K <= 4096 on sm_90 the whole linear runs as one Gluon launch instead (_one_launch_takes: the weight
+  stream starts before the quant; Sessions 26-27). Triton one-launch kernels of sessions 4, 8 and 25 lost to the pair.
 - aiter: AITER quant + gemm_a8w8.
 
 fp8_per_tensor_linear(x, wq, w_scale[1], bias?) is classic per-tensor FP8 (one dynamic
@@ -117,8 +117,13 @@ def _pdl_pair(x2, wq, out_dtype, fast_accum) -> str | None:
     return pair
 
 
-ONE_LAUNCH_MAX_M = 4  # the one-launch Gluon linear beat the PDL pair up to here (H100, Session 26)
-ONE_LAUNCH_MAX_K = 4096  # and at K = 4096, not at 14336 (every program reads all of x for its scales)
+ONE_LAUNCH_MAX_K = 4096  # the one-launch Gluon linear beat the PDL pair at K = 4096, not at 14336 (H100, Session 26)
+ONE_LAUNCH_ROUND_PER_SM = 2  # above 4 rows: programs per SM in the one round it must fit (see _one_launch_takes)
+
+
+def one_launch_max_m(K: int) -> int:
+    """The most rows the one launch takes: 8 at K <= 2048 (Session 27), 4 up to ONE_LAUNCH_MAX_K (Session 26)."""
+    return 8 if K <= 2048 else 4
 
 
 def _one_launch_takes(x2, wq, out_dtype, fast_accum) -> bool:
@@ -126,12 +131,16 @@ def _one_launch_takes(x2, wq, out_dtype, fast_accum) -> bool:
     starts its weight stream, then quantizes x while it arrives). Where it was measured faster than the small-M
     PDL pair on an H100 (Session 26, benchmarks/experiments_s26): K = N = 4096, M = 1 / 2 / 4: 9.6 / 10.3 / 10.6
     against 10.8 / 10.9 / 10.9 us; N = 6144 and 28672 at M = 1: 12.5 / 45.8 against 14.0 / 47.6. It lost at M = 8
-    (11.4 against 10.9) and at K = 14336 (M = 1: 27.2 against 26.5). So: M <= ONE_LAUNCH_MAX_M, K <=
-    ONE_LAUNCH_MAX_K, where the small-M GEMM would run after our Triton quant (auto's table or forced triton),
-    precise accumulation, bf16 / fp16 x, e4m3fn weights, an sm_90 GPU with Gluon. ROCM_ATTN_GLUON_SMALL_M=0 turns
-    it off."""
+    (11.4 against 10.9) and at K = 14336 (M = 1: 27.2 against 26.5). At K = 1024 and 2048 (N = 2048 / 4096,
+    Session 27, benchmarks/experiments_s27/s27_small_k.py) it won at every M <= 8 (M = 8, K = 2048, N = 4096: 8.0
+    against 8.8; there the pair is no faster than bf16) and lost or tied at M = 16; above 4 rows (~220 registers a
+    thread with Triton 3.6: 2 programs per SM) it lost where its programs took two rounds (K = 2048, N = 8192, M = 8:
+    512 programs, 11.1 against 10.9). So: M <= one_launch_max_m(K), K <= ONE_LAUNCH_MAX_K, above 4 rows only with
+    at most ONE_LAUNCH_ROUND_PER_SM programs per SM, where the small-M GEMM would run after our Triton quant (auto's
+    table or forced triton), precise accumulation, bf16 / fp16 x, e4m3fn weights, an sm_90 GPU with Gluon.
+    ROCM_ATTN_GLUON_SMALL_M=0 turns it off."""
     M, K = x2.shape
-    if not (0 < M <= ONE_LAUNCH_MAX_M and K <= ONE_LAUNCH_MAX_K) or fast_accum or \
+    if not (0 < M <= one_launch_max_m(K) and K <= ONE_LAUNCH_MAX_K) or fast_accum or \
             os.environ.get("ROCM_ATTN_GLUON_SMALL_M") == "0":
         return False
     wanted = requested_kernels()
@@ -144,6 +153,9 @@ def _one_launch_takes(x2, wq, out_dtype, fast_accum) -> bool:
             not one_launch.available(x2.device):
         return False
     N = wq.shape[0]
+    programs = -(-N // one_launch.BLOCK_N) * split_k  # column tiles x K slices
+    if M > 4 and programs > ONE_LAUNCH_ROUND_PER_SM * one_launch.sm_count(x2.device):
+        return False
     if wanted is not Kernels.TRITON and cuda_auto_choice(M, N, K) != "triton":
         return False
     return select("per_token_quant_fp8", x2.device, x2)[0] == "triton"

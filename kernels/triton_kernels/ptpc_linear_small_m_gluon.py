@@ -1,4 +1,5 @@
-"""Gluon one-launch ptpc_linear for a few rows (decode, M <= 4 in ptpc_linear) on Hopper: the weight stream first.
+"""Gluon one-launch ptpc_linear for a few rows (decode: M <= 4, or 8 at K <= 2048, in ptpc_linear) on Hopper: the
+weight stream first.
 
 Why: at M = 1 the two-launch linear (per_token_quant_fp8, then the small-M GEMM, a PDL pair) spends ~1.6 us of
 its ~10.8 us at K = N = 4096 waiting for the quant before the GEMM reads its weight (RESULTS.md, Sessions 24-25).
@@ -19,7 +20,8 @@ rows and the s-th of SPLIT_K slices of K (KS = K / SPLIT_K columns, a power of t
 Every program reads all M rows of x for the amax, so the cost grows with M x K: on an H100 (Session 26,
 benchmarks/experiments_s26) it beats the PDL pair at M <= 4 and K = 4096 (K = N = 4096: 9.6 / 10.3 / 10.6 us
 at M = 1 / 2 / 4 against 10.8 / 10.9 / 10.9; N = 6144, M = 1: 12.5 against 14.0) and loses from M = 8 on and at
-K = 14336 (M = 1: 27.2 against 26.5). ptpc_linear takes it there (ptpc_linear._one_launch_takes).
+K = 14336 (M = 1: 27.2 against 26.5). At K = 1024-2048 it also beats the pair at M = 8 (Session 27,
+benchmarks/experiments_s27/s27_small_k.py). ptpc_linear takes it there (ptpc_linear._one_launch_takes).
 
 Needs sm_90 and a Triton with Gluon (3.6 and newer); bf16 / fp16 x, float8_e4m3fn weights, K a multiple of 128.
 """
@@ -33,7 +35,7 @@ import triton.language as tl
 
 from ..per_token_quant import inv_fp8_max, scale_floor
 from . import launch_cache
-from .ptpc_gemm_gluon import HAVE_GLUON, available
+from .ptpc_gemm_gluon import HAVE_GLUON, available, sm_count  # noqa: F401  (sm_count: ptpc_linear's gate)
 
 if HAVE_GLUON:
     from .ptpc_gemm_gluon import (
@@ -76,7 +78,6 @@ if HAVE_GLUON:
         K: gl.constexpr, MROWS: gl.constexpr, MP: gl.constexpr, AMAX_COLS: gl.constexpr, STAGES: gl.constexpr,
         SPLIT_K: gl.constexpr, FP8_MAX: gl.constexpr, INV_FP8_MAX: gl.constexpr, SCALE_FLOOR: gl.constexpr,
         HAS_BIAS: gl.constexpr, XA_LAYOUT: gl.constexpr, XQ_REG_LAYOUT: gl.constexpr, XQ_LAYOUT: gl.constexpr,
-        NUM_WARPS: gl.constexpr, DIAG: gl.constexpr = 0,
     ):
         BN: gl.constexpr = w_desc.block_type.shape[0]
         BK: gl.constexpr = w_desc.block_type.shape[1]
@@ -118,12 +119,7 @@ if HAVE_GLUON:
         cta_barrier()
         scale = scale_smem.load(gl.SliceLayout(1, XQ_REG_LAYOUT))
         scale = gl.where(q_rows < M, scale, SCALE_FLOOR)  # rows past M: never stored (their x is 0)
-        if DIAG == 1:  # diagnostic: one multiply instead of the exact division
-            q = x_slice.to(gl.float32) * gl.expand_dims(1.0 / scale, 1)
-        elif DIAG == 2:  # diagnostic: no scales at all (the amax loads are dead code)
-            q = x_slice.to(gl.float32)
-        else:
-            q = _divide_by_row_scale(x_slice.to(gl.float32), gl.expand_dims(scale, 1))
+        q = _divide_by_row_scale(x_slice.to(gl.float32), gl.expand_dims(scale, 1))
         q = gl.minimum(gl.maximum(q, -FP8_MAX, propagate_nan=tl.PropagateNan.ALL), FP8_MAX,
                        propagate_nan=tl.PropagateNan.ALL)
         xq_smem.store(q.to(w_desc.dtype))
@@ -131,7 +127,7 @@ if HAVE_GLUON:
         cta_barrier()
 
         # 3. out^T = W @ q^T, one promotion per box, each stage refilled once its product is done
-        mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+        mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                              instr_shape=[16, MP, 32])
         acc = gl.zeros([BN, MP], gl.float32, mma_layout)
         for j in gl.static_range(KBL):  # unrolled: a box slice of q needs a constant start
@@ -182,20 +178,18 @@ AMAX_ELEMENTS = 16384  # x elements per amax load: 128 per thread at 4 warps
 SLICE_ELEMENTS = 16384  # the most x elements a program quantizes (MP x K / split_k), kept in registers
 
 
-def reg_layout(rows: int, cols: int, warps: int = 4):
-    """A [rows, cols] register tile over `warps` warps with 16-byte loads of bf16 (8 per thread along K)."""
+def reg_layout(rows: int, cols: int):
+    """A [rows, cols] register tile over 4 warps with 16-byte loads of bf16 (8 per thread along K)."""
     tk = min(32, max(1, cols // 8))
     tr = 32 // tk
-    warp_rows = min(warps, max(1, rows // tr))  # warps down the rows while there are rows for them
-    return gl.BlockedLayout([1, 8], [tr, tk], [warp_rows, warps // warp_rows], [1, 0])
+    return gl.BlockedLayout([1, 8], [tr, tk], [1, 4] if rows <= tr else [4, 1], [1, 0])
 
 
 @functools.lru_cache(maxsize=None)
-def _layouts(mrows: int, mp: int, ks: int, amax_cols: int, block_n: int = 64):
-    warps = block_n // 16
-    w_layout = gl.NVMMASharedLayout.get_default_for([block_n, BLOCK_K], gl.float8e4nv)
+def _layouts(mrows: int, mp: int, ks: int, amax_cols: int):
+    w_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.float8e4nv)
     xq_layout = gl.NVMMASharedLayout.get_default_for([mp, BLOCK_K], gl.float8e4nv)
-    return w_layout, xq_layout, reg_layout(mrows, amax_cols, warps), reg_layout(mp, ks, warps)
+    return w_layout, xq_layout, reg_layout(mrows, amax_cols), reg_layout(mp, ks)
 
 
 def shapes(M: int, K: int, split_k: int) -> tuple[int, int, int, int]:
@@ -211,8 +205,14 @@ def shared_bytes(K: int, mp: int, stages: int, split_k: int) -> int:
 
 
 def default_config(K: int) -> tuple[int, int]:
-    """(stages, split_k) for ptpc_linear: slices of 1024 columns (8 boxes) in a 4-stage ring, the best of 7
-    configs at K = 4096 on an H100 (Session 26: 9.6 us at M = 1 against 9.7-10.4 for the others)."""
+    """(stages, split_k) for ptpc_linear, a 4-stage ring; measured on an H100:
+    - K <= 1024: no split (K = 1024, N = 2048 / 4096, M = 1: 4.5 / 4.8 us against 4.7-5.4 split 2-8; Session 27);
+    - K = 2048: 4 slices of 512 columns (N = 4096, M = 1 / 4: 6.7 / 7.1 us against 7.2 / 7.9 with 2; Session 27);
+    - else slices of 1024 columns (K = 4096: 9.6 us at M = 1 against 9.7-10.4 for 6 other configs; Session 26)."""
+    if K <= 1024:
+        return 4, 1
+    if K == 2048:
+        return 4, 4
     return 4, max(1, K // 1024)
 
 
@@ -241,7 +241,7 @@ def shape_reason(M: int, K: int, x_dtype: torch.dtype, w_dtype: torch.dtype, sta
 
 def ptpc_linear_small_m_gluon(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
                               fp8_max: float, stages: int | None = None,
-                              split_k: int | None = None, block_n: int = BLOCK_N, diag: int = 0) -> torch.Tensor | None:
+                              split_k: int | None = None) -> torch.Tensor | None:
     """ptpc_linear in one launch for M <= 16 rows: x [..., K] bf16 / fp16, wq [N, K] float8_e4m3fn, w_scale [N, 1]
     fp32, bias [N]? -> [..., N] in x's dtype. stages / split_k: default_config's unless given.
     Returns None (nothing launched) while a CUDA graph is being captured and no split-K counters can be had without
@@ -264,20 +264,20 @@ def ptpc_linear_small_m_gluon(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.
             return None
     else:
         counters = None
-    out = _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, block_n, diag)
+    out = _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters)
     return out.reshape(*x.shape[:-1], N)
 
 
-def _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, block_n=BLOCK_N, diag=0):
+def _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters):
     M, K = x2.shape
     N = wq.shape[0]
     mrows, mp, ks, amax_cols = shapes(M, K, split_k)
     wq = wq if wq.is_contiguous() else wq.contiguous()
     ws = w_scale.reshape(N).contiguous()
     out = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
-    w_layout, xq_layout, xa_layout, xq_reg_layout = _layouts(mrows, mp, ks, amax_cols, block_n)
-    w_desc = TensorDescriptor.from_tensor(wq, [block_n, BLOCK_K], w_layout)
-    tiles = launch_cache.cdiv(N, block_n)
+    w_layout, xq_layout, xa_layout, xq_reg_layout = _layouts(mrows, mp, ks, amax_cols)
+    w_desc = TensorDescriptor.from_tensor(wq, [BLOCK_N, BLOCK_K], w_layout)
+    tiles = launch_cache.cdiv(N, BLOCK_N)
     # split-K: [SPLIT_K, M, N] fp32 partials; without it the kernel never touches them (nor the counters)
     partials = torch.empty((split_k, M, N), dtype=torch.float32, device=x2.device) if split_k > 1 else out
     counters = counters if counters is not None else ws
@@ -286,9 +286,9 @@ def _launch(x2, wq, w_scale, bias, fp8_max, stages, split_k, counters, block_n=B
     constexprs = dict(K=K, MROWS=mrows, MP=mp, AMAX_COLS=amax_cols, STAGES=stages,
                       SPLIT_K=split_k, FP8_MAX=fp8_max, INV_FP8_MAX=inv_fp8_max(fp8_max),
                       SCALE_FLOOR=scale_floor(fp8_max), HAS_BIAS=bias is not None,
-                      XA_LAYOUT=xa_layout, XQ_REG_LAYOUT=xq_reg_layout, XQ_LAYOUT=xq_layout, NUM_WARPS=block_n // 16, DIAG=diag)
+                      XA_LAYOUT=xa_layout, XQ_REG_LAYOUT=xq_reg_layout, XQ_LAYOUT=xq_layout)
     launch_cache.launch(_COMPILED, _ptpc_linear_small_m_gluon_kernel, (tiles, split_k), args, constexprs,
-                        num_warps=block_n // 16)
+                        num_warps=4)
     return out
 
 

@@ -1,6 +1,6 @@
 """The one-launch Gluon small-M linear (kernels/triton_kernels/ptpc_linear_small_m_gluon.py) on an sm_90 GPU:
 against the fp64 product of the torch reference's quantized operands, against the two-launch linear, under CUDA
-graph replay, with inf / NaN rows, and as what ptpc_linear runs at M <= 4."""
+graph replay, with inf / NaN rows, and as what ptpc_linear runs at M <= 4 (8 at K <= 2048)."""
 import pytest
 import torch
 from rocm_attn.kernels import use_kernels
@@ -95,13 +95,13 @@ def test_cuda_graph_replay_on_new_inputs():
         assert rel_err(y, exact(x, wq, ws, bias)) < 5e-3, rep
 
 
-@pytest.mark.parametrize("M", [1, 2, 4, 8])
-def test_ptpc_linear_runs_it_at_m_up_to_4(M, monkeypatch):
-    """The op and an FP8Linear's eager plan run the one launch at M <= 4 (K = N = 4096) and the two launches from
-    M = 8; both agree with the two launches (ROCM_ATTN_GLUON_SMALL_M=0) within bf16 rounding."""
+@pytest.mark.parametrize("M, K", [(1, 4096), (2, 4096), (4, 4096), (8, 4096), (8, 2048), (16, 2048), (6, 1024)])
+def test_ptpc_linear_runs_it_where_the_gate_says(M, K, monkeypatch):
+    """The op and an FP8Linear's eager plan run the one launch at M <= 4 (M <= 8 at K <= 2048; N = 4096) and the
+    two launches above; both agree with the two launches (ROCM_ATTN_GLUON_SMALL_M=0) within bf16 rounding."""
     from rocm_attn.kernels import ptpc_linear as linear_mod
 
-    x, wq, ws, bias = inputs(M, 4096, 4096, seed=20 + M)
+    x, wq, ws, bias = inputs(M, K, 4096, seed=20 + M)
     calls = []
     real = linear_mod._one_launch_linear
     monkeypatch.setattr(linear_mod, "_one_launch_linear", lambda *a: calls.append(1) or real(*a))
@@ -116,4 +116,4 @@ def test_ptpc_linear_runs_it_at_m_up_to_4(M, monkeypatch):
                 monkeypatch.delenv("ROCM_ATTN_GLUON_SMALL_M")
             assert torch.equal(y, y_eager) and rel_err(y, two) < 5e-3
             assert rel_err(y, exact(x, wq, ws, bias)) < 5e-3
-    assert len(calls) == (4 if M <= 4 else 0)
+    assert len(calls) == (4 if M <= linear_mod.one_launch_max_m(K) else 0)

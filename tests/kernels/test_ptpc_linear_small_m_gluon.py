@@ -58,7 +58,7 @@ def build_report(M, K, stages, split_k) -> dict:
 
 
 @pytest.mark.parametrize("M, K, stages, split_k", [(1, 4096, 4, 4), (4, 4096, 4, 4), (16, 4096, 4, 4),
-                                                   (2, 1024, 4, 1), (3, 14336, 8, 14)])
+                                                   (2, 1024, 4, 1), (8, 2048, 4, 4), (3, 14336, 8, 14)])
 def test_builds_for_sm90_weight_loads_first(M, K, stages, split_k):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, __file__, str(M), str(K), str(stages), str(split_k)],
@@ -81,6 +81,8 @@ def test_builds_for_sm90_weight_loads_first(M, K, stages, split_k):
 def test_shape_reason_and_default_config():
     bf16 = torch.bfloat16
     assert one_launch.default_config(4096) == (4, 4) and one_launch.default_config(1024) == (4, 1)
+    assert one_launch.default_config(2048) == (4, 4) and one_launch.default_config(512) == (4, 1)
+    assert one_launch.default_config(3072) == (4, 3) and one_launch.default_config(14336) == (4, 14)
     for M in (1, 4, 16):
         assert one_launch.shape_reason(M, 4096, bf16, FP8, 4, 4) is None
     assert one_launch.shape_reason(1, 4096, torch.float16, FP8, 4, 4) is None
@@ -98,10 +100,10 @@ def test_shape_reason_and_default_config():
 
 
 def test_ptpc_linear_takes_it_only_where_measured(monkeypatch):
-    """ptpc_linear's gate (_one_launch_takes): M <= 4 and K <= 4096 where the small-M GEMM would run after our
-    Triton quant (auto's table or forced triton), precise accumulation, bf16 / fp16 x, e4m3fn weights, a GPU with
-    Gluon (faked here), ROCM_ATTN_GLUON_SMALL_M not 0. The provider then launches it; on this CPU it never
-    applies."""
+    """ptpc_linear's gate (_one_launch_takes): M <= 4 (M <= 8 at K <= 2048, in one round of 2 programs per SM) and
+    K <= 4096 where the small-M GEMM would run after our Triton quant (auto's table or forced triton), precise
+    accumulation, bf16 / fp16 x, e4m3fn weights, a GPU with Gluon (faked here), ROCM_ATTN_GLUON_SMALL_M not 0. The
+    provider then launches it; on this CPU it never applies."""
     from rocm_attn.kernels import ptpc_linear as linear_mod
 
     def takes(M, K=4096, N=4096, dtype=torch.bfloat16, wdtype=FP8, fast=False, device="cuda"):
@@ -110,11 +112,16 @@ def test_ptpc_linear_takes_it_only_where_measured(monkeypatch):
 
     assert not takes(1, device="cpu")
     monkeypatch.setattr(one_launch, "available", lambda device: True)
+    monkeypatch.setattr(one_launch, "sm_count", lambda device: 132)  # an H100
     quant_provider = ["triton"]
     monkeypatch.setattr(linear_mod, "select", lambda op, device, *args: (quant_provider[0], None))
     assert takes(1) and takes(2) and takes(4) and takes(4, K=1024) and takes(1, N=28672) and takes(1, N=6144)
     assert takes(1, dtype=torch.float16)
-    assert not takes(8) and not takes(16)  # measured slower than the PDL pair from M = 8
+    assert not takes(8) and not takes(16)  # measured slower than the PDL pair from M = 8 at K = 4096
+    assert takes(8, K=2048) and takes(8, K=1024) and takes(5, K=2048)  # faster up to M = 8 at K <= 2048
+    assert not takes(16, K=2048) and not takes(9, K=1024)  # not at M = 16
+    # above 4 rows only in one round of 2 programs per SM: 64 column tiles x 4 slices = 256 <= 264, 512 > 264
+    assert takes(8, K=2048, N=4096) and not takes(8, K=2048, N=8192) and takes(4, K=2048, N=8192)
     assert not takes(1, K=14336)  # measured slower at K = 14336
     assert not takes(1, K=576)  # no power-of-two slice of whole 128-wide boxes
     assert not takes(0) and not takes(1, fast=True) and not takes(1, dtype=torch.float32)
