@@ -104,17 +104,27 @@ def _pdl_pair(x2, wq, out_dtype, fast_accum) -> str | None:
     if M <= SMALL_M_MAX:
         from .triton_kernels.ptpc_gemm_small_m import pdl_capable
 
-        small_m_runs = wanted is Kernels.TRITON or cuda_auto_choice(M, N, K) == "triton"
-        pair = "small_m" if small_m_runs and pdl_capable(x2.device) else None
-    elif gluon_takes_shape(M, K, N, fp8_dtype(), x2.device, out_dtype, fast_accum):
+        return "small_m" if pdl_capable(x2.device) and _small_m_after_triton_quant(x2, wq, wanted) else None
+    if gluon_takes_shape(M, K, N, fp8_dtype(), x2.device, out_dtype, fast_accum):
         from .triton_kernels import ptpc_gemm_gluon
 
-        pair = "gluon" if ptpc_gemm_gluon.pdl_pays(M, K, N, ptpc_gemm_gluon.sm_count(x2.device)) else None
-    else:
-        pair = None
-    if pair is None or select("per_token_quant_fp8", x2.device, x2)[0] != "triton":
-        return None
-    return pair
+        if ptpc_gemm_gluon.pdl_pays(M, K, N, ptpc_gemm_gluon.sm_count(x2.device)) and _triton_quant_runs(x2):
+            return "gluon"
+    return None
+
+
+def _triton_quant_runs(x2) -> bool:
+    """Whether dispatch would quantize x2 with our Triton kernel."""
+    return select("per_token_quant_fp8", x2.device, x2)[0] == "triton"
+
+
+def _small_m_after_triton_quant(x2, wq, wanted) -> bool:
+    """Whether the triton provider's two launches would be our Triton quant, then the small-M GEMM (auto's table
+    or forced "triton"); the PDL pair and the one launch both replace exactly that."""
+    M, K = x2.shape
+    if wanted is not Kernels.TRITON and cuda_auto_choice(M, wq.shape[0], K) != "triton":
+        return False
+    return _triton_quant_runs(x2)
 
 
 ONE_LAUNCH_MAX_K = 4096  # the one-launch Gluon linear beat the PDL pair at K = 4096, not at 14336 (H100, Session 26)
@@ -146,19 +156,18 @@ def _one_launch_takes(x2, wq, out_dtype, fast_accum) -> bool:
     wanted = requested_kernels()
     if wanted not in (Kernels.AUTO, Kernels.TRITON) or x2.device.type != "cuda":
         return False
+    from .triton_kernels import ptpc_gemm_gluon
     from .triton_kernels import ptpc_linear_small_m_gluon as one_launch
+    from .triton_kernels.launch_cache import cdiv
 
     stages, split_k = one_launch.default_config(K)
     if one_launch.shape_reason(M, K, out_dtype, wq.dtype, stages, split_k) is not None or \
             not one_launch.available(x2.device):
         return False
-    N = wq.shape[0]
-    programs = -(-N // one_launch.BLOCK_N) * split_k  # column tiles x K slices
-    if M > 4 and programs > ONE_LAUNCH_ROUND_PER_SM * one_launch.sm_count(x2.device):
+    programs = cdiv(wq.shape[0], one_launch.BLOCK_N) * split_k  # column tiles x K slices
+    if M > 4 and programs > ONE_LAUNCH_ROUND_PER_SM * ptpc_gemm_gluon.sm_count(x2.device):
         return False
-    if wanted is not Kernels.TRITON and cuda_auto_choice(M, N, K) != "triton":
-        return False
-    return select("per_token_quant_fp8", x2.device, x2)[0] == "triton"
+    return _small_m_after_triton_quant(x2, wq, wanted)
 
 
 def _one_launch_linear(x, wq, w_scale, bias=None, fast_accum=False):

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ..per_token_quant import inv_fp8_max, scale_floor
 from . import launch_cache
-from .ptpc_gemm_gluon import HAVE_GLUON, available, sm_count  # noqa: F401  (sm_count: ptpc_linear's gate)
+from .ptpc_gemm_gluon import HAVE_GLUON, available
 
 if HAVE_GLUON:
     from .ptpc_gemm_gluon import (

@@ -105,6 +105,7 @@ def test_ptpc_linear_takes_it_only_where_measured(monkeypatch):
     accumulation, bf16 / fp16 x, e4m3fn weights, a GPU with Gluon (faked here), ROCM_ATTN_GLUON_SMALL_M not 0. The
     provider then launches it; on this CPU it never applies."""
     from rocm_attn.kernels import ptpc_linear as linear_mod
+    from rocm_attn.kernels.triton_kernels import ptpc_gemm_gluon
 
     def takes(M, K=4096, N=4096, dtype=torch.bfloat16, wdtype=FP8, fast=False, device="cuda"):
         x2 = SimpleNamespace(shape=(M, K), device=torch.device(device))  # all the gate reads of x
@@ -112,7 +113,7 @@ def test_ptpc_linear_takes_it_only_where_measured(monkeypatch):
 
     assert not takes(1, device="cpu")
     monkeypatch.setattr(one_launch, "available", lambda device: True)
-    monkeypatch.setattr(one_launch, "sm_count", lambda device: 132)  # an H100
+    monkeypatch.setattr(ptpc_gemm_gluon, "sm_count", lambda device: 132)  # an H100
     quant_provider = ["triton"]
     monkeypatch.setattr(linear_mod, "select", lambda op, device, *args: (quant_provider[0], None))
     assert takes(1) and takes(2) and takes(4) and takes(4, K=1024) and takes(1, N=28672) and takes(1, N=6144)
