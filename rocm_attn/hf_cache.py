@@ -130,6 +130,28 @@ class RocmAttnLayer(CacheLayerMixin):
         raise NotImplementedError(_UNSUPPORTED.format(what="selecting batch rows (contrastive search)"))
 
 
+def paged_cache_refusal(config) -> str | None:
+    """Why a RocmAttnCache cannot hold this model's K/V, or None when it can. It holds one head size for K
+    and V in every layer, and full or sliding-window attention layers only."""
+    config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    unsupported = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
+    if unsupported:
+        return f"layer types {unsupported} are not supported (full and sliding attention only)"
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    # MLA-style configs (DeepSeek-V2/V3, MiniCPM3, ...) name K's head size in parts and V's apart
+    k_dim = getattr(config, "qk_head_dim", None)
+    nope, rope = getattr(config, "qk_nope_head_dim", None), getattr(config, "qk_rope_head_dim", None)
+    if k_dim is None and nope is not None and rope is not None:
+        k_dim = nope + rope
+    k_dim = k_dim or head_dim
+    v_dim = getattr(config, "v_head_dim", None) or k_dim
+    if not k_dim == v_dim == head_dim:
+        return (f"K and V head sizes differ ({k_dim} and {v_dim}, head_dim {head_dim}: MLA-style attention); "
+                "the paged cache holds one head size")
+    return None
+
+
 _UNSUPPORTED = ("rocm_attn.RocmAttnCache does not support {what}; use greedy or sampling generation, or pass "
                 "past_key_values=transformers.DynamicCache() (the patched model still uses rocm_attn attention "
                 "on the dense path)")
@@ -165,11 +187,10 @@ class RocmAttnCache(Cache):
                           ("block_size", block_size)):
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"RocmAttnCache: {name} must be a positive int, got {val!r}")
-        layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
-        unsupported = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
-        if unsupported:
-            raise NotImplementedError(f"RocmAttnCache: layer types {unsupported} of {type(config).__name__} are "
-                                      "not supported (full and sliding attention only)")
+        reason = paged_cache_refusal(config)
+        if reason is not None:
+            raise NotImplementedError(f"RocmAttnCache: {type(config).__name__}: {reason}; pass "
+                                      "past_key_values=transformers.DynamicCache() to generate on HF's cache")
         super().__init__(layers=[RocmAttnLayer(max_cache_len) for _ in range(config.num_hidden_layers)])
         self.backend = backend
         self.layout = layout_for_backend(backend)
@@ -367,13 +388,20 @@ def rocm_attn_attention(module, query, key, value, attention_mask, scaling=None,
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     softcap = float(kwargs.get("softcap") or 0.0)
     cache = kwargs.get(CACHE_KWARG)
+    if kwargs.get("s_aux") is not None:  # patch() refuses such models; never ignore the sinks silently
+        raise NotImplementedError("rocm_attn attention: attention sinks (s_aux, e.g. GPT-OSS) are not supported")
     if dropout and dropout > 0.0 or kwargs.get("output_attentions"):
         # training-time dropout / attention weights: not what these kernels do; HF's sdpa/eager is exact
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         if cache is not None or softcap:
-            raise NotImplementedError("rocm_attn attention: dropout / output_attentions are not supported with "
-                                      "softcap or the paged RocmAttnCache; call model.eval() for inference")
+            if kwargs.get("output_attentions"):
+                raise NotImplementedError(
+                    "rocm_attn attention: output_attentions=True is not supported with softcap or the paged "
+                    "RocmAttnCache (the kernels return no attention weights); use an unpatched model loaded "
+                    "with attn_implementation='eager'")
+            raise NotImplementedError("rocm_attn attention: dropout is not supported with softcap or the paged "
+                                      "RocmAttnCache; call model.eval() for inference")
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     if isinstance(cache, RocmAttnCache):

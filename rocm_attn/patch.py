@@ -17,9 +17,11 @@ What it changes, in place:
    AttentionMaskInterface and set as the model's attention implementation;
 3. ``generate()`` gets a paged ``RocmAttnCache`` (unless the caller passes a cache or a
    cache_implementation), and with ``compile=True`` compiles decode with ``backend="rocm_attn"``
-   (HF compiles decode on GPUs only, as it does for its own caches).
+   (HF compiles decode on GPUs only, as it does for its own caches). A model whose layers the paged cache
+   cannot hold (hf_cache.paged_cache_refusal) keeps HF's cache, and the report says why.
 
-Patching twice changes nothing more. A model it cannot handle gets an error naming the module.
+Patching twice changes nothing more. A model it cannot handle gets an error naming the module, raised
+before anything is changed (but for transformers refusing the attention implementation itself).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from torch import nn
 
 from .config import Config
 from .continuous_batching import enable_continuous_batching
-from .hf_cache import ATTN_NAME, RocmAttnCache, pass_cache_to_attention, register_hf_attention
+from .hf_cache import (ATTN_NAME, RocmAttnCache, paged_cache_refusal, pass_cache_to_attention,
+                       register_hf_attention)
 from .kernels.ptpc_linear import ptpc_linear_eager
 from .kernels.quantize_weight import quantize_weight_per_channel, quantize_weight_per_tensor
 from .patterns.patched_linear import rows_view
@@ -46,7 +49,29 @@ log = logging.getLogger("rocm_attn")
 HF_COMPILE_DEVICES = ("cuda", "xpu", "neuron", "tpu")
 
 
-class FP8Linear(nn.Module):
+class _KeepsQuantizedDtypes:
+    """Mixin for modules holding quantized buffers ``wq`` (fp8) and ``w_scale`` (fp32): ``model.to(dtype)``,
+    ``.half()``, ``.bfloat16()`` and the like cast every floating-point tensor, fp8 included, which would
+    undo the quantization (and round the scales). Those two keep their dtype and follow only the device
+    (what the cast asked of the others is applied to them: bias, dtypes of outputs)."""
+
+    _QUANTIZED_BUFFERS = ("wq", "w_scale")
+
+    def _apply(self, fn, recurse=True):
+        before = {name: self._buffers[name] for name in self._QUANTIZED_BUFFERS if self._buffers.get(name) is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new.dtype != old.dtype:
+                self._on_cast(new.dtype)
+                self._buffers[name] = old.to(new.device)
+        return self
+
+    def _on_cast(self, dtype: torch.dtype) -> None:
+        """Called when a cast to `dtype` reached the module."""
+
+
+class FP8Linear(_KeepsQuantizedDtypes, nn.Module):
     """A linear layer with an fp8 weight and fp32 scales: per output channel (``ptpc_fp8``, w_scale [N, 1])
     or one per tensor (``fp8_per_tensor``, w_scale [1]); activations are quantized per token / per tensor
     at run time inside the op. The output has the input's dtype."""
@@ -168,7 +193,7 @@ def _version(x: torch.Tensor) -> int | None:
     return None if x.is_inference() else x._version
 
 
-class FP8Embedding(nn.Module):
+class FP8Embedding(_KeepsQuantizedDtypes, nn.Module):
     """An input embedding table in fp8 with one fp32 scale per row (per vocabulary entry): wq [V, D] and
     w_scale [V, 1] from quantize_weight_per_channel (a [V, D] table's rows are its "output channels"). A
     lookup is a gather, not a GEMM: only the rows looked up are dequantized, in fp32, then cast to the
@@ -187,6 +212,16 @@ class FP8Embedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return (F.embedding(ids, self.wq).float() * F.embedding(ids, self.w_scale)).to(self.out_dtype)
 
+    def _on_cast(self, dtype: torch.dtype) -> None:
+        self.out_dtype = dtype  # model.half() after patch(): the embeddings come out in fp16 too
+
+    def __getattr__(self, name: str):
+        if name == "weight":  # some models read embed_tokens.weight (its device, or rows of it)
+            raise AttributeError(
+                "FP8Embedding has no .weight: it holds an fp8 table (.wq) and per-row scales (.w_scale), and "
+                "this code reads the embedding's weight directly; patch the model with quantize_embeddings=False")
+        return super().__getattr__(name)
+
     def extra_repr(self) -> str:
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
         return f"{self.num_embeddings}, {self.embedding_dim}{pad}, quantization=fp8 per row"
@@ -199,7 +234,7 @@ class PatchReport:
     model: str
     quantization: str
     attention_backend: str
-    kv_layout: str
+    kv_layout: str | None  # None: generate() keeps HF's own cache (see the notes)
     linears_replaced: int = 0
     linears_skipped: list[str] = field(default_factory=list)
     attention_layers: int = 0
@@ -231,7 +266,7 @@ class PatchReport:
                f"{self.embedding_bytes_after * mib:.1f} MiB "
                f"({'fp8' if self.embeddings_quantized else 'kept'})"] if self.embedding_bytes_before else []),
             f"  attention layers    {self.attention_layers} -> rocm_attn ({self.attention_backend}, "
-            f"{self.kv_layout} paged KV cache in generate)",
+            + (f"{self.kv_layout} paged KV cache in generate)" if self.kv_layout else "HF's KV cache in generate)"),
             f"  compiled decode     {'backend=rocm_attn (CUDA graphs)' if self.compile_decode else 'off'}",
         ]
         lines += [f"  note: {n}" for n in self.notes]
@@ -343,6 +378,20 @@ def _share_projection_storage(model, report: PatchReport) -> None:
             report.projection_groups += 1
 
 
+def _note_unquantized_expert_weights(model, report: PatchReport, config: Config) -> None:
+    """A report note for weights patch() leaves as they are although they are GEMM weights: tensors of 3 or
+    more dims, such as the fused experts of transformers' MoE models (Mixtral, Qwen-MoE, ...). Only nn.Linear
+    layers become FP8Linear, so those stay in their dtype and the model's weight memory falls less."""
+    if config.quantization == "none":
+        return
+    kept = [(name, p) for name, p in model.named_parameters() if p.dim() >= 3 and p.dtype.is_floating_point]
+    if kept:
+        mib = sum(_tensor_bytes(p) for _, p in kept) / 2**20
+        report.notes.append(f"{len(kept)} weight tensors of 3+ dims (fused MoE experts, e.g. {kept[0][0]}: "
+                            f"{mib:.1f} MiB in all) kept in {kept[0][1].dtype}: patch() quantizes nn.Linear "
+                            "layers only")
+
+
 def _check_model(model) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"rocm_attn.patch: expected a Hugging Face model (nn.Module), got {type(model).__name__}")
@@ -379,11 +428,25 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
         return model  # idempotent
     from .hf_cache import layout_for_backend
 
+    # checked before anything changes: a refusal leaves the model as it was
+    attn = _attention_modules(model)
+    if not attn:
+        raise NotImplementedError(f"rocm_attn.patch: found no attention module (a '*Attention' module with "
+                                  f"layer_idx) in {type(model).__name__}")
+    sinks = next((name for name, m in attn if getattr(m, "sinks", None) is not None), None)
+    if sinks is not None:
+        raise NotImplementedError(f"rocm_attn.patch: {type(model).__name__}'s attention has sinks ({sinks}.sinks), "
+                                  "which rocm_attn's attention kernels do not implement; use "
+                                  "torch.compile(model, backend='rocm_attn'), which leaves that attention as written")
+    cache_refusal = paged_cache_refusal(model.config)
+
     report = PatchReport(type(model).__name__, config.quantization, config.attention_backend,
-                         layout_for_backend(config.attention_backend))
+                         layout_for_backend(config.attention_backend) if cache_refusal is None else None)
 
     # 1. linears (tied embeddings found first: an FP8Linear lm_head no longer holds the shared weight)
     embedding_name, tied_head = _embeddings(model)
+    custom = {}  # nn.Linear subclasses with their own forward (kept): type name -> first module name
+    to_quantize = []
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear):
             continue
@@ -392,18 +455,27 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
         if config.quantization == "none" or _skipped(name, config.skip_modules):
             report.linears_skipped.append(name)
             report.weight_bytes_after += w_bytes
-            continue
-        if mod.weight.dim() != 2 or not mod.weight.dtype.is_floating_point or mod.weight.device.type == "meta":
+        elif type(mod).forward is not nn.Linear.forward:  # e.g. Llama 4's router returns (scores, logits)
+            report.linears_skipped.append(name)
+            report.weight_bytes_after += w_bytes
+            custom.setdefault(type(mod).__name__, name)
+        elif mod.weight.dim() != 2 or not mod.weight.dtype.is_floating_point or mod.weight.device.type == "meta":
             raise NotImplementedError(f"rocm_attn.patch: cannot quantize {name} ({type(mod).__name__}, weight "
                                       f"{mod.weight.dtype} on {mod.weight.device}); add it to skip_modules")
+        else:
+            to_quantize.append((name, mod))
+    for name, mod in to_quantize:  # every check passed: now the model changes
         new = FP8Linear(mod, config.quantization, config.fast_accum)
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
         report.linears_replaced += 1
         report.weight_bytes_after += _tensor_bytes(new.wq, new.w_scale, new.bias)
 
+    for type_name, name in custom.items():
+        report.notes.append(f"{type_name} layers (e.g. {name}) kept: an nn.Linear subclass with its own forward")
     if config.fuse_projections and config.quantization == "ptpc_fp8":
         _share_projection_storage(model, report)
+    _note_unquantized_expert_weights(model, report, config)
 
     # 1b. the input embedding (Config.quantize_embeddings, on by default)
     if embedding_name is not None:
@@ -416,11 +488,7 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
             _quantize_input_embedding(model, report, embedding_name, tied_head)
 
     # 2. attention
-    attn = _attention_modules(model)
     report.attention_layers = len(attn)
-    if not attn:
-        raise NotImplementedError(f"rocm_attn.patch: found no attention module (a '*Attention' module with "
-                                  f"layer_idx) in {type(model).__name__}")
     register_hf_attention()
     try:
         model.set_attn_implementation(ATTN_NAME)
@@ -438,10 +506,13 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
     if base is not None and base is not model:
         base.register_forward_pre_hook(pass_cache_to_attention, with_kwargs=True)
 
-    # 3. generation: our cache, and compiled decode
-    if hasattr(model, "_prepare_cache_for_generation"):
+    # 3. generation: our cache, and compiled decode (only on our cache: its decode step is CUDA-graph safe)
+    if cache_refusal is not None:
+        report.notes.append(f"generate: HF's own KV cache, not the paged RocmAttnCache ({cache_refusal}); "
+                            "attention runs flash_attention on it with HF's mask, decode is not compiled")
+    elif hasattr(model, "_prepare_cache_for_generation"):
         _install_cache_factory(model, config)
-    if compile and getattr(model, "generation_config", None) is not None:
+    if compile and cache_refusal is None and getattr(model, "generation_config", None) is not None:
         from transformers import CompileConfig
 
         # CUDA graphs: a decode step on the RocmAttnCache runs on device tensors only (hf_cache.decode_step).
