@@ -182,6 +182,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCac
         check_attention_values(metadata, q.shape[0], kv_cache)
     elif metadata.num_tokens != q.shape[0]:
         raise ValueError(f"rocm_attn.attention: metadata is for {metadata.num_tokens} tokens but q has {q.shape[0]}")
+    elif metadata.block_size and metadata.block_size != kv_cache.block_size:  # its slots would be wrong
+        raise ValueError(f"rocm_attn.attention: metadata was built for blocks of {metadata.block_size} tokens but "
+                         f"the cache's blocks hold {kv_cache.block_size}")
     torch.ops.rocm_attn.reshape_and_cache(k, v, kv_cache.k_cache, kv_cache.v_cache, slot_mapping, kv_cache.layout)
     return entry.fn(q, k, v, kv_cache, qsl, lens, table, float(scale), sliding_window, softcap, metadata)
 

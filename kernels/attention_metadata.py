@@ -126,6 +126,8 @@ def build_metadata(context_lens, query_lens, block_tables, block_size: int,
             f"sequence; got {len(context_lens)}, {len(query_lens)}, {len(block_tables)}")
     if block_size <= 0:
         raise ValueError(f"rocm_attn.build_metadata: block_size must be > 0, got {block_size}")
+    if max_blocks is not None and max_blocks < 0:
+        raise ValueError(f"rocm_attn.build_metadata: max_blocks must be >= 0, got {max_blocks}")
     slots = []
     for b, (c, q, blocks) in enumerate(zip(context_lens, query_lens, block_tables)):
         if c < 0 or q < 0:
@@ -135,6 +137,9 @@ def build_metadata(context_lens, query_lens, block_tables, block_size: int,
             raise ValueError(
                 f"rocm_attn.build_metadata: sequence {b} has {c + q} tokens and needs {need} blocks of "
                 f"{block_size}, but its block table lists {len(blocks)}")
+        if max_blocks is not None and need > max_blocks:
+            raise ValueError(f"rocm_attn.build_metadata: sequence {b} has {c + q} tokens and needs {need} blocks "
+                             f"of {block_size}, more than max_blocks={max_blocks} columns of the table")
         if min(blocks[:need], default=0) < 0:
             raise ValueError(f"rocm_attn.build_metadata: sequence {b}: negative block id in {blocks[:need]}")
         # positions c .. c+q-1, one run of consecutive slots per block they touch (no loop over tokens)

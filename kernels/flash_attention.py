@@ -165,7 +165,8 @@ def attend_fp32(q, k, v, scale, causal, sliding_window, softcap, q_pos0, mask=No
         s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.float()
     lse = torch.logsumexp(s, dim=-1)
     p = torch.exp(s - lse.unsqueeze(-1).clamp_min(torch.finfo(torch.float32).min))
-    p = torch.nan_to_num(p, nan=0.0)  # rows with lse = -inf: no visible key -> 0
+    # rows with lse = -inf (no visible key) give 0 (the clamp above already makes their p 0); a NaN in
+    # q, k or v stays NaN, as in SDPA and the Triton kernels
     return torch.matmul(p, v), lse
 
 

@@ -98,7 +98,7 @@ def _(x, weight, eps):
 
 
 def fused_add_rms_norm_quant_fp8_torch(x, residual, weight, eps):
-    residual_out = (x + residual).to(x.dtype)
+    residual_out = (x + residual).to(x.dtype).contiguous()  # contiguous, as the kernels give it
     xq, x_scale = per_token_quant_fp8_torch(rms_norm_hf(residual_out, weight, eps))
     return xq, x_scale, residual_out
 
@@ -125,7 +125,7 @@ def fused_add_rms_norm_quant_fp8(
 @fused_add_rms_norm_quant_fp8.register_fake
 def _(x, residual, weight, eps):
     _check_norm_inputs("fused_add_rms_norm_quant_fp8", x, weight, eps, residual)
-    return (*_quant_out_fake(x, x.shape[-1]), torch.empty_like(x))
+    return (*_quant_out_fake(x, x.shape[-1]), x.new_empty(x.shape))
 
 
 # ---- silu_mul_quant_fp8 ---------------------------------------------------------------------

@@ -284,7 +284,8 @@ def _mla_dense_absorbed(q, kv_c, k_pe, w_uk, w_uv_t, attn_mask, scale, causal):
         s = s.masked_fill(torch.arange(Sk, device=q.device)[None, :] > qpos, float("-inf"))
     if attn_mask is not None:
         s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask.float()
-    p = torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0).to(q.dtype)  # fully masked row -> 0
+    # a fully masked row (every score -inf) -> 0; a NaN in the inputs stays NaN
+    p = torch.softmax(s, dim=-1).masked_fill(torch.isneginf(s).all(-1, keepdim=True), 0.0).to(q.dtype)
     o_lat = torch.matmul(p.reshape(B, 1, H * Sq, Sk), kv_c).view(B, H, Sq, L)
     return torch.matmul(o_lat, w_uv_t)  # [B, H, Sq, V]
 

@@ -10,7 +10,10 @@ whereas `amax / fp8_max` is a true division in some places and a multiply by the
 in others (PyTorch CUDA divides by a Python scalar that way).
 
 The floor keeps all-zero rows finite (scale = floor, xq = 0). A row holding NaN/Inf only
-spoils its own output: the per-token scale isolates it from the other rows.
+spoils its own output: the per-token scale isolates it from the other rows. With a NaN the row's
+scale differs by provider (NaN from the torch reference; the Triton kernels' max skips NaN, so
+there it comes from the row's other values and the NaN stays in xq), and its GEMM output is NaN
+either way.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ def per_token_quant_fp8_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         scale = torch.full((*x.shape[:-1], 1), scale_floor(fmax), dtype=torch.float32, device=x.device)
     else:
         scale = (x32.abs().amax(dim=-1, keepdim=True) * inv_fp8_max(fmax)).clamp_min(scale_floor(fmax))
-    xq = (x32 / scale).clamp(-fmax, fmax).to(dtype)
+    # contiguous whatever x's strides, as the Triton kernels and the fake impl give it
+    xq = (x32 / scale).clamp(-fmax, fmax).to(dtype).contiguous()
     return xq, scale
 
 
@@ -89,4 +93,4 @@ def per_token_quant_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @per_token_quant_fp8.register_fake
 def _(x):
     check_quant_input("per_token_quant_fp8", x)
-    return torch.empty_like(x, dtype=fp8_dtype()), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=fp8_dtype()), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)

@@ -152,10 +152,19 @@ def why_not(op: str, provider: str, device: torch.device, *args, **kwargs) -> st
     if entry is None or provider not in entry.impls:
         return f"op {op!r} has no {provider!r} provider"
     reason = provider_can_run(provider, device)
+    if reason is None and provider == "triton" and device.type == "cpu" and _holds_bf16(args, kwargs):
+        reason = ("the Triton interpreter (TRITON_INTERPRET=1) mishandles bf16 (stored as uint16; a bf16 tl.dot "
+                  "is wrong): use fp16 / fp32 tensors, the torch provider, or a GPU")
     # without arguments (e.g. `rocm-attn env`) only the device-level check applies
     if reason is None and provider in entry.supports and (args or kwargs):
         reason = entry.supports[provider](*args, **kwargs)
     return reason
+
+
+def _holds_bf16(args, kwargs) -> bool:
+    values = [*args, *kwargs.values()]
+    values += [t for v in values if isinstance(v, (list, tuple)) for t in v]
+    return any(isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16 for v in values)
 
 
 def select(op: str, device: torch.device, *args, **kwargs) -> tuple[str, Callable]:

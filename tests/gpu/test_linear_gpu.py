@@ -115,6 +115,28 @@ def test_ptpc_linear(weights, K, N, M, provider):
     assert rel_err(out, exact) < 5e-2, provider
 
 
+@pytest.mark.parametrize("M", [1, 4, 16, 128, 2048])  # the one launch, the PDL pair, mid M, the Gluon GEMM
+@pytest.mark.parametrize("provider", ["auto", "triton"])
+def test_a_nan_token_spoils_only_its_own_row(weights, M, provider):
+    """A NaN in one token makes that output row NaN (never a finite value) and leaves the other rows bit for bit
+    as with that token zeroed: the per-token scale isolates it. (The Triton interpreter cannot test this: its
+    fp8 cast turns NaN into 384.)"""
+    _, wq, w_scale, bias = weights[4096, 4096]
+    x = activations(M, 4096, seed=M)
+    row = M // 2
+    clean = x.clone()
+    clean[row] = 0
+    x[row, 7] = float("nan")
+    with use_kernels(provider):
+        out = torch.ops.rocm_attn.ptpc_linear(x, wq, w_scale, bias)
+        want = torch.ops.rocm_attn.ptpc_linear(clean, wq, w_scale, bias)
+        xq, _ = torch.ops.rocm_attn.rms_norm_quant_fp8(x, torch.ones(4096, device=DEV, dtype=x.dtype), 1e-5)
+    assert out[row].isnan().all()
+    others = torch.arange(M, device=DEV) != row
+    assert torch.equal(out[others], want[others])
+    assert xq[row].float().isnan().any() and not xq[others].float().isnan().any()
+
+
 @pytest.mark.parametrize("M", [16, 64, 128, 4096])
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_gemm_accumulation_precision(weights, M, provider):

@@ -53,6 +53,8 @@ def test_build_metadata_errors():
         build_metadata([1, 2], [1], [[0], [1]], block_size=16)
     with pytest.raises(ValueError, match="negative"):
         build_metadata([-1], [2], [[0]], block_size=16)
+    with pytest.raises(ValueError, match="more than max_blocks=1"):
+        build_metadata([0], [20], [[0, 1]], block_size=16, max_blocks=1)
 
 
 def test_from_allocator_steps():
@@ -95,9 +97,14 @@ def test_build_metadata_slots_and_table_vs_per_token(seed):
     assert md.slot_mapping.tolist() == want
     width = max(max(len(t) for t in tables), 1)
     assert md.block_table.tolist() == [t + [0] * (width - len(t)) for t in tables]
-    narrow = build_metadata(context_lens, query_lens, tables, bs, max_blocks=2)
-    assert narrow.block_table.tolist() == [t[:2] + [0] * (2 - len(t[:2])) for t in tables]
+    # max_blocks: a table of that width, cutting only the spare blocks; fewer than a sequence needs is an error
+    need = max(-(-(c + q) // bs) for c, q in zip(context_lens, query_lens))
+    narrow = build_metadata(context_lens, query_lens, tables, bs, max_blocks=need)
+    assert narrow.block_table.tolist() == [t[:need] + [0] * (need - len(t[:need])) for t in tables]
     assert narrow.slot_mapping.tolist() == want
+    if need > 0:
+        with pytest.raises(ValueError, match="max_blocks"):
+            build_metadata(context_lens, query_lens, tables, bs, max_blocks=need - 1)
 
 
 def test_build_metadata_empty_batch():

@@ -106,6 +106,23 @@ def test_dense_fully_masked_row_is_zero(provider):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+def test_dense_nan_inputs_stay_nan(provider):
+    """A NaN in a key reaches the queries that see it, a NaN in a query its own row, as in the plain math
+    (SDPA's CPU kernel loses a query's NaN): the fully-masked-row rule (0) must not hide bad inputs."""
+    q, k, v = torch.randn(1, 1, 4, 16), torch.randn(1, 1, 6, 16), torch.randn(1, 1, 6, 16)
+    k_nan = k.clone()
+    k_nan[0, 0, 5, 0] = float("nan")  # causal, bottom-right: only the last query sees key 5
+    q_nan = q.clone()
+    q_nan[0, 0, 1, 3] = float("nan")
+    for qq, kk, nan_row in ((q, k_nan, 3), (q_nan, k, 1)):
+        out = run(provider, torch.ops.rocm_attn.flash_attention, qq, kk, v, None, 0.25, True)
+        ref, _ = loop_reference(qq[0], kk[0], v[0], 0.25, True)
+        assert out[0, 0, nan_row].isnan().all() and ref[0, nan_row].isnan().all()
+        rows = [i for i in range(4) if i != nan_row]
+        assert rel_err(out[0, 0, rows], ref[0, rows]) < 1e-5
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("sq,sk", [(7, 7), (5, 23), (1, 30)])
 @pytest.mark.parametrize("window,softcap", [(0, 0.0), (6, 0.0), (0, 4.0), (9, 2.5)])
 def test_dense_window_softcap_vs_loop(provider, sq, sk, window, softcap):

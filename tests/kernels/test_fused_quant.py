@@ -181,6 +181,25 @@ def test_non_contiguous_input(provider):
         check_quant(xq, scale, silu_mul_fp64(gu), provider)
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_outputs_are_contiguous_as_the_fake_impl_says(provider):
+    """Every provider returns contiguous outputs for strided inputs, as the fake impls promise (a compiled graph
+    plans its buffers from them): transposed x / residual / gate_up for the four quant ops."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ops = torch.ops.rocm_attn
+    x, r, w, gu = torch.randn(16, 3).t(), torch.randn(16, 3).t(), torch.rand(16) + 0.5, torch.randn(32, 3).t()
+    calls = [(ops.per_token_quant_fp8, (x,)), (ops.rms_norm_quant_fp8, (x, w, EPS)),
+             (ops.fused_add_rms_norm_quant_fp8, (x, r, w, EPS)), (ops.silu_mul_quant_fp8, (gu,))]
+    for op, args in calls:
+        with use_kernels(provider):
+            real = op(*args)
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+        assert [t.stride() for t in real] == [t.stride() for t in fake], op
+        assert all(t.is_contiguous() for t in real), op
+
+
 @pytest.mark.parametrize(
     "call, exc, msg",
     [

@@ -9,6 +9,7 @@ import torch
 import rocm_attn
 from rocm_attn.kernels import use_kernels
 from rocm_attn.kernels.attention import KNOWN_BACKENDS, _BACKENDS, register_attention_backend
+from rocm_attn.kernels.attention_metadata import build_metadata
 from rocm_attn.testing import boundary_specs, make_mixed_batch, random_specs, reference_attention, rel_err
 
 TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
@@ -191,6 +192,11 @@ def test_input_errors():
         _call(b, slot_mapping=b.slot_mapping + 10_000)
     with pytest.raises(TypeError, match="int32"):
         _call(b, seq_lens=b.seq_lens.float())
+    # metadata for another block size would put k/v in the wrong slots
+    md8 = build_metadata([20, 0], [1, 4], [[0, 1, 2], [3]], 8)
+    with pytest.raises(ValueError, match="blocks of 8 tokens but the cache's blocks hold 16"):
+        rocm_attn.attention(b.q, b.k, b.v, b.kv_cache, md8.query_start_loc, md8.seq_lens, md8.block_table,
+                            md8.slot_mapping, scale=b.scale, metadata=md8)
 
 
 class _OpNames(torch.utils._python_dispatch.TorchDispatchMode):
