@@ -217,6 +217,10 @@ def cmd_eval(args) -> int:
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.against and not pathlib.Path(args.against).is_file():  # before minutes of scoring, not after
+        raise FileNotFoundError(f"rocm-attn eval --against {args.against}: no such file (an eval_tokens.json)")
+    if args.device is not None:
+        torch.device(args.device)  # a malformed device string fails here, in one line
     result = run_eval(
         args.model,
         args.tokens,
@@ -275,6 +279,7 @@ def _step(bar, message: str) -> None:
 
 def add_parsers(sub) -> None:
     """The two subcommands, for rocm_attn.cli."""
+    from .cli import positive_int
     from .perplexity import VARIANTS
 
     bench = sub.add_parser(
@@ -283,7 +288,7 @@ def add_parsers(sub) -> None:
     bench.add_argument("suite", nargs="?", default="all", choices=list(SUITES))
     bench.add_argument("--out", default="results", help="results directory")
     bench.add_argument("--quick", action="store_true", help="the kernel benchmarks' quick subsets")
-    bench.add_argument("--layers", type=int, default=None, help="cut the e2e / compile models to N layers")
+    bench.add_argument("--layers", type=positive_int, default=None, help="cut the e2e / compile models to N layers")
     bench.add_argument("--cpu-smoke", action="store_true", help="e2e and serving on tiny shapes on the CPU")
     bench.add_argument(
         "--benchmarks-dir", default=None, help="the benchmarks/ folder (default: the checkout's)"
@@ -292,8 +297,8 @@ def add_parsers(sub) -> None:
     bench.add_argument(
         "--variants", default=None, help="e2e: comma-separated variants (see benchmarks/bench_e2e.py)"
     )
-    bench.add_argument("--iters", type=int, default=None, help="e2e, serving, compile: timed calls")
-    bench.add_argument("--rounds", type=int, default=None,
+    bench.add_argument("--iters", type=positive_int, default=None, help="e2e, serving, compile: timed calls")
+    bench.add_argument("--rounds", type=positive_int, default=None,
                        help="e2e: > 1 times the prefill variants round-robin, N rounds (needs --phases prefill)")
     bench.add_argument("--phases", default=None,
                        help="e2e: prefill and/or decode, or weights (weight bytes only; see bench_e2e.py)")
@@ -307,8 +312,8 @@ def add_parsers(sub) -> None:
         "--model", default=None, help="a local HF model dir or .gguf (default: SmolLM2-135M-Instruct)"
     )
     ev.add_argument("--tokens", type=int, default=4096, help="tokens of the corpus to score")
-    ev.add_argument("--window", type=int, default=512, help="tokens per forward")
-    ev.add_argument("--stride", type=int, default=512, help="tokens between window starts")
+    ev.add_argument("--window", type=positive_int, default=512, help="tokens per forward")
+    ev.add_argument("--stride", type=positive_int, default=512, help="tokens between window starts")
     ev.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma-separated from {', '.join(VARIANTS)}"
     )

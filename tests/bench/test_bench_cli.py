@@ -267,3 +267,37 @@ def test_bench_passes_rounds_to_e2e_only():
                               phases="prefill", iters=None, rounds=3)
     assert bench_cli.script_args("bench_e2e", args)[-2:] == ["--rounds", "3"]
     assert "--rounds" not in bench_cli.script_args("bench_serving", args)
+
+
+def test_the_command_prints_bad_arguments_in_one_line(capsys, monkeypatch):
+    """The installed `rocm-attn` (cli.console_main): a bad value, path or device is one line on stderr and exit
+    status 2, checked before any model loads; argparse refuses out-of-range numbers; cli.main still raises."""
+    cases = [(["eval", "--tokens", "-5"], "--tokens must be >= 2"),
+             (["eval", "--against", "/no/such/eval_tokens.json"], "no such file"),
+             (["eval", "--device", "tpu"], "tpu"),
+             (["demo", "--model", "/no/such/model"], "no such file")]
+    for argv, message in cases:
+        assert cli.console_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"rocm-attn {argv[0]}: error:" in err and message in err and "Traceback" not in err, err
+    for argv, message in ((["explain", "llama", "--seq-len", "0"], "must be >= 1, got 0"),
+                          (["bench", "e2e", "--iters", "0"], "must be >= 1, got 0"),
+                          (["explain", "llama", "--quantization", "int4"], "invalid choice: 'int4'")):
+        with pytest.raises(SystemExit) as exc:
+            cli.console_main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="neither a local model directory nor a HF model type"):
+        cli.main(["explain", "no_such_family"])
+    with pytest.raises(ValueError, match="tokens"):
+        cli.main(["eval", "--tokens", "-5"])
+    monkeypatch.setenv("ROCM_ATTN_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="tokens"):
+        cli.console_main(["eval", "--tokens", "-5"])
+
+
+def test_env_says_when_a_switch_is_invalid(capsys, monkeypatch):
+    monkeypatch.setenv("ROCM_ATTN_KERNELS", "bogus")
+    assert cli.main(["env"]) == 0
+    assert "INVALID: unknown kernel provider 'bogus'" in capsys.readouterr().out
+    assert cli.main(["env", "--json"]) == 0
+    assert "bogus" in json.loads(capsys.readouterr().out)["switches_error"]
