@@ -384,7 +384,9 @@ def _note_unquantized_expert_weights(model, report: PatchReport, config: Config)
     layers become FP8Linear, so those stay in their dtype and the model's weight memory falls less."""
     if config.quantization == "none":
         return
-    kept = [(name, p) for name, p in model.named_parameters() if p.dim() >= 3 and p.dtype.is_floating_point]
+    kept = [(f"{mod_name}.{name}" if mod_name else name, p) for mod_name, mod in model.named_modules()
+            if not isinstance(mod, nn.modules.conv._ConvNd)  # a conv's [C, C/g, k] weight is no GEMM weight
+            for name, p in mod.named_parameters(recurse=False) if p.dim() >= 3 and p.dtype.is_floating_point]
     if kept:
         mib = sum(_tensor_bytes(p) for _, p in kept) / 2**20
         report.notes.append(f"{len(kept)} weight tensors of 3+ dims (fused MoE experts, e.g. {kept[0][0]}: "
