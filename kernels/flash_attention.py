@@ -225,7 +225,7 @@ def _triton_supports(q, k, v, *args, **kwargs):
     return None
 
 
-@register_provider("flash_attn_varlen", "triton", supports=_triton_supports)
+@register_provider("flash_attn_varlen", "triton", supports=_triton_supports, bf16_dot=True)
 def flash_attn_varlen_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal,
                              sliding_window=0, softcap=0.0, q_pos_offsets=None):
     from .triton_kernels.flash_attention import flash_attn_varlen_launch
@@ -234,7 +234,7 @@ def flash_attn_varlen_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
                                     causal, sliding_window, softcap, q_pos_offsets)
 
 
-@register_provider("flash_attention", "triton", supports=_triton_supports)
+@register_provider("flash_attention", "triton", supports=_triton_supports, bf16_dot=True)
 def flash_attention_triton(q, k, v, attn_mask, scale, causal, sliding_window=0, softcap=0.0, key_valid=None):
     from .triton_kernels.flash_attention import flash_attention_dense_launch
 

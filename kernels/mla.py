@@ -190,7 +190,7 @@ def mla_gather_cache_triton(latent_cache, block_table, cu_seq_lens, seq_starts, 
     mla_gather_cache_launch(latent_cache, block_table, cu_seq_lens, seq_starts, out)
 
 
-@register_provider("mla_decode", "triton")
+@register_provider("mla_decode", "triton", bf16_dot=True)
 def mla_decode_triton(q, latent_cache, seq_lens, block_table, scale, kv_lora_rank, return_lse=True):
     from .triton_kernels.mla_decode import mla_decode_launch
 

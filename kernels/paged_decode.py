@@ -83,7 +83,7 @@ def paged_decode_torch(q, k_cache, v_cache, seq_lens, block_table, scale, layout
     return out
 
 
-@register_provider("paged_decode", "triton")
+@register_provider("paged_decode", "triton", bf16_dot=True)
 def paged_decode_triton(q, k_cache, v_cache, seq_lens, block_table, scale, layout, sliding_window=0, softcap=0.0):
     if layout == "shuffled" and q.device.type == "cuda":
         # On the shuffled layout the unified kernel's decode path measured faster on an H100

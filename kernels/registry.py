@@ -116,6 +116,8 @@ class OpProviders:
     # ranks providers for "auto" given the op's arguments; default: aiter, triton, torch
     # on GPU and torch on CPU
     auto_order: Callable[..., list[str]] | None = None
+    # providers whose kernels compute wrongly on bf16 under the Triton interpreter (a bf16 tl.dot)
+    no_interpreter_bf16: set[str] = field(default_factory=set)
 
 
 _OPS: dict[str, OpProviders] = {}
@@ -125,8 +127,10 @@ def op_providers(name: str) -> OpProviders:
     return _OPS.setdefault(name, OpProviders(name))
 
 
-def register_provider(op: str, provider: str, supports: SupportCheck | None = None):
-    """Decorator: ``@register_provider("per_token_quant_fp8", "triton", supports=...)``."""
+def register_provider(op: str, provider: str, supports: SupportCheck | None = None, bf16_dot: bool = False):
+    """Decorator: ``@register_provider("per_token_quant_fp8", "triton", supports=...)``. ``bf16_dot``: the
+    Triton kernels take a tl.dot of bf16 operands, which the interpreter computes wrongly (REFERENCE.md), so
+    a forced triton on CPU bf16 tensors is refused there rather than returning garbage."""
     parse_kernels(provider)
 
     def deco(fn):
@@ -134,6 +138,8 @@ def register_provider(op: str, provider: str, supports: SupportCheck | None = No
         entry.impls[provider] = fn
         if supports is not None:
             entry.supports[provider] = supports
+        if bf16_dot:
+            entry.no_interpreter_bf16.add(provider)
         return fn
 
     return deco
@@ -152,9 +158,10 @@ def why_not(op: str, provider: str, device: torch.device, *args, **kwargs) -> st
     if entry is None or provider not in entry.impls:
         return f"op {op!r} has no {provider!r} provider"
     reason = provider_can_run(provider, device)
-    if reason is None and provider == "triton" and device.type == "cpu" and _holds_bf16(args, kwargs):
-        reason = ("the Triton interpreter (TRITON_INTERPRET=1) mishandles bf16 (stored as uint16; a bf16 tl.dot "
-                  "is wrong): use fp16 / fp32 tensors, the torch provider, or a GPU")
+    if (reason is None and provider in entry.no_interpreter_bf16 and device.type == "cpu"
+            and _holds_bf16(args, kwargs)):
+        reason = ("the Triton interpreter (TRITON_INTERPRET=1) computes this op's bf16 tl.dot wrongly: use fp16 / "
+                  "fp32 tensors, the torch provider, or a GPU")
     # without arguments (e.g. `rocm-attn env`) only the device-level check applies
     if reason is None and provider in entry.supports and (args or kwargs):
         reason = entry.supports[provider](*args, **kwargs)

@@ -100,7 +100,7 @@ def unified_attention_torch(q, k_cache, v_cache, query_start_loc, seq_lens, bloc
     return out
 
 
-@register_provider("unified_attention", "triton")
+@register_provider("unified_attention", "triton", bf16_dot=True)
 def unified_attention_triton(q, k_cache, v_cache, query_start_loc, seq_lens, block_table, scale, layout,
                              sliding_window, softcap, max_query_len, max_seq_len):
     from .triton_kernels.unified_attention import unified_attention_launch
