@@ -244,6 +244,7 @@ class PatchReport:
     embedding_bytes_before: int = 0  # the input embedding's table (+ scales once fp8)
     embedding_bytes_after: int = 0
     compile_decode: bool = False
+    compile_decode_device: str | None = None  # set when the model sits where HF will not compile decode
     projection_groups: int = 0  # sibling projections sharing one weight buffer (q/k/v, gate/up)
     notes: list[str] = field(default_factory=list)
 
@@ -267,10 +268,17 @@ class PatchReport:
                f"({'fp8' if self.embeddings_quantized else 'kept'})"] if self.embedding_bytes_before else []),
             f"  attention layers    {self.attention_layers} -> rocm_attn ({self.attention_backend}, "
             + (f"{self.kv_layout} paged KV cache in generate)" if self.kv_layout else "HF's KV cache in generate)"),
-            f"  compiled decode     {'backend=rocm_attn (CUDA graphs)' if self.compile_decode else 'off'}",
+            f"  compiled decode     {self._compile_line()}",
         ]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _compile_line(self) -> str:
+        if not self.compile_decode:
+            return "off"
+        if self.compile_decode_device:
+            return f"backend=rocm_attn (CUDA graphs) once on a GPU; eager on {self.compile_decode_device} (note)"
+        return "backend=rocm_attn (CUDA graphs)"
 
 
 def _skipped(name: str, patterns) -> bool:
@@ -527,6 +535,7 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
         report.compile_decode = True
         device = next(model.parameters(), torch.empty(0)).device
         if device.type not in HF_COMPILE_DEVICES:  # HF's _valid_auto_compile_criteria: decode runs eagerly
+            report.compile_decode_device = device.type
             report.notes.append(f"compile: generate() compiles the decode step on {' / '.join(HF_COMPILE_DEVICES)} "
                                 f"devices only (transformers' rule): on {device.type} it runs eagerly (transformers "
                                 "warns once that compile_config is set); moved to a GPU, the model compiles it")

@@ -155,7 +155,7 @@ def test_report_says_decode_runs_eagerly_on_cpu():
     """compile=True sets HF's compile_config, but generate() compiles decode on GPUs only: on a CPU model the
     report says so rather than promising a compiled decode; compile=False adds no such note."""
     report = str(rocm_attn.patch(tiny("llama"), compile=True).rocm_attn_report)
-    assert "compiled decode     backend=rocm_attn" in report
+    assert "compiled decode     backend=rocm_attn (CUDA graphs) once on a GPU; eager on cpu" in report
     assert "on cpu it runs eagerly" in report
     assert "runs eagerly" not in str(rocm_attn.patch(tiny("llama"), compile=False).rocm_attn_report)
 
