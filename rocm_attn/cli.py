@@ -8,20 +8,19 @@ import os
 import sys
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def int_at_least(minimum: int):
+    """An argparse type: an int >= minimum."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'abc'"
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an int >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+positive_int = int_at_least(1)
 
 
 def cmd_env(args) -> int:
@@ -197,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--attention-backend", default="TRITON_ATTN")
     demo.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     demo.add_argument("--no-compile", action="store_true", help="do not compile decode (HF compiles on GPUs only)")
-    demo.add_argument("--agreement", type=non_negative_int, default=0, metavar="N",
+    demo.add_argument("--agreement", type=int_at_least(0), default=0, metavar="N",
                       help="instead: PTPC vs bf16 greedy agreement over N prompts (see RESULTS.md)")
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)

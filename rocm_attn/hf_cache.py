@@ -130,6 +130,10 @@ class RocmAttnLayer(CacheLayerMixin):
         raise NotImplementedError(_UNSUPPORTED.format(what="selecting batch rows (contrastive search)"))
 
 
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def paged_cache_refusal(config) -> str | None:
     """Why a RocmAttnCache cannot hold this model's K/V, or None when it can. It holds one head size for K
     and V in every layer, and full or sliding-window attention layers only."""
@@ -138,7 +142,7 @@ def paged_cache_refusal(config) -> str | None:
     unsupported = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
     if unsupported:
         return f"layer types {unsupported} are not supported (full and sliding attention only)"
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim = _head_dim(config)
     # MLA-style configs (DeepSeek-V2/V3, MiniCPM3, ...) name K's head size in parts and V's apart
     k_dim = getattr(config, "qk_head_dim", None)
     nope, rope = getattr(config, "qk_nope_head_dim", None), getattr(config, "qk_rope_head_dim", None)
@@ -198,7 +202,7 @@ class RocmAttnCache(Cache):
         self.pool_batch_size = max_batch_size
         self.pool_max_len = max_cache_len
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.head_dim = _head_dim(config)
         self.kv: list[KVCache] = []
         self.allocator: BlockAllocator | None = None
         self._positions = 0  # HF positions seen (padding included), host side
