@@ -34,6 +34,7 @@ is exact for left padding (the only padding HF supports for generation) with or 
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import weakref
@@ -130,13 +131,20 @@ class RocmAttnLayer(CacheLayerMixin):
         raise NotImplementedError(_UNSUPPORTED.format(what="selecting batch rows (contrastive search)"))
 
 
+def _attention_modules(model) -> list[tuple[str, torch.nn.Module]]:
+    """The model's attention modules: '*Attention' modules with a layer_idx (HF's convention)."""
+    return [(n, m) for n, m in model.named_modules()
+            if type(m).__name__.endswith("Attention") and hasattr(m, "layer_idx")]
+
+
 def _head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def paged_cache_refusal(config) -> str | None:
+def paged_cache_refusal(config, attention_modules=()) -> str | None:
     """Why a RocmAttnCache cannot hold this model's K/V, or None when it can. It holds one head size for K
-    and V in every layer, and full or sliding-window attention layers only."""
+    and V in every layer, and full or sliding-window attention layers only, whose window the attention
+    function is told (attention_modules: the model's, to check that; none given, not checked)."""
     config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
     unsupported = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
@@ -153,6 +161,29 @@ def paged_cache_refusal(config) -> str | None:
     if not k_dim == v_dim == head_dim:
         return (f"K and V head sizes differ ({k_dim} and {v_dim}, head_dim {head_dim}: MLA-style attention); "
                 "the paged cache holds one head size")
+    return _window_only_in_mask(config, attention_modules)
+
+
+def _window_only_in_mask(config, attention_modules) -> str | None:
+    """A sliding window that only HF's mask applies (PhiMoE, Doge: the model builds a sliding-window mask
+    from config.sliding_window, and its attention gets no window). The paged path takes the window from the
+    attention call (kwarg sliding_window or module.sliding_window) and reads no mask on decode steps, so
+    it would attend past the window."""
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0 or getattr(config, "layer_types", None):
+        return None
+    if window >= (getattr(config, "max_position_embeddings", None) or window + 1):
+        return None  # a window no sequence can outgrow (PhiMoE's checkpoints: 131072)
+    for name, module in attention_modules:
+        if getattr(module, "sliding_window", None):
+            continue
+        try:
+            source = inspect.getsource(type(module).forward)
+        except (OSError, TypeError):
+            source = ""  # cannot tell: assume the window is not passed
+        if "sliding_window" not in source:
+            return (f"its sliding window ({window}) is applied only in HF's mask ({name} gets no window); "
+                    "the paged cache applies the window the attention function is given")
     return None
 
 
@@ -191,7 +222,7 @@ class RocmAttnCache(Cache):
                           ("block_size", block_size)):
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"RocmAttnCache: {name} must be a positive int, got {val!r}")
-        reason = paged_cache_refusal(config)
+        reason = paged_cache_refusal(config, _attention_modules(model) if model is not None else ())
         if reason is not None:
             raise NotImplementedError(f"RocmAttnCache: {type(config).__name__}: {reason}; pass "
                                       "past_key_values=transformers.DynamicCache() to generate on HF's cache")
@@ -215,6 +246,9 @@ class RocmAttnCache(Cache):
         self.decode_block_table: torch.Tensor | None = None
         self.decode_pad: torch.Tensor | None = None
         self._decode_room = 0  # decode steps every row still has room for (host count; eager runs check it)
+        # whether a host step has run since the pool was made or reset: decode steps take the device path only
+        # then (an emptied cache may change batch, dtype or device on its next host step: a new pool)
+        self.holds_tokens = False
         self.last_split = None  # SplitCounts of the last step (for reports and tests)
         # sequences per path, all steps run eagerly (a compiled decode step runs no Python: not counted)
         self.split_totals = {"decode": 0, "extend": 0, "prefill": 0}
@@ -237,16 +271,26 @@ class RocmAttnCache(Cache):
                 self.allocator.free(s)
             self._reserve_rows()
         self._positions, self._step_layers, self._step = 0, set(), None
+        self.holds_tokens = False
 
     # the paged work, called from inside the hf_paged_attention op (eager Python)
     def _ensure_pool(self, batch: int, dtype: torch.dtype, device: torch.device) -> None:
         if self.kv:
-            if batch != self._batch:
-                raise ValueError(f"RocmAttnCache: this cache holds a batch of {self._batch} sequences; got a batch "
-                                 f"of {batch} (call cache.reset() or make a new cache)")
-            if dtype != self.kv[0].dtype:
-                raise TypeError(f"RocmAttnCache: the cache is {self.kv[0].dtype}, the model now gives {dtype}")
-            return
+            now = (batch, dtype, torch.device(device))
+            was = (self._batch, self.kv[0].dtype, self.kv[0].k_cache.device)
+            if now == was:
+                return
+            if self.holds_tokens:
+                raise ValueError(f"RocmAttnCache: this cache holds a batch of {was[0]} sequences in {was[1]} on "
+                                 f"{was[2]}; got a batch of {now[0]} in {now[1]} on {now[2]} (call cache.reset() "
+                                 "first, or make a new cache)")
+            # an empty cache (new or reset) takes the new batch / dtype / device: a new pool
+            self.kv, self.allocator, self.decode_block_table, self.decode_pad = [], None, None, None
+            for layer in self.layers:
+                if layer.is_initialized:
+                    layer.cumulative_length = layer.cumulative_length.to(device)
+                    layer.dtype, layer.device = dtype, torch.device(device)
+                    mark_static(layer.cumulative_length)
         if batch > self.pool_batch_size:
             self.pool_batch_size = batch  # generate() sizes it; a hand-made cache grows to the first batch
         blocks = self.pool_batch_size * -(-self.pool_max_len // self.block_size)
@@ -273,12 +317,16 @@ class RocmAttnCache(Cache):
             self.allocator.reserve(b, per_row * self.block_size)
         self.decode_block_table.copy_(self.allocator.block_table(range(self._batch), width=per_row))
         self.decode_pad.zero_()
+        self._decode_room = per_row * self.block_size
 
-    def _begin_step(self, q: torch.Tensor, attn_mask: Optional[torch.Tensor], layer_idx: int) -> None:
+    def _begin_step(self, q: torch.Tensor, attn_mask: Optional[torch.Tensor], layer_idx: int,
+                    sliding_window: int) -> None:
         """Which new tokens are real, their slots, and the packed metadata: once per forward step."""
         B, _, S, _ = q.shape
         self._ensure_pool(B, q.dtype, q.device)
         past = self._catch_up_device_steps(layer_idx, S)
+        known = set(self.allocator.seq_ids())  # without device decode a row is new until its first step
+        cached = [self.allocator.seq_len(b) if b in known else 0 for b in range(B)]
         if attn_mask is None:
             real = torch.ones(B, S, dtype=torch.bool)
         else:
@@ -286,9 +334,14 @@ class RocmAttnCache(Cache):
             m = attn_mask.expand(B, attn_mask.shape[1], S, attn_mask.shape[-1])[:, 0]
             if m.shape[-1] < past + S:
                 raise ValueError(f"RocmAttnCache: the attention mask covers {m.shape[-1]} positions, need {past + S}")
+            seen = m if m.dtype == torch.bool else m == 0
             idx = torch.arange(S, device=m.device)
-            diag = m[:, idx, past + idx]
-            real = (diag if diag.dtype == torch.bool else diag == 0).cpu()
+            # one transfer: which new tokens are real, how many keys HF's mask shows each, and whether it shows
+            # any later position
+            future = seen[..., past + 1:].triu().any(-1)
+            real, visible, future = torch.stack([seen[:, idx, past + idx].long(), seen.sum(-1), future]).cpu()
+            real = real.bool()
+            _check_mask_matches(real, visible, future.bool(), cached, sliding_window, layer_idx)
         query_lens = real.sum(1).tolist()
         md = build_metadata_from_allocator(self.allocator, list(range(B)), query_lens, device=q.device)
         token_index = real.reshape(-1).nonzero().squeeze(1).to(q.device)
@@ -298,6 +351,7 @@ class RocmAttnCache(Cache):
             self.decode_pad.copy_(torch.tensor([self._positions - n for n in lens], dtype=torch.int32))
             self._decode_room = self.decode_block_table.shape[1] * self.block_size - max(lens)
         self._step = (md, token_index)
+        self.holds_tokens = True
         self.last_split = md.split_counts()
         for kind in self.split_totals:
             self.split_totals[kind] += getattr(self.last_split, f"num_{kind}s")
@@ -322,7 +376,7 @@ class RocmAttnCache(Cache):
         (cumulative_length, already advanced by HF's update()) minus its padding."""
         if q.shape[0] != self._batch:
             raise ValueError(f"RocmAttnCache: this cache holds a batch of {self._batch} sequences; got "
-                             f"a batch of {q.shape[0]} (call cache.reset() or make a new cache)")
+                             f"a batch of {q.shape[0]} (call cache.reset() first, or make a new cache)")
         if not torch.compiler.is_compiling() and layer_idx == 0:
             # host bookkeeping in eager runs only: the room check (a compiled step cannot check without a
             # sync; generate() sizes the cache to its max_length and refuses a user cache that is too short,
@@ -347,7 +401,7 @@ class RocmAttnCache(Cache):
     def _attend(self, q, k, v, attn_mask, layer_idx, scale, sliding_window, softcap) -> torch.Tensor:
         if layer_idx in self._step_layers or self._step is None:
             self._step_layers = set()
-            self._begin_step(q, attn_mask, layer_idx)
+            self._begin_step(q, attn_mask, layer_idx, sliding_window)
         self._step_layers.add(layer_idx)
         md, token_index = self._step
         B, Hq, S, D = q.shape
@@ -361,6 +415,35 @@ class RocmAttnCache(Cache):
         out = q.new_zeros(B * S, Hq, v.shape[-1])
         out.index_copy_(0, token_index, out_t.to(q.dtype))
         return out.view(B, S, Hq, v.shape[-1])
+
+
+def _check_mask_matches(real: torch.Tensor, visible: torch.Tensor, future: torch.Tensor, cached: list[int],
+                        window: int, layer_idx: int) -> None:
+    """The paged path attends, for the r-th real new token of row b, the row's cached tokens and its new ones
+    up to itself (the last `window` of them with a window). Refused rather than attended differently from HF:
+    - HF's mask shows that token fewer keys: it hides tokens already cached (a later call masking out what an
+      earlier one cached) or applies a window the attention function was not given;
+    - HF's mask shows it a later position (bidirectional spans, e.g. image tokens), or more keys than the
+      window where the cache holds more than the window (HF's mask has no window there, or a wider one).
+    Keys the mask shows that the cache never held (padding that a later call's mask marks real) are not
+    attended: that padding was never cached."""
+    rank = real.long().cumsum(1)  # 1-based among the row's real new tokens
+    expected = torch.tensor(cached).unsqueeze(1) + rank
+    wider = torch.zeros_like(real)
+    if window:
+        wider = (expected > window) & (visible > window)  # HF's mask has no window here, or a wider one
+        expected = expected.clamp(max=window)
+    bad = real & ((visible < expected) | future | wider)
+    if bad.any():
+        b, i = (int(t) for t in bad.nonzero()[0])
+        what = ("a later position (a bidirectional span)" if future[b, i] else
+                f"{int(visible[b, i])} keys where the paged cache attends {int(expected[b, i])} ({cached[b]} cached "
+                f"tokens, window {window or 'none'})")
+        raise ValueError(
+            f"RocmAttnCache: layer {layer_idx}, row {b}, new token {i}: HF's attention mask shows {what}. The paged "
+            "cache attends causally, cannot un-cache tokens (a later call that masks out positions an earlier call "
+            "cached) and applies only the window the attention function is given; pass "
+            "past_key_values=transformers.DynamicCache() to run on HF's cache with its mask")
 
 
 _TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
@@ -410,7 +493,7 @@ def rocm_attn_attention(module, query, key, value, attention_mask, scaling=None,
                                       scaling=scaling, **kwargs)
     if isinstance(cache, RocmAttnCache):
         window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
-        if query.shape[2] == 1 and cache.decode_block_table is not None:
+        if query.shape[2] == 1 and cache.holds_tokens and cache.decode_block_table is not None:
             # a decode step on a cache that already holds the prompt: the device path
             out = cache.decode_step(query, key, value, int(module.layer_idx), scale, int(window or 0), softcap)
             return out, None

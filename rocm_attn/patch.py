@@ -37,7 +37,7 @@ from torch import nn
 
 from .config import Config
 from .continuous_batching import enable_continuous_batching
-from .hf_cache import (ATTN_NAME, RocmAttnCache, paged_cache_refusal, pass_cache_to_attention,
+from .hf_cache import (ATTN_NAME, RocmAttnCache, _attention_modules, paged_cache_refusal, pass_cache_to_attention,
                        register_hf_attention)
 from .kernels.ptpc_linear import ptpc_linear_eager
 from .kernels.quantize_weight import quantize_weight_per_channel, quantize_weight_per_tensor
@@ -418,11 +418,6 @@ def _check_model(model) -> None:
                                   "only decoder-only models are supported")
 
 
-def _attention_modules(model) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules()
-            if type(m).__name__.endswith("Attention") and hasattr(m, "layer_idx")]
-
-
 def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None = None, compile: bool = True,
           **options):
     """Patch a HF causal LM in place (see the module docstring) and return it; the report is
@@ -448,7 +443,7 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
         raise NotImplementedError(f"rocm_attn.patch: {type(model).__name__}'s attention has sinks ({sinks}.sinks), "
                                   "which rocm_attn's attention kernels do not implement; use "
                                   "torch.compile(model, backend='rocm_attn'), which leaves that attention as written")
-    cache_refusal = paged_cache_refusal(model.config)
+    cache_refusal = paged_cache_refusal(model.config, attn)
 
     report = PatchReport(type(model).__name__, config.quantization, config.attention_backend,
                          layout_for_backend(config.attention_backend) if cache_refusal is None else None)
