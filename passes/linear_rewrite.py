@@ -79,6 +79,7 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
                     config.quantization,
                     f"fused_{members[0].module or members[0].anchor.name}",
                     config.fast_accum,
+                    sources=[m.weight_node for m in members],
                 )
                 outs = fused_projections.split(graph, wide, members)
             names = [m.module.rsplit(".", 1)[-1] or m.anchor.name for m in members]
@@ -105,6 +106,7 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
                 config.quantization,
                 m.module or m.anchor.name,
                 config.fast_accum,
+                sources=[m.weight_node],
             )
         _replace(graph, m, out)
         replaced[m.anchor] = out
@@ -132,7 +134,8 @@ def _fused_bias(graph, gm, example_inputs, members):
         return None
     params = [parameter_of(m.bias, gm, example_inputs) for m in members]
     if all(p is not None for p in params):  # concatenated once, here
-        return graph.get_attr(add_constant(gm, "fused_bias", torch.cat([p.detach() for p in params])))
+        return graph.get_attr(add_constant(gm, "fused_bias", torch.cat([p.detach() for p in params]),
+                                           [m.bias for m in members]))
     return graph.call_function(torch.cat, ([m.bias for m in members],), {"dim": 0})
 
 

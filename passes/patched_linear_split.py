@@ -48,9 +48,11 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
             wq, ws, bias = merged
             name = f"shared_{group[0][0].name}"
             with graph.inserting_before(min((c[0] for c in group), key=order.__getitem__)):
-                wq_node, ws_node = (graph.get_attr(add_constant(gm, f"{name}_{what}", t))
+                sources = [n for _, ops in group for n in ops[1:4]]  # the members' wq, w_scale, bias nodes
+                wq_node, ws_node = (graph.get_attr(add_constant(gm, f"{name}_{what}", t, sources))
                                     for what, t in (("wq", wq), ("w_scale", ws)))
-                bias_node = None if bias is None else graph.get_attr(add_constant(gm, f"{name}_bias", bias))
+                bias_node = None if bias is None else graph.get_attr(add_constant(gm, f"{name}_bias", bias,
+                                                                                  sources))
                 wide = linear.emit_mm(graph, x, xq, xs, wq_node, ws_node, bias_node, fast_accum)
                 outs, row = [], 0
                 for _, ops in group:

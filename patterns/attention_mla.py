@@ -195,8 +195,8 @@ def rewrite(gm: fx.GraphModule, node: fx.Node, example_inputs) -> str | tuple[st
         w = MLAWeights.from_kv_b_proj(weight.to(qv.dtype), H, st["P"], st["V"])
     graph = gm.graph
     name = str(st["weight"].target if st["weight"].op == "get_attr" else st["weight"].name)
-    uk = add_constant(gm, f"mla_w_uk_{name}", w.w_uk)
-    uv = add_constant(gm, f"mla_w_uv_t_{name}", w.w_uv_t)
+    uk = add_constant(gm, f"mla_w_uk_{name}", w.w_uk, [st["weight"]])
+    uv = add_constant(gm, f"mla_w_uv_t_{name}", w.w_uv_t, [st["weight"]])
     scale = float(scale) if scale is not None else qv.shape[-1] ** -0.5
     with graph.inserting_before(node):
         uk_node, uv_node = graph.get_attr(uk), graph.get_attr(uv)

@@ -107,8 +107,20 @@ def parameter_of(node, gm: fx.GraphModule, example_inputs) -> torch.nn.Parameter
     return t if isinstance(t, torch.nn.Parameter) else None
 
 
-def add_constant(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> str:
-    """Store a tensor on the GraphModule as a buffer (a static input to Inductor, like a weight)."""
+BAKED_INPUTS = "rocm_attn_baked_inputs"  # gm.meta key: the placeholders whose values constants were made from
+
+
+def add_constant(gm: fx.GraphModule, name: str, tensor: torch.Tensor, sources=()) -> str:
+    """Store a tensor on the GraphModule as a buffer (a static input to Inductor, like a weight).
+    sources: the nodes whose values it was computed from (a weight quantized here). Their placeholders are
+    recorded in gm.meta[BAKED_INPUTS]: the backend checks on every call that those inputs are still the
+    tensors it was made from, unchanged (Dynamo reuses a graph for another module's parameters)."""
+    baked = gm.meta.setdefault(BAKED_INPUTS, set())
+    for node in sources:
+        while isinstance(node, fx.Node) and is_to_local(node):
+            node = node.args[0]
+        if isinstance(node, fx.Node) and node.op == "placeholder":
+            baked.add(node.name)
     base = re.sub(r"[^0-9a-zA-Z_]", "_", name)
     attr, i = base, 0
     while hasattr(gm, attr):

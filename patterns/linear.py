@@ -117,10 +117,12 @@ def emit(
     quantization: str,
     name: str,
     fast_accum: bool = False,
+    sources=(),
 ) -> fx.Node:
-    """Insert the quantized linear (before the current insertion point); returns the [..., N] output."""
-    wq_node = graph.get_attr(add_constant(gm, f"{name}_wq", wq))
-    ws_node = graph.get_attr(add_constant(gm, f"{name}_w_scale", w_scale))
+    """Insert the quantized linear (before the current insertion point); returns the [..., N] output.
+    sources: the weight nodes wq / w_scale were quantized from (graph_utils.add_constant)."""
+    wq_node = graph.get_attr(add_constant(gm, f"{name}_wq", wq, sources))
+    ws_node = graph.get_attr(add_constant(gm, f"{name}_w_scale", w_scale, sources))
     if quantization == "fp8_per_tensor":
         return graph.call_function(
             torch.ops.rocm_attn.fp8_per_tensor_linear.default, (x, wq_node, ws_node, bias)

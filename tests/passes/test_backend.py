@@ -3,6 +3,7 @@ uuid, dumps, explain/export, the CLI."""
 
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -189,3 +190,47 @@ def test_cli_env(capsys, monkeypatch):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert "ROCM_ATTN_EAGER_PLANS=0" in out and "ptpc_linear" in out
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(64, 128), nn.Linear(128, 64)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_compiled_graph_reused_for_other_weights_compiles_again():
+    """Dynamo runs one compiled graph for every instance of a module class (parameters are inputs, not
+    guarded): each decoder layer compiled on its own, or one compiled function over two models. The FP8
+    weights are quantized at compile time, so a graph called with other parameters compiles again for them
+    (with a warning); before, every layer ran the first one's weights (0.31 off)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layers = [Block().eval() for _ in range(3)]
+    x = torch.randn(8, 64)
+    for layer in layers:
+        layer.compile(backend="rocm_attn", options={"quantization": "ptpc_fp8"})
+    with torch.no_grad(), pytest.warns(UserWarning, match="other weights than it quantized"):
+        errs = [rel_err(layer(x), layer.forward(x)) for layer in layers]
+    assert max(errs) < 3e-2, errs
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # each set of weights is kept: no new compile on the second pass
+        assert [rel_err(layer(x), layer.forward(x)) for layer in layers] == errs
+
+
+def test_weights_updated_in_place_after_compile():
+    """load_state_dict after compiling (the same Parameter objects, new values): the compiled FP8 graph used
+    to keep the weights it was compiled with (1.5 off); it now compiles again."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Block().eval()
+    compiled = torch.compile(model, backend="rocm_attn", options={"quantization": "ptpc_fp8"})
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        compiled(x)
+        model.load_state_dict({k: torch.randn_like(v) / 8 for k, v in model.state_dict().items()})
+        with pytest.warns(UserWarning, match="other weights than it quantized"):
+            out = compiled(x)
+        assert rel_err(out, model(x)) < 5e-2  # the FP8 budget on randn; the old weights: ~1
