@@ -7,6 +7,10 @@ import json
 import os
 import sys
 
+# ROCM_ATTN_* switches read outside Config (kernel choices and the CLI); Config's fields are ROCM_ATTN_<FIELD>
+OTHER_SWITCHES = ("ROCM_ATTN_CACHE_DIR", "ROCM_ATTN_EAGER_PLANS", "ROCM_ATTN_GLUON_GEMM", "ROCM_ATTN_GLUON_MLA",
+                  "ROCM_ATTN_GLUON_SMALL_M", "ROCM_ATTN_PDL", "ROCM_ATTN_TRACEBACK")
+
 
 def int_at_least(minimum: int):
     """An argparse type: an int >= minimum."""
@@ -57,16 +61,20 @@ def cmd_env(args) -> int:
         info["switches_error"] = None
     except (ValueError, TypeError) as exc:
         info["switches_error"] = str(exc)
+    known = {f"ROCM_ATTN_{f.upper()}" for f in Config.__dataclass_fields__} | set(OTHER_SWITCHES)
+    info["switches_unknown"] = [k for k in info["switches"] if k.startswith("ROCM_ATTN_") and k not in known]
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     for key, value in info.items():
-        if key not in ("ops", "attention_backends", "switches", "switches_error"):
+        if key not in ("ops", "attention_backends", "switches", "switches_error", "switches_unknown"):
             print(f"{key:>15}: {value}")
     switches = ", ".join(f"{k}={v}" for k, v in info["switches"].items())
     print(f"{'switches':>15}: {switches or 'none set (ROCM_ATTN_* environment variables)'}")
     if info["switches_error"]:
         print(f"{'':>15}  INVALID: {info['switches_error']}")
+    if info["switches_unknown"]:
+        print(f"{'':>15}  UNKNOWN (rocm_attn reads no such variable): {', '.join(info['switches_unknown'])}")
     print(f"{'attention':>15}: backends for rocm_attn.attention(backend=...)")
     for name, b in info["attention_backends"].items():
         layouts = "/".join(b["layouts"]) or "-"

@@ -54,6 +54,13 @@ class Config:
             object.__setattr__(self, "skip_modules", tuple(s for s in self.skip_modules.split(",") if s))
         else:
             object.__setattr__(self, "skip_modules", tuple(self.skip_modules))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            # a bool option given as text ("false", "off") would be truthy: refuse it rather than guess
+            if f.type in ("bool", bool) and not isinstance(value, bool):
+                raise ValueError(f"{f.name}={value!r}; expected True or False")
+            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{f.name}={value!r}; expected an int")
         if self.extend_workspace_tokens < 1:
             raise ValueError("extend_workspace_tokens must be >= 1")
 
@@ -80,11 +87,22 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+              "off": False}
+
+
 def _parse(f: dataclasses.Field, raw: str):
+    name = f"ROCM_ATTN_{f.name.upper()}"
     if f.type in ("bool", bool):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
+        value = BOOL_WORDS.get(raw.strip().lower())
+        if value is None:
+            raise ValueError(f"{name}={raw!r}; expected one of {', '.join(BOOL_WORDS)}")
+        return value
     if f.type in ("int", int):
-        return int(raw)
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r}; expected an int") from None
     if "tuple" in str(f.type):
         return tuple(s.strip() for s in raw.split(",") if s.strip())
     if "None" in str(f.type) and raw == "":

@@ -66,7 +66,6 @@ def test_varlen_vs_torch_reference(window, softcap):
 
 
 def test_varlen_fp32_is_exact():
-    lens = [300, 129]
     cu = torch.tensor([0, 300, 429], dtype=torch.int32, device=DEV)
     q = torch.randn(429, 8, 64, device=DEV)
     k, v = torch.randn(429, 2, 64, device=DEV), torch.randn(429, 2, 64, device=DEV)

@@ -155,6 +155,26 @@ def test_options_from_env_and_bad_options(monkeypatch):
         Config.from_env(quantization="int4")
 
 
+def test_bool_and_int_options_are_checked(monkeypatch):
+    """A bool option given as text used to be kept as that (truthy) string: strict="false" meant strict, and
+    ROCM_ATTN_FUSE_PROJECTIONS=enable turned fusion off. Both are refused now; the usual spellings parse."""
+    for name in ("strict", "fuse_projections", "fast_accum", "rewrite_attention"):
+        with pytest.raises(ValueError, match=f"{name}='false'; expected True or False"):
+            Config.from_env(**{name: "false"})
+    with pytest.raises(ValueError, match="expected an int"):
+        Config(extend_workspace_tokens="4096")
+    for raw, value in (("off", False), ("0", False), ("No", False), ("on", True), ("1", True), ("TRUE", True)):
+        monkeypatch.setenv("ROCM_ATTN_FUSE_PROJECTIONS", raw)
+        assert Config.from_env().fuse_projections is value
+    monkeypatch.setenv("ROCM_ATTN_FUSE_PROJECTIONS", "enable")
+    with pytest.raises(ValueError, match="ROCM_ATTN_FUSE_PROJECTIONS='enable'; expected one of"):
+        Config.from_env()
+    monkeypatch.setenv("ROCM_ATTN_FUSE_PROJECTIONS", "1")
+    monkeypatch.setenv("ROCM_ATTN_EXTEND_WORKSPACE_TOKENS", "lots")
+    with pytest.raises(ValueError, match="ROCM_ATTN_EXTEND_WORKSPACE_TOKENS='lots'; expected an int"):
+        Config.from_env()
+
+
 def test_export_has_the_rewrites(layer):
     model, x = layer
     ep = rocm_attn.export(model, (x,))
@@ -189,7 +209,10 @@ def test_cli_env(capsys, monkeypatch):
     assert d["switches"]["ROCM_ATTN_EAGER_PLANS"] == "0" and "TRITON_ATTN" in d["attention_backends"]
     assert main(["env"]) == 0
     out = capsys.readouterr().out
-    assert "ROCM_ATTN_EAGER_PLANS=0" in out and "ptpc_linear" in out
+    assert "ROCM_ATTN_EAGER_PLANS=0" in out and "ptpc_linear" in out and "UNKNOWN" not in out
+    monkeypatch.setenv("ROCM_ATTN_QUANTIZATON", "none")  # misspelt: read by nothing
+    assert main(["env"]) == 0
+    assert "UNKNOWN (rocm_attn reads no such variable): ROCM_ATTN_QUANTIZATON" in capsys.readouterr().out
 
 
 class Block(nn.Module):
