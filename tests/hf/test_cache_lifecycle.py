@@ -84,20 +84,22 @@ def test_second_turn_masking_out_cached_tokens_is_refused():
 
 
 def test_mask_check_counts():
-    """_check_mask_matches on hand-made counts: 3 cached tokens, 2 real new ones (then a padding slot)."""
-    real = torch.tensor([[True, True, False]])
-    no_future = torch.zeros(1, 3, dtype=torch.bool)
-    _check_mask_matches(real, torch.tensor([[4, 5, 0]]), no_future, [3], 0, 0)  # causal: 4 and 5 keys
-    _check_mask_matches(real, torch.tensor([[4, 4, 0]]), no_future, [3], 4, 0)  # a window of 4
-    _check_mask_matches(real, torch.tensor([[6, 7, 0]]), no_future, [3], 0, 0)  # more: never-cached padding
-    with pytest.raises(ValueError, match="shows 3 keys where the paged cache attends 4"):
-        _check_mask_matches(real, torch.tensor([[3, 4, 0]]), no_future, [3], 0, 0)
+    """_check_mask_matches on hand-made counts: 3 cached tokens, 2 real new ones after a padding slot (left
+    padding); visible is what HF's mask shows the step's last token."""
+    real = torch.tensor([[False, True, True]])
+    no_next = torch.zeros(1, 2, dtype=torch.bool)
+    _check_mask_matches(real, torch.tensor([5]), no_next, [3], 0, 0)  # causal: 5 keys
+    _check_mask_matches(real, torch.tensor([4]), no_next, [3], 4, 0)  # a window of 4
+    _check_mask_matches(real, torch.tensor([7]), no_next, [3], 0, 0)  # more: never-cached padding
+    _check_mask_matches(torch.tensor([[True, True, False]]), torch.tensor([0]), no_next, [3], 0, 0)  # right pad
+    with pytest.raises(ValueError, match="shows the step's last token 4 keys where the paged cache attends 5"):
+        _check_mask_matches(real, torch.tensor([4]), no_next, [3], 0, 0)
     with pytest.raises(ValueError, match="window 4"):  # 5 keys past a window of 4: HF's mask has none
-        _check_mask_matches(real, torch.tensor([[4, 5, 0]]), no_future, [3], 4, 0)
+        _check_mask_matches(real, torch.tensor([5]), no_next, [3], 4, 0)
     with pytest.raises(ValueError, match="window 4"):  # fewer than the window
-        _check_mask_matches(real, torch.tensor([[3, 4, 0]]), no_future, [3], 4, 0)
+        _check_mask_matches(real, torch.tensor([3]), no_next, [3], 4, 0)
     with pytest.raises(ValueError, match="later position"):
-        _check_mask_matches(real, torch.tensor([[5, 5, 0]]), torch.tensor([[True, False, False]]), [3], 0, 0)
+        _check_mask_matches(real, torch.tensor([5]), torch.tensor([[False, True]]), [3], 0, 0)
 
 
 def phimoe(window: int):
