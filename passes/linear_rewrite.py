@@ -10,7 +10,8 @@ import torch
 import torch.fx as fx
 
 from ..patterns import fused_projections, linear
-from ..patterns.graph_utils import add_constant, erase_if_unused, parameter_of, skipped_by
+from ..patterns.graph_utils import (add_constant, erase_if_unused, module_name, parameter_of, placeholder_index,
+                                    skipped_by)
 from .report import GraphReport, Site
 
 
@@ -32,8 +33,6 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
         )
         graph_report.sites.append(site)
         if isinstance(m, str):
-            from ..patterns.graph_utils import module_name
-
             site.module, site.reason = module_name(node), m
             continue
         site.detail = {"shape": [m.out_features, linear.weight_nk(m).shape[1]], "bias": m.bias is not None}
@@ -44,6 +43,8 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
             site.reason = "quantization='none'"
         else:
             eligible.append((m, site))
+
+    graph_report.sites.extend(_stacked_weight_sites(gm, example_inputs))
 
     cache: dict = {}  # (id(weight), transposed) -> (wq, w_scale): a tied weight is quantized once
     memory = {"original_bytes": 0, "bf16_bytes": 0, "fp8_bytes": 0}
@@ -119,6 +120,24 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
         graph_report.fusions.get("fused_projections", 0) + fused_groups
     )
     return rewritten
+
+
+def _stacked_weight_sites(gm: fx.GraphModule, example_inputs) -> list[Site]:
+    """A report line for each parameter of 3+ dims the graph multiplies with (transformers 5's fused MoE
+    experts: [experts, N, K], most of an MoE model's weights): no pattern rewrites them, and the report must
+    not read as if the model were covered. Convolution weights are not GEMM weights here: left out."""
+    sites = []
+    for node, idx in placeholder_index(gm).items():
+        t = example_inputs[idx] if example_inputs is not None and idx < len(example_inputs) else None
+        if not isinstance(t, torch.nn.Parameter) or t.dim() < 3 or not t.is_floating_point() or not node.users:
+            continue
+        if any("conv" in str(getattr(u.target, "__name__", u.target)) for u in node.users):
+            continue
+        user = next(iter(node.users))
+        site = Site("linear", "stacked", node.name, module_name(user), False)
+        site.reason = f"a {t.dim()}-D weight {tuple(t.shape)} (fused MoE experts?): no rewrite, kept unquantized"
+        sites.append(site)
+    return sites
 
 
 def _replace(graph: fx.Graph, m: linear.LinearMatch, out: fx.Node) -> None:

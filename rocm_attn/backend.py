@@ -54,7 +54,13 @@ def _compile(gm: torch.fx.GraphModule, example_inputs, mode: str | None, config:
     report = report_mod.active_report()
     own_report = report is None
     if own_report:
-        report = report_mod.Report(config=config.to_dict())
+        # with a dump_dir, the graphs of one process share its report: graph_0, graph_1, ... and one
+        # report.json listing them all (each graph used to be graph_0 and overwrite the last one's report)
+        report = _DUMP_REPORTS.get(config.dump_dir) if config.dump_dir else None
+        if report is None:
+            report = report_mod.Report(config=config.to_dict())
+            if config.dump_dir:
+                _DUMP_REPORTS[config.dump_dir] = report
     graph_report = report_mod.GraphReport(index=len(report.graphs))
     report.graphs.append(graph_report)
     log.debug("rocm_attn backend: graph %d, %d nodes", graph_report.index, len(gm.graph.nodes))
@@ -71,10 +77,13 @@ def _compile(gm: torch.fx.GraphModule, example_inputs, mode: str | None, config:
         # PostGradFusion removes this note when it runs; it stays only on an FX-graph-cache hit
         graph_report.notes.append("post-grad pass did not run (FX graph cache hit): fusion counts unknown")
         compiled = compile_fx(gm, example_inputs, config_patches=patches)
-    if own_report:
+    if own_report and report not in report_mod.recent:
         report_mod.remember(report)
     dump_report(report, config.dump_dir)
     return _with_kernels(compiled, config), baked
+
+
+_DUMP_REPORTS: dict[str, object] = {}  # dump_dir -> the Report its torch.compile graphs go into (this process)
 
 
 class _RecompileOnNewWeights:

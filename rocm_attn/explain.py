@@ -47,23 +47,33 @@ def export(model, args: tuple, kwargs: dict | None = None, options: dict | None 
 
     The model is captured by Dynamo (one graph: fullgraph=True, static shapes), rewritten by the
     torch-level passes, its parameters/buffers turned back into module state, and exported. The
-    program takes the model's tensor inputs, flattened in call order (e.g. (input_ids, attention_mask)).
+    program takes the model's tensor inputs, flattened in call order (e.g. (input_ids, attention_mask)),
+    and returns Dynamo's flat tuple of output tensors, not the model's output object: for a HF causal LM
+    with use_cache on, the KV cache's tensors come first and the logits last. ``ep.rocm_attn_outputs``
+    names each one by its place in the model's output (e.g. "logits"; "" for a tensor that is not a leaf
+    of it, such as a cache's); pass use_cache=False in kwargs for the logits alone.
     """
     from .passes.pass_manager import run_passes
     from .passes.report import GraphReport
 
     config = Config.from_env(**(options or {}))
-    captured = []
+    captured, graph_outputs = [], []
 
     def capture(gm, example_inputs):
         graph_report = GraphReport(index=len(captured))
         captured.append((run_passes(gm, example_inputs, config, graph_report), example_inputs, graph_report))
-        return gm.forward
+
+        def run(*inputs):  # keeps the graph's flat outputs, to name them below
+            out = gm.forward(*inputs)
+            graph_outputs.append(out)
+            return out
+
+        return run
 
     kwargs = kwargs or {}
     torch._dynamo.reset()
     with torch.no_grad():
-        torch.compile(model, backend=capture, fullgraph=True, dynamic=False)(*args, **kwargs)
+        result = torch.compile(model, backend=capture, fullgraph=True, dynamic=False)(*args, **kwargs)
     torch._dynamo.reset()
     if len(captured) != 1:
         raise ValueError(f"export: Dynamo captured {len(captured)} graphs; export needs exactly one")
@@ -72,7 +82,21 @@ def export(model, args: tuple, kwargs: dict | None = None, options: dict | None 
     with torch.no_grad():
         ep = torch.export.export(gm, tuple(user_inputs), strict=False)
     ep.rocm_attn_report = graph_report
+    ep.rocm_attn_outputs = _output_names(graph_outputs[0] if graph_outputs else (), result)
     return ep
+
+
+def _output_names(flat, result) -> list[str]:
+    """Each flat graph output's path in the model's output ("logits", "0"), found by identity (Dynamo
+    rebuilds the output object around the graph's own tensors); "" where it is not a leaf of it."""
+    from torch.utils import _pytree
+
+    def name(path) -> str:  # dict keys, sequence indices and attributes, joined by dots: "logits", "0"
+        return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+    leaves, _ = _pytree.tree_flatten_with_path(result)
+    path_of = {id(leaf): name(path) or "output" for path, leaf in leaves if isinstance(leaf, torch.Tensor)}
+    return [path_of.get(id(t), "") for t in (flat if isinstance(flat, (tuple, list)) else (flat,))]
 
 
 def _state_to_attributes(gm: torch.fx.GraphModule, example_inputs) -> list:

@@ -184,6 +184,25 @@ def test_export_has_the_rewrites(layer):
     assert sum("rocm_attn.ptpc_scaled_mm" in t for t in targets) == 4  # qkv, o, gate_up, down
     with torch.no_grad():
         assert rel_err(ep.module()(x)[0], model(x)) < 6e-2  # outputs come back as a tuple
+    assert ep.rocm_attn_outputs == ["output"]  # the model returns one tensor
+
+
+def test_export_names_its_flat_outputs():
+    """The program returns Dynamo's flat outputs: for a HF causal LM with its cache on, the cache's tensors
+    first and the logits last. ep.rocm_attn_outputs says which is which."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=128)).eval()
+    ids = torch.randint(1, 128, (2, 10))
+    ep = rocm_attn.export(model, (ids,), options={"quantization": "none"})
+    assert ep.rocm_attn_outputs.count("logits") == 1 and len(ep.rocm_attn_outputs) == 5  # + k and v x 2 layers
+    with torch.no_grad():
+        out = ep.module()(ids)[ep.rocm_attn_outputs.index("logits")]
+        assert rel_err(out, model(ids).logits) < 1e-5
+    ep = rocm_attn.export(model, (ids,), kwargs={"use_cache": False}, options={"quantization": "none"})
+    assert ep.rocm_attn_outputs == ["logits"]
 
 
 def test_cli_explain(capsys):
@@ -257,3 +276,47 @@ def test_weights_updated_in_place_after_compile():
         with pytest.warns(UserWarning, match="other weights than it quantized"):
             out = compiled(x)
         assert rel_err(out, model(x)) < 5e-2  # the FP8 budget on randn; the old weights: ~1
+
+
+def test_dump_dir_keeps_every_graph(tmp_path):
+    """torch.compile with dump_dir and a graph break: each graph used to be written as graph_0 and report.json
+    to hold the last one only. Now graph_0 and graph_1, and one report listing both linears."""
+    class TwoGraphs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 64)
+
+        def forward(self, x):
+            x = self.a(x)
+            torch._dynamo.graph_break()
+            return self.b(x)
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(TwoGraphs().eval(), backend="rocm_attn",
+                      options={"dump_dir": str(tmp_path), "skip_modules": ()})(torch.randn(4, 64))
+    assert sorted(p.name for p in tmp_path.glob("graph_*")) == ["graph_0", "graph_1"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [s["module"] for g in report["graphs"] for s in g["sites"]] == ["a", "b"]
+
+
+def test_stacked_expert_weights_get_a_report_line():
+    """A 3-D weight the graph multiplies with (transformers 5's fused MoE experts) is not rewritten; the report
+    used to leave it out (Mixtral: "10/11 linears" with 86% of the GEMM weights unlisted). Conv weights are
+    not GEMM weights: no line."""
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(16, 16)
+            self.experts = nn.Parameter(torch.randn(4, 16, 16))
+            self.conv = nn.Conv1d(16, 16, 3, padding=1)
+
+        def forward(self, x):  # x [B, 16]
+            h = torch.bmm(self.experts, self.proj(x).t().expand(4, 16, x.shape[0]))
+            return self.conv(h).sum(0).t()
+
+    report = rocm_attn.explain(Experts().eval(), torch.randn(3, 16), options={"skip_modules": ()})
+    lines = [s for s in report.sites() if s.kind == "linear"]
+    assert sorted((s.pattern, s.rewritten) for s in lines) == [("linear", True), ("stacked", False)], lines
+    stacked = next(s for s in lines if not s.rewritten)
+    assert "3-D weight (4, 16, 16)" in stacked.reason and stacked.pattern == "stacked"
