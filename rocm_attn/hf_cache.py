@@ -434,21 +434,23 @@ def _check_mask_matches(real: torch.Tensor, visible: torch.Tensor, sees_next: to
     Keys the mask shows that the cache never held (padding that a later call's mask marks real) are not
     attended: that padding was never cached. real: [B, S] bool; sees_next: [B, S - 1] bool (token i sees
     position i + 1); visible: [B]."""
-    for b in range(real.shape[0]):
-        n = cached[b] + int(real[b].sum())  # the tokens the step's last token attends, before any window
-        expected = min(n, window) if window else n
-        shown = int(visible[b])
-        bidirectional = bool((real[b, :-1] & sees_next[b]).any())
-        counted = bool(real[b, -1])  # a row whose last slot is padding (right padding): no count to compare
-        if bidirectional or counted and (shown < expected or (window and n > window and shown > window)):
-            what = ("a later position (a bidirectional span)" if bidirectional else
-                    f"{shown} keys where the paged cache attends {expected} ({cached[b]} cached tokens, window "
-                    f"{window or 'none'})")
-            raise ValueError(
-                f"RocmAttnCache: layer {layer_idx}, row {b}: HF's attention mask shows the step's last token {what}. "
-                "The paged cache attends causally, cannot un-cache tokens (a later call that masks out positions "
-                "an earlier call cached) and applies only the window the attention function is given; pass "
-                "past_key_values=transformers.DynamicCache() to run on HF's cache with its mask")
+    n = torch.tensor(cached) + real.sum(1)  # the tokens the step's last token attends, before any window
+    expected = n.clamp(max=window) if window else n
+    bidirectional = (real[:, :-1] & sees_next).any(1)
+    wrong_count = visible < expected
+    if window:
+        wrong_count |= (n > window) & (visible > window)
+    bad = bidirectional | (real[:, -1] & wrong_count)  # a row ending in padding (right padding): no count
+    if bad.any():
+        b = int(bad.nonzero()[0])
+        what = ("a later position (a bidirectional span)" if bidirectional[b] else
+                f"{int(visible[b])} keys where the paged cache attends {int(expected[b])} ({cached[b]} cached "
+                f"tokens, window {window or 'none'})")
+        raise ValueError(
+            f"RocmAttnCache: layer {layer_idx}, row {b}: HF's attention mask shows the step's last token {what}. "
+            "The paged cache attends causally, cannot un-cache tokens (a later call that masks out positions "
+            "an earlier call cached) and applies only the window the attention function is given; pass "
+            "past_key_values=transformers.DynamicCache() to run on HF's cache with its mask")
 
 
 _TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
