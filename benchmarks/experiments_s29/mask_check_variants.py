@@ -5,17 +5,11 @@ import json
 
 import torch
 
+import gpu_checks  # this folder's; the script's folder is on sys.path
 
-def gpu_ms(fn, iters=50):
-    fn()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(iters):
-        fn()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / iters
+
+def gpu_ms(fn):
+    return gpu_checks.gpu_ms(fn, iters=50)
 
 
 ap = argparse.ArgumentParser()
