@@ -77,7 +77,7 @@ def _compile(gm: torch.fx.GraphModule, example_inputs, mode: str | None, config:
         # PostGradFusion removes this note when it runs; it stays only on an FX-graph-cache hit
         graph_report.notes.append("post-grad pass did not run (FX graph cache hit): fusion counts unknown")
         compiled = compile_fx(gm, example_inputs, config_patches=patches)
-    if own_report and report not in report_mod.recent:
+    if own_report and not any(r is report for r in report_mod.recent):  # by identity: Report is a dataclass
         report_mod.remember(report)
     dump_report(report, config.dump_dir)
     return _with_kernels(compiled, config), baked
