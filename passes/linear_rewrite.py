@@ -11,7 +11,7 @@ import torch.fx as fx
 
 from ..patterns import fused_projections, linear
 from ..patterns.graph_utils import (add_constant, erase_if_unused, module_name, parameter_of, placeholder_index,
-                                    skipped_by)
+                                    skipped_by, value)
 from .report import GraphReport, Site
 
 
@@ -41,6 +41,8 @@ def run(gm: fx.GraphModule, example_inputs, config, graph_report: GraphReport) -
             site.reason = f"skipped by config (skip_modules pattern {pat!r})"
         elif config.quantization == "none":
             site.reason = "quantization='none'"
+        elif linear.is_moe_router(m.anchor):
+            site.reason = f"MoE router (its output selects experts): kept {value(m.x).dtype}, as vLLM keeps routers"
         else:
             eligible.append((m, site))
 

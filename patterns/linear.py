@@ -93,6 +93,36 @@ def match(node: fx.Node, gm: fx.GraphModule, example_inputs) -> LinearMatch | st
     return LinearMatch(pattern, node, x, weight, w_node, transposed, bias, module_name(node), dead)
 
 
+ROUTER_HOPS = 8  # a router's logits reach topk through a few casts / softmax / sigmoid / bias adds
+
+
+def is_moe_router(anchor: fx.Node) -> bool:
+    """Whether this linear's output picks experts: it reaches a topk (or argmax, sort, max along a dim) within
+    ROUTER_HOPS nodes without passing through another GEMM. Such routers stay in the input dtype (vLLM keeps them unquantized too): fp8 logits
+    can flip which experts a token goes to, and the weight is tiny ([num_experts, hidden])."""
+    frontier, seen = [anchor], {anchor}
+    for _ in range(ROUTER_HOPS):
+        nxt = []
+        for node in frontier:
+            for user in node.users:
+                if user in seen:
+                    continue
+                seen.add(user)
+                if _picks_indices(user):
+                    return True
+                if not is_site(user) and user.op in ("call_function", "call_method"):
+                    nxt.append(user)
+        frontier = nxt
+    return False
+
+
+def _picks_indices(node: fx.Node) -> bool:
+    """topk / argmax / sort, or max along a dim (PhiMoE's sparsemixer): an op that chooses experts."""
+    if is_call(node, torch.topk, torch.argmax, torch.sort) or is_method(node, "topk", "argmax", "sort"):
+        return True
+    return (is_call(node, torch.max) or is_method(node, "max")) and (len(node.args) > 1 or "dim" in node.kwargs)
+
+
 def quantize(weight_nk: torch.Tensor, quantization: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize a [N, K] weight once (compile time)."""
     from ..kernels import quantize_weight as qw

@@ -386,6 +386,33 @@ def _share_projection_storage(model, report: PatchReport) -> None:
             report.projection_groups += 1
 
 
+EXPERT_COUNT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+ROUTER_NAMES = ("router", "gate", "gating")
+
+
+def _is_moe_router(model, name: str, mod: nn.Linear) -> bool:
+    """An nn.Linear that scores experts: one output per expert, and either inside a block that holds the
+    ``experts`` (itself or up to two levels up: Afmoe's ``mlp.router.gate``, HunYuan-MoE's ``mlp.gate.wg``) or
+    named as a router (JetMoe's ``mlp.router.layer``). Most of transformers' routers are not nn.Linear; the
+    compile path finds routers in the graph instead (patterns.linear.is_moe_router: the output feeds topk)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    counts = {getattr(config, f) for f in EXPERT_COUNT_FIELDS if isinstance(getattr(config, f, None), int)}
+    parts = name.split(".")
+    named_as_router = any(p in ROUTER_NAMES for p in parts[-2:])
+    for up in range(1, 4):
+        block_name = ".".join(parts[:-up])
+        experts = getattr(model.get_submodule(block_name) if block_name else model, "experts", None)
+        if experts is not None:
+            if isinstance(experts, (nn.ModuleList, nn.ModuleDict)):
+                counts.add(len(experts))
+            return mod.out_features in counts
+        if not block_name:
+            break
+    return named_as_router and mod.out_features in counts
+
+
 def _note_unquantized_expert_weights(model, report: PatchReport, config: Config) -> None:
     """A report note for weights patch() leaves as they are although they are GEMM weights: tensors of 3 or
     more dims, such as the fused experts of transformers' MoE models (Mixtral, Qwen-MoE, ...). Only nn.Linear
@@ -451,6 +478,7 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
     # 1. linears (tied embeddings found first: an FP8Linear lm_head no longer holds the shared weight)
     embedding_name, tied_head = _embeddings(model)
     custom = {}  # nn.Linear subclasses with their own forward (kept): type name -> first module name
+    routers = []  # MoE routers (kept): fp8 logits could send tokens to other experts
     to_quantize = []
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear):
@@ -464,6 +492,10 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
             report.linears_skipped.append(name)
             report.weight_bytes_after += w_bytes
             custom.setdefault(type(mod).__name__, name)
+        elif _is_moe_router(model, name, mod):
+            report.linears_skipped.append(name)
+            report.weight_bytes_after += w_bytes
+            routers.append(name)
         elif mod.weight.dim() != 2 or not mod.weight.dtype.is_floating_point or mod.weight.device.type == "meta":
             raise NotImplementedError(f"rocm_attn.patch: cannot quantize {name} ({type(mod).__name__}, weight "
                                       f"{mod.weight.dtype} on {mod.weight.device}); add it to skip_modules")
@@ -478,6 +510,9 @@ def patch(model, quantization: str = "ptpc_fp8", attention_backend: str | None =
 
     for type_name, name in custom.items():
         report.notes.append(f"{type_name} layers (e.g. {name}) kept: an nn.Linear subclass with its own forward")
+    if routers:
+        report.notes.append(f"{len(routers)} MoE router linears (e.g. {routers[0]}) kept unquantized, as vLLM keeps "
+                            "them: fp8 router logits can send tokens to other experts")
     if config.fuse_projections and config.quantization == "ptpc_fp8":
         _share_projection_storage(model, report)
     _note_unquantized_expert_weights(model, report, config)

@@ -157,3 +157,28 @@ def test_linear_subclasses_with_their_own_forward_are_kept():
     with torch.no_grad():
         out, ref = model(ids).logits, reference(ids).logits
     assert (out - ref).norm() / ref.norm() < 1e-1
+
+
+@pytest.mark.parametrize("family,kwargs,routers", [
+    ("Afmoe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, num_dense_layers=1, head_dim=16),
+     ["model.layers.1.mlp.router.gate"]),
+    ("HunYuanMoEV1", dict(num_experts=4, moe_topk=2, head_dim=16),
+     ["model.layers.0.mlp.gate.wg", "model.layers.1.mlp.gate.wg"]),
+    ("JetMoe", dict(num_local_experts=4, num_experts_per_tok=2, kv_channels=16),
+     [f"model.layers.{i}.{part}.router.layer" for i in (0, 1) for part in ("mlp", "self_attention.experts")]),
+])
+def test_moe_router_linears_stay_unquantized(family, kwargs, routers):
+    """MoE routers that are nn.Linear layers keep their dtype (vLLM keeps them unquantized): fp8 router logits
+    can send tokens to other experts. The compile path that patch()'s decode runs leaves them too."""
+    model = build(f"{family}Config", f"{family}ForCausalLM", **kwargs)
+    dtypes = {name: model.get_submodule(name).weight.dtype for name in routers}
+    report = rocm_attn.patch(model, compile=False, quantize_embeddings=False).rocm_attn_report
+    assert {name: type(model.get_submodule(name)) for name in routers} == {name: torch.nn.Linear for name in routers}
+    assert {name: model.get_submodule(name).weight.dtype for name in routers} == dtypes
+    assert sorted(n for n in report.linears_skipped if n != "lm_head") == sorted(routers)
+    assert any(f"{len(routers)} MoE router linears" in note for note in report.notes), report.notes
+    assert report.linears_replaced > 0
+    if family == "HunYuanMoEV1":  # the graph patch()'s compiled decode sees: its routers are found there too
+        ids = torch.randint(1, 128, (1, 6))
+        sites = rocm_attn.explain(model, ids).sites()
+        assert [s.rewritten for s in sites if s.module in routers] == [False] * len(routers), sites

@@ -150,3 +150,58 @@ def test_parameter_of_sees_the_local_shard_of_a_tp_weight(form):
         assert got is None
     else:
         assert torch.equal(got, weight.data[:4])
+
+
+class MoEBlock(nn.Module):
+    """A router (softmax -> topk, as transformers' TopKRouters; or max along a dim, as PhiMoE's sparsemixer)
+    beside a shared-expert projection that reads the same input."""
+
+    def __init__(self, d=64, experts=8, pick="topk"):
+        super().__init__()
+        self.router = nn.Linear(d, experts, bias=False)
+        self.shared_gate, self.shared_up = nn.Linear(d, 96, bias=False), nn.Linear(d, 96, bias=False)
+        self.pick = pick
+
+    def forward(self, x):
+        probs = torch.softmax(self.router(x).float(), dim=-1)
+        if self.pick == "topk":
+            weights, chosen = torch.topk(probs, 2, dim=-1)
+        else:
+            weights, chosen = probs.max(dim=-1, keepdim=True)
+        shared = self.shared_gate(x) * self.shared_up(x)
+        return shared.sum(-1, keepdim=True) * weights.sum(-1, keepdim=True).to(x.dtype), chosen
+
+
+@pytest.mark.parametrize("pick", ["topk", "max"])
+def test_moe_router_stays_unquantized(pick):
+    """A linear whose output selects experts keeps its dtype (vLLM keeps routers unquantized): fp8 router logits
+    can send a token to other experts. The projections beside it are still rewritten, and fused without it."""
+    torch.manual_seed(0)
+    model = MoEBlock(pick=pick).eval()
+    x = torch.randn(2, 7, 64)
+    out, gm, gr = capture(model, x)
+    router = next(s for s in gr.sites if s.module == "router")
+    assert not router.rewritten and "MoE router" in router.reason
+    assert sorted(s.module for s in gr.sites if s.rewritten) == ["shared_gate", "shared_up"]
+    assert count(gm, torch.nn.functional.linear) == 1 and count(gm, MM) == 1  # shared gate|up fused
+    with torch.no_grad():
+        assert torch.equal(out[1], model(x)[1])  # the same experts chosen
+
+
+def test_a_projection_before_a_topk_elsewhere_is_no_router():
+    """Only the linear right before the choice is a router: a projection whose output reaches the topk only
+    through another GEMM is rewritten."""
+    model = MoEBlock().eval()
+    proj = nn.Linear(64, 64, bias=False)
+
+    class Stacked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.moe = proj, model
+
+        def forward(self, x):
+            return self.moe(self.proj(x))
+
+    _, _, gr = capture(Stacked().eval(), torch.randn(5, 64))
+    assert {s.module: s.rewritten for s in gr.sites} == {"proj": True, "moe.router": False,
+                                                         "moe.shared_gate": True, "moe.shared_up": True}
