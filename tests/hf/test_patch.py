@@ -173,6 +173,7 @@ def test_clear_errors():
 
 
 @pytest.mark.slow
+@pytest.mark.full_inductor  # the generated C++ kernels too (tests/conftest.py)
 def test_compiled_decode_with_rocm_attn_backend():
     ref_model = tiny("llama")
     model = rocm_attn.patch(copy.deepcopy(ref_model), quantization="none", compile=True)

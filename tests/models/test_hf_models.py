@@ -150,6 +150,7 @@ def test_no_recompile_across_sequence_lengths():
     assert all(r.attention_rewritten == LAYERS and r.linear_rewritten == LAYERS * 7 for r in compiles)
 
 
+@pytest.mark.full_inductor  # the generated C++ kernels too (tests/conftest.py)
 def test_generate_with_kv_cache():
     """Prefill + decode graphs (DynamicCache update in front of the attention; decode is Sq = 1
     against the cached K/V): every attention rewritten, greedy tokens identical to eager."""

@@ -96,6 +96,7 @@ def test_silu_mul_quant_fuses_two_separate_projections(layer):
         assert rel_err(out, model(x)) < 6e-2
 
 
+@pytest.mark.full_inductor  # the generated C++ kernels too (tests/conftest.py)
 def test_compiled_output_with_fusions(layer):
     model, x = layer
     torch._dynamo.reset()
